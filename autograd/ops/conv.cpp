@@ -1,0 +1,261 @@
+// 2-D convolution (NCHW) through im2col and GEMM: forward and backward.
+//
+// Work is split over the batch: each task im2cols its samples into a private
+// buffer and runs single-threaded GEMMs on it. Weight and bias gradients are
+// accumulated per task and summed in task order, so they are deterministic for
+// a given thread count.
+#include <algorithm>
+#include <cstring>
+
+#include "autograd/ops.h"
+#include "autograd/ops/tensor_math.h"
+#include "core/gemm.h"
+#include "core/parallel.h"
+
+namespace qforge::autograd {
+
+int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+  const int64_t span = in + 2 * pad - dilation * (kernel - 1) - 1;
+  return span < 0 ? 0 : span / stride + 1;  // a window larger than the input gives 0
+}
+
+namespace {
+
+struct ConvGeom {
+  int64_t N, C, H, W;     // input
+  int64_t OC, KH, KW;     // weight
+  int64_t OH, OW;         // output
+  int64_t sh, sw, ph, pw, dh, dw, groups;
+  int64_t Cg() const { return C / groups; }
+  int64_t OCg() const { return OC / groups; }
+  int64_t Kc() const { return Cg() * KH * KW; }  // rows of the column matrix
+  int64_t OHW() const { return OH * OW; }
+  // 1x1, stride 1, no padding: the input already is the column matrix.
+  bool pointwise() const { return KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
+};
+
+// col[Kc, OH*OW] from one sample's channels [Cg, H, W].
+template <class T>
+void im2col(const T* x, const ConvGeom& g, T* col) {
+  const int64_t OHW = g.OHW();
+  for (int64_t c = 0; c < g.Cg(); ++c) {
+    const T* xc = x + c * g.H * g.W;
+    for (int64_t kh = 0; kh < g.KH; ++kh) {
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        T* row = col + ((c * g.KH + kh) * g.KW + kw) * OHW;
+        const int64_t woff = kw * g.dw - g.pw;
+        // Output columns whose input column lies inside [0, W).
+        int64_t ow_lo = 0, ow_hi = g.OW;
+        while (ow_lo < g.OW && ow_lo * g.sw + woff < 0) ++ow_lo;
+        while (ow_hi > ow_lo && (ow_hi - 1) * g.sw + woff >= g.W) --ow_hi;
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          T* r = row + oh * g.OW;
+          const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+          if (ih < 0 || ih >= g.H) {
+            std::fill_n(r, g.OW, T(0));
+            continue;
+          }
+          const T* xr = xc + ih * g.W + woff;
+          std::fill_n(r, ow_lo, T(0));
+          if (g.sw == 1) {
+            std::memcpy(r + ow_lo, xr + ow_lo, sizeof(T) * (ow_hi - ow_lo));
+          } else {
+            for (int64_t ow = ow_lo; ow < ow_hi; ++ow) r[ow] = xr[ow * g.sw];
+          }
+          std::fill(r + ow_hi, r + g.OW, T(0));
+        }
+      }
+    }
+  }
+}
+
+// Adds col[Kc, OH*OW] back into one sample's channels dx[Cg, H, W].
+template <class T>
+void col2im_add(const T* col, const ConvGeom& g, T* dx) {
+  const int64_t OHW = g.OHW();
+  for (int64_t c = 0; c < g.Cg(); ++c) {
+    T* xc = dx + c * g.H * g.W;
+    for (int64_t kh = 0; kh < g.KH; ++kh) {
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        const T* row = col + ((c * g.KH + kh) * g.KW + kw) * OHW;
+        const int64_t woff = kw * g.dw - g.pw;
+        int64_t ow_lo = 0, ow_hi = g.OW;
+        while (ow_lo < g.OW && ow_lo * g.sw + woff < 0) ++ow_lo;
+        while (ow_hi > ow_lo && (ow_hi - 1) * g.sw + woff >= g.W) --ow_hi;
+        for (int64_t oh = 0; oh < g.OH; ++oh) {
+          const int64_t ih = oh * g.sh - g.ph + kh * g.dh;
+          if (ih < 0 || ih >= g.H) continue;
+          const T* r = row + oh * g.OW;
+          T* xr = xc + ih * g.W + woff;
+          for (int64_t ow = ow_lo; ow < ow_hi; ++ow) xr[ow * g.sw] += r[ow];
+        }
+      }
+    }
+  }
+}
+
+// Splits [0, N) into `chunks` contiguous pieces; piece c is [lo, hi).
+inline void chunk_range(int64_t N, int64_t chunks, int64_t c, int64_t& lo, int64_t& hi) {
+  lo = N * c / chunks;
+  hi = N * (c + 1) / chunks;
+}
+
+template <class T>
+void conv_forward(const T* x, const T* w, const T* b, const ConvGeom& g, T* y) {
+  const int64_t Kc = g.Kc(), OHW = g.OHW(), OCg = g.OCg();
+  const int64_t chunks = std::min<int64_t>(g.N, num_threads());
+  parallel_chunks(chunks, [&](int64_t c) {
+    int64_t lo, hi;
+    chunk_range(g.N, chunks, c, lo, hi);
+    Tensor colbuf = g.pointwise() ? Tensor() : Tensor::empty({Kc * OHW}, dtype_of<T>());
+    for (int64_t n = lo; n < hi; ++n) {
+      for (int64_t gi = 0; gi < g.groups; ++gi) {
+        const T* xg = x + (n * g.C + gi * g.Cg()) * g.H * g.W;
+        const T* col = xg;
+        if (!g.pointwise()) {
+          im2col(xg, g, colbuf.data<T>());
+          col = colbuf.data<T>();
+        }
+        T* yg = y + (n * g.OC + gi * OCg) * OHW;
+        T beta = T(0);
+        if (b) {
+          for (int64_t o = 0; o < OCg; ++o) std::fill_n(yg + o * OHW, OHW, b[gi * OCg + o]);
+          beta = T(1);
+        }
+        gemm(false, false, OCg, OHW, Kc, T(1), w + gi * OCg * Kc, Kc, col, OHW, beta, yg, OHW);
+      }
+    }
+  });
+}
+
+// dx (may be null), dw (may be null), db (may be null) from gy.
+template <class T>
+void conv_backward(const T* x, const T* w, const T* gy, const ConvGeom& g, T* dx, T* dw, T* db) {
+  const int64_t Kc = g.Kc(), OHW = g.OHW(), OCg = g.OCg();
+  const int64_t wsize = g.OC * Kc;
+  const int64_t chunks = std::min<int64_t>(g.N, num_threads());
+  // Per-chunk partial weight/bias gradients, summed in chunk order below.
+  std::vector<Tensor> dw_part(chunks), db_part(chunks);
+  parallel_chunks(chunks, [&](int64_t c) {
+    int64_t lo, hi;
+    chunk_range(g.N, chunks, c, lo, hi);
+    Tensor colbuf = Tensor::empty({Kc * OHW}, dtype_of<T>());
+    T* colp = colbuf.data<T>();
+    T* dwp = nullptr;
+    T* dbp = nullptr;
+    if (dw) {
+      dw_part[c] = Tensor::zeros({wsize}, dtype_of<T>());
+      dwp = dw_part[c].template data<T>();
+    }
+    if (db) {
+      db_part[c] = Tensor::zeros({g.OC}, dtype_of<T>());
+      dbp = db_part[c].template data<T>();
+    }
+    for (int64_t n = lo; n < hi; ++n) {
+      for (int64_t gi = 0; gi < g.groups; ++gi) {
+        const T* gyg = gy + (n * g.OC + gi * OCg) * OHW;
+        const T* xg = x ? x + (n * g.C + gi * g.Cg()) * g.H * g.W : nullptr;
+        if (dwp) {  // dW_g += gy_g [OCg, OHW] x col^T [OHW, Kc]
+          const T* col = xg;
+          if (!g.pointwise()) {
+            im2col(xg, g, colp);
+            col = colp;
+          }
+          gemm(false, true, OCg, Kc, OHW, T(1), gyg, OHW, col, OHW, T(1), dwp + gi * OCg * Kc, Kc);
+        }
+        if (dbp) {
+          for (int64_t o = 0; o < OCg; ++o) {
+            const T* r = gyg + o * OHW;
+            T s = T(0);
+            for (int64_t i = 0; i < OHW; ++i) s += r[i];
+            dbp[gi * OCg + o] += s;
+          }
+        }
+        if (dx) {  // dcol = W_g^T [Kc, OCg] x gy_g [OCg, OHW]; col2im into dx
+          T* dxg = dx + (n * g.C + gi * g.Cg()) * g.H * g.W;
+          if (g.pointwise()) {
+            gemm(true, false, Kc, OHW, OCg, T(1), w + gi * OCg * Kc, Kc, gyg, OHW, T(0), dxg, OHW);
+          } else {
+            gemm(true, false, Kc, OHW, OCg, T(1), w + gi * OCg * Kc, Kc, gyg, OHW, T(0), colp, OHW);
+            std::fill_n(dxg, g.Cg() * g.H * g.W, T(0));
+            col2im_add(colp, g, dxg);
+          }
+        }
+      }
+    }
+  });
+  if (dw) {
+    std::fill_n(dw, wsize, T(0));
+    for (int64_t c = 0; c < chunks; ++c) {
+      const T* p = dw_part[c].template data<T>();
+      for (int64_t i = 0; i < wsize; ++i) dw[i] += p[i];
+    }
+  }
+  if (db) {
+    std::fill_n(db, g.OC, T(0));
+    for (int64_t c = 0; c < chunks; ++c) {
+      const T* p = db_part[c].template data<T>();
+      for (int64_t i = 0; i < g.OC; ++i) db[i] += p[i];
+    }
+  }
+}
+
+}  // namespace
+
+Variable conv2d(const Variable& x, const Variable& weight, const Variable& bias, const Conv2dOptions& opt) {
+  const Tensor& xv = x.value();
+  const Tensor& wv = weight.value();
+  const DType dt =
+      detail::common_float_dtype({&xv, &wv, bias.defined() ? &bias.value() : nullptr}, "conv2d");
+  QF_CHECK_SHAPE(xv.ndim() == 4) << "conv2d: input must be [N, C, H, W], got " << xv.desc();
+  QF_CHECK_SHAPE(wv.ndim() == 4) << "conv2d: weight must be [OC, C/groups, KH, KW], got " << wv.desc();
+  QF_CHECK(opt.groups >= 1) << "conv2d: groups must be >= 1, got " << opt.groups;
+  for (int i = 0; i < 2; ++i) {
+    QF_CHECK(opt.stride[i] >= 1) << "conv2d: stride must be >= 1, got " << opt.stride[i];
+    QF_CHECK(opt.dilation[i] >= 1) << "conv2d: dilation must be >= 1, got " << opt.dilation[i];
+    QF_CHECK(opt.padding[i] >= 0) << "conv2d: padding must be >= 0, got " << opt.padding[i];
+  }
+  ConvGeom g{};
+  g.N = xv.size(0), g.C = xv.size(1), g.H = xv.size(2), g.W = xv.size(3);
+  g.OC = wv.size(0), g.KH = wv.size(2), g.KW = wv.size(3);
+  g.sh = opt.stride[0], g.sw = opt.stride[1], g.ph = opt.padding[0], g.pw = opt.padding[1];
+  g.dh = opt.dilation[0], g.dw = opt.dilation[1], g.groups = opt.groups;
+  QF_CHECK_SHAPE(g.C % g.groups == 0 && g.OC % g.groups == 0)
+      << "conv2d: in_channels " << g.C << " and out_channels " << g.OC << " must be divisible by groups "
+      << g.groups;
+  QF_CHECK_SHAPE(wv.size(1) == g.Cg()) << "conv2d: weight " << wv.desc() << " expects " << wv.size(1) * g.groups
+                                       << " input channels, input " << xv.desc() << " has " << g.C;
+  if (bias.defined())
+    QF_CHECK_SHAPE(bias.ndim() == 1 && bias.size(0) == g.OC)
+        << "conv2d: bias must be [" << g.OC << "], got " << bias.value().desc();
+  g.OH = conv_out_size(g.H, g.KH, g.sh, g.ph, g.dh);
+  g.OW = conv_out_size(g.W, g.KW, g.sw, g.pw, g.dw);
+  QF_CHECK_SHAPE(g.OH >= 1 && g.OW >= 1) << "conv2d: input " << xv.desc() << " is smaller than the kernel "
+                                         << wv.desc() << " with padding " << g.ph << "x" << g.pw;
+
+  Tensor y = Tensor::empty({g.N, g.OC, g.OH, g.OW}, dt);
+  detail::with_float(y, "conv2d", [&](auto tag) {
+    using T = decltype(tag);
+    conv_forward<T>(xv.data<T>(), wv.data<T>(), bias.defined() ? bias.value().data<T>() : nullptr, g,
+                    y.data<T>());
+  });
+  if (!any_requires_grad({&x, &weight, &bias})) return Variable(y);
+  Tensor sx = weight.requires_grad() ? xv : Tensor();
+  Tensor sw = x.requires_grad() ? wv : Tensor();
+  return Variable::make(y, {&x, &weight, &bias}, "conv2d", [sx, sw, g](const Tensor& gy, GradSink& out) {
+    detail::with_float(gy, "conv2d backward", [&](auto tag) {
+      using T = decltype(tag);
+      Tensor dx = out.needs(0) ? Tensor::empty({g.N, g.C, g.H, g.W}, gy.dtype()) : Tensor();
+      Tensor dw = out.needs(1) ? Tensor::empty({g.OC, g.Cg(), g.KH, g.KW}, gy.dtype()) : Tensor();
+      Tensor db = out.needs(2) ? Tensor::empty({g.OC}, gy.dtype()) : Tensor();
+      conv_backward<T>(sx.defined() ? sx.data<T>() : nullptr, sw.defined() ? sw.data<T>() : nullptr,
+                       gy.data<T>(), g, dx.defined() ? dx.data<T>() : nullptr,
+                       dw.defined() ? dw.data<T>() : nullptr, db.defined() ? db.data<T>() : nullptr);
+      if (dx.defined()) out.add(0, dx);
+      if (dw.defined()) out.add(1, dw);
+      if (db.defined()) out.add(2, db);
+    });
+  });
+}
+
+}  // namespace qforge::autograd

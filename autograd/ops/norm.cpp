@@ -1,0 +1,152 @@
+// Batch normalization over axis 1 of [N, C] or [N, C, H, W].
+#include <cmath>
+
+#include "autograd/ops.h"
+#include "autograd/ops/tensor_math.h"
+#include "core/parallel.h"
+
+namespace qforge::autograd {
+
+Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, const Variable& weight,
+                    const Variable& bias, const BatchNormOptions& opt) {
+  const Tensor& xv = x.value();
+  const DType dt = detail::common_float_dtype(
+      {&xv, weight.defined() ? &weight.value() : nullptr, bias.defined() ? &bias.value() : nullptr,
+       running_mean.defined() ? &running_mean : nullptr, running_var.defined() ? &running_var : nullptr},
+      "batch_norm");
+  QF_CHECK_SHAPE(xv.ndim() == 2 || xv.ndim() == 4)
+      << "batch_norm: input must be [N, C] or [N, C, H, W], got " << xv.desc();
+  QF_CHECK(opt.eps > 0) << "batch_norm: eps must be > 0, got " << opt.eps;
+  QF_CHECK(opt.momentum >= 0 && opt.momentum <= 1) << "batch_norm: momentum must be in [0, 1], got "
+                                                   << opt.momentum;
+  const int64_t N = xv.size(0), C = xv.size(1);
+  const int64_t S = xv.ndim() == 4 ? xv.size(2) * xv.size(3) : 1;
+  const int64_t M = N * S;
+  for (const Tensor* t : std::initializer_list<const Tensor*>{weight.defined() ? &weight.value() : nullptr, bias.defined() ? &bias.value() : nullptr,
+                          running_mean.defined() ? &running_mean : nullptr,
+                          running_var.defined() ? &running_var : nullptr})
+    if (t) QF_CHECK_SHAPE(t->ndim() == 1 && t->size(0) == C)
+        << "batch_norm: per-channel tensor " << t->desc() << " does not match " << C << " channels of "
+        << xv.desc();
+  QF_CHECK(running_mean.defined() == running_var.defined())
+      << "batch_norm: give both running_mean and running_var, or neither";
+  const bool use_batch_stats = opt.training || !running_mean.defined();
+  if (use_batch_stats)
+    QF_CHECK_SHAPE(M > 1) << "batch_norm: training needs more than one value per channel, got " << xv.desc();
+
+  Tensor y = Tensor::empty(xv.shape(), dt);
+  Tensor mean_t = Tensor::empty({C}, dt), invstd_t = Tensor::empty({C}, dt);
+  detail::with_float(xv, "batch_norm", [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = xv.data<T>();
+    T* py = y.data<T>();
+    T* pm = mean_t.data<T>();
+    T* pi = invstd_t.data<T>();
+    const T* pw = weight.defined() ? weight.value().data<T>() : nullptr;
+    const T* pb = bias.defined() ? bias.value().data<T>() : nullptr;
+    T* prm = running_mean.defined() ? running_mean.data<T>() : nullptr;
+    T* prv = running_var.defined() ? running_var.data<T>() : nullptr;
+    parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        double mean, var;
+        if (use_batch_stats) {
+          double s = 0;
+          for (int64_t n = 0; n < N; ++n) {
+            const T* r = px + (n * C + c) * S;
+            for (int64_t i = 0; i < S; ++i) s += r[i];
+          }
+          mean = s / static_cast<double>(M);
+          double q = 0;
+          for (int64_t n = 0; n < N; ++n) {
+            const T* r = px + (n * C + c) * S;
+            for (int64_t i = 0; i < S; ++i) {
+              const double d = r[i] - mean;
+              q += d * d;
+            }
+          }
+          var = q / static_cast<double>(M);
+          if (opt.training && prm) {
+            prm[c] = static_cast<T>((1 - opt.momentum) * prm[c] + opt.momentum * mean);
+            prv[c] = static_cast<T>((1 - opt.momentum) * prv[c] +
+                                    opt.momentum * var * static_cast<double>(M) / static_cast<double>(M - 1));
+          }
+        } else {
+          mean = prm[c];
+          var = prv[c];
+        }
+        const T invstd = static_cast<T>(1.0 / std::sqrt(var + opt.eps));
+        pm[c] = static_cast<T>(mean);
+        pi[c] = invstd;
+        const T a = pw ? pw[c] * invstd : invstd;
+        const T b = (pb ? pb[c] : T(0)) - static_cast<T>(mean) * a;
+        for (int64_t n = 0; n < N; ++n) {
+          const T* r = px + (n * C + c) * S;
+          T* o = py + (n * C + c) * S;
+          for (int64_t i = 0; i < S; ++i) o[i] = r[i] * a + b;
+        }
+      }
+    });
+  });
+  if (!any_requires_grad({&x, &weight, &bias})) return Variable(y);
+  Tensor wv = weight.defined() ? weight.value() : Tensor();
+  return Variable::make(
+      y, {&x, &weight, &bias}, "batch_norm",
+      [xv, wv, mean_t, invstd_t, N, C, S, M, use_batch_stats](const Tensor& g, GradSink& out) {
+        Tensor dx = out.needs(0) ? Tensor::empty(xv.shape(), xv.dtype()) : Tensor();
+        Tensor dw = out.needs(1) ? Tensor::empty({C}, xv.dtype()) : Tensor();
+        Tensor db = out.needs(2) ? Tensor::empty({C}, xv.dtype()) : Tensor();
+        detail::with_float(xv, "batch_norm backward", [&](auto tag) {
+          using T = decltype(tag);
+          const T* px = xv.data<T>();
+          const T* pg = g.data<T>();
+          const T* pw = wv.defined() ? wv.data<T>() : nullptr;
+          const T* pm = mean_t.data<T>();
+          const T* pi = invstd_t.data<T>();
+          parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+            for (int64_t c = c0; c < c1; ++c) {
+              const T mean = pm[c], invstd = pi[c];
+              double sg = 0, sgx = 0;  // sum(g), sum(g * xhat)
+              for (int64_t n = 0; n < N; ++n) {
+                const T* r = px + (n * C + c) * S;
+                const T* gr = pg + (n * C + c) * S;
+                for (int64_t i = 0; i < S; ++i) {
+                  sg += gr[i];
+                  sgx += gr[i] * (r[i] - mean);
+                }
+              }
+              sgx *= invstd;
+              if (dw.defined()) dw.data<T>()[c] = static_cast<T>(sgx);
+              if (db.defined()) db.data<T>()[c] = static_cast<T>(sg);
+              if (!dx.defined()) continue;
+              const T w = pw ? pw[c] : T(1);
+              T* pd = dx.data<T>();
+              if (use_batch_stats) {
+                // dx = w * invstd / M * (M g - sum(g) - xhat * sum(g xhat))
+                const T k = w * invstd / static_cast<T>(M);
+                const T mg = static_cast<T>(sg);
+                const T mgx = static_cast<T>(sgx);
+                for (int64_t n = 0; n < N; ++n) {
+                  const T* r = px + (n * C + c) * S;
+                  const T* gr = pg + (n * C + c) * S;
+                  T* d = pd + (n * C + c) * S;
+                  for (int64_t i = 0; i < S; ++i)
+                    d[i] = k * (static_cast<T>(M) * gr[i] - mg - (r[i] - mean) * invstd * mgx);
+                }
+              } else {
+                const T k = w * invstd;
+                for (int64_t n = 0; n < N; ++n) {
+                  const T* gr = pg + (n * C + c) * S;
+                  T* d = pd + (n * C + c) * S;
+                  for (int64_t i = 0; i < S; ++i) d[i] = k * gr[i];
+                }
+              }
+            }
+          });
+        });
+        if (dx.defined()) out.add(0, dx);
+        if (dw.defined()) out.add(1, dw);
+        if (db.defined()) out.add(2, db);
+      });
+}
+
+}  // namespace qforge::autograd

@@ -1,0 +1,21 @@
+#pragma once
+// Dense matrix multiply for the float paths (training, FP32 inference).
+
+#include <cstdint>
+
+namespace qforge {
+
+/// C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, all row-major.
+/// op(X) is X, or X transposed when the matching flag is set; lda/ldb/ldc are
+/// the row strides of the matrices as stored. With beta == 0, C is not read.
+/// Large products are split over qforge's thread pool (see core/parallel.h);
+/// the split never divides K, so results do not depend on the thread count.
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+          int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc);
+
+/// Which implementation serves the f32 gemm ("avx512", "openblas").
+const char* gemm_backend();
+
+}  // namespace qforge

@@ -1,0 +1,143 @@
+#include <gtest/gtest.h>
+
+#include "tests/autograd/gradcheck.h"
+
+using namespace qforge;
+using namespace qforge::autograd;
+using qforge::testing::expect_jacobian;
+using qforge::testing::rand64;
+
+namespace {
+
+struct Case {
+  Shape x;  // N, C, H, W
+  int64_t oc, kh, kw;
+  Conv2dOptions opt;
+  bool bias;
+};
+
+std::string name(const Case& c) {
+  return shape_str(c.x) + " oc=" + std::to_string(c.oc) + " k=" + std::to_string(c.kh) + "x" +
+         std::to_string(c.kw) + " s=" + std::to_string(c.opt.stride[0]) + "," + std::to_string(c.opt.stride[1]) +
+         " p=" + std::to_string(c.opt.padding[0]) + "," + std::to_string(c.opt.padding[1]) +
+         " d=" + std::to_string(c.opt.dilation[0]) + " g=" + std::to_string(c.opt.groups);
+}
+
+Conv2dOptions opts(int64_t s0, int64_t s1, int64_t p0, int64_t p1, int64_t d, int64_t groups) {
+  Conv2dOptions o;
+  o.stride = {s0, s1};
+  o.padding = {p0, p1};
+  o.dilation = {d, d};
+  o.groups = groups;
+  return o;
+}
+
+const std::vector<Case> kCases = {
+    {{1, 1, 3, 3}, 1, 1, 1, opts(1, 1, 0, 0, 1, 1), false},   // smallest
+    {{2, 3, 5, 4}, 2, 3, 3, opts(1, 1, 0, 0, 1, 1), true},    // valid, bias
+    {{1, 2, 5, 5}, 3, 3, 3, opts(1, 1, 1, 1, 1, 1), false},   // same padding
+    {{2, 2, 7, 6}, 2, 3, 2, opts(2, 1, 1, 0, 1, 1), true},    // stride, asymmetric kernel
+    {{1, 2, 7, 7}, 2, 3, 3, opts(1, 1, 2, 2, 2, 1), false},   // dilation
+    {{2, 4, 5, 5}, 6, 3, 3, opts(1, 1, 1, 1, 1, 2), true},    // groups
+    {{2, 3, 6, 5}, 3, 3, 3, opts(2, 2, 1, 1, 1, 3), true},    // depthwise, stride 2
+    {{3, 4, 3, 3}, 5, 1, 1, opts(1, 1, 0, 0, 1, 1), true},    // pointwise 1x1
+    {{1, 3, 4, 4}, 2, 1, 1, opts(2, 2, 0, 0, 1, 1), false},   // strided 1x1 (shortcut)
+};
+
+// Naive direct convolution in double.
+std::vector<double> naive_conv(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dOptions& o) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t OC = w.size(0), KH = w.size(2), KW = w.size(3), G = o.groups, Cg = C / G, OCg = OC / G;
+  const int64_t OH = conv_out_size(H, KH, o.stride[0], o.padding[0], o.dilation[0]);
+  const int64_t OW = conv_out_size(W, KW, o.stride[1], o.padding[1], o.dilation[1]);
+  std::vector<double> y(N * OC * OH * OW, 0.0);
+  auto X = x.to_vector(), Wt = w.to_vector();
+  std::vector<double> B = b.defined() ? b.to_vector() : std::vector<double>(OC, 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t oc = 0; oc < OC; ++oc)
+      for (int64_t oh = 0; oh < OH; ++oh)
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          double s = B[oc];
+          const int64_t gi = oc / OCg;
+          for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t kh = 0; kh < KH; ++kh)
+              for (int64_t kw = 0; kw < KW; ++kw) {
+                const int64_t ih = oh * o.stride[0] - o.padding[0] + kh * o.dilation[0];
+                const int64_t iw = ow * o.stride[1] - o.padding[1] + kw * o.dilation[1];
+                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                s += X[((n * C + gi * Cg + c) * H + ih) * W + iw] * Wt[((oc * Cg + c) * KH + kh) * KW + kw];
+              }
+          y[((n * OC + oc) * OH + oh) * OW + ow] = s;
+        }
+  return y;
+}
+
+}  // namespace
+
+TEST(ConvGrad, Conv2d) {
+  Generator g(21);
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(name(c));
+    std::vector<Tensor> in = {rand64(c.x, g), rand64({c.oc, c.x[1] / c.opt.groups, c.kh, c.kw}, g)};
+    if (c.bias) in.push_back(rand64({c.oc}, g));
+    const Conv2dOptions o = c.opt;
+    expect_jacobian(
+        [o](const std::vector<Variable>& v) { return conv2d(v[0], v[1], v.size() > 2 ? v[2] : Variable(), o); },
+        in);
+  }
+}
+
+TEST(Conv, ForwardMatchesNaive) {
+  Generator g(22);
+  std::vector<Case> cases = kCases;
+  // Larger shapes that go through the threaded batch split and bigger GEMMs.
+  cases.push_back({{8, 16, 12, 12}, 32, 3, 3, opts(1, 1, 1, 1, 1, 1), true});
+  cases.push_back({{5, 8, 9, 9}, 8, 3, 3, opts(2, 2, 1, 1, 1, 8), false});
+  for (const Case& c : cases) {
+    SCOPED_TRACE(name(c));
+    Tensor x = Tensor::empty(c.x), w = Tensor::empty({c.oc, c.x[1] / c.opt.groups, c.kh, c.kw});
+    uniform_(x, -1, 1, g);
+    uniform_(w, -1, 1, g);
+    Tensor b;
+    if (c.bias) {
+      b = Tensor::empty({c.oc});
+      uniform_(b, -1, 1, g);
+    }
+    Tensor y = conv2d(Variable(x), Variable(w), b.defined() ? Variable(b) : Variable(), c.opt).value();
+    std::vector<double> ref = naive_conv(x, w, b, c.opt);
+    ASSERT_EQ(static_cast<size_t>(y.numel()), ref.size());
+    for (int64_t i = 0; i < y.numel(); ++i) ASSERT_NEAR(y.data<float>()[i], ref[i], 1e-4) << "at " << i;
+  }
+}
+
+// Gradients of the f32 path on a bigger shape agree with the f64 path.
+TEST(Conv, Float32BackwardMatchesFloat64) {
+  Generator g(23);
+  Tensor x64 = rand64({6, 8, 10, 10}, g), w64 = rand64({16, 8, 3, 3}, g), b64 = rand64({16}, g);
+  Tensor gy64 = rand64({6, 16, 10, 10}, g);
+  Conv2dOptions o = opts(1, 1, 1, 1, 1, 1);
+  auto run = [&](DType dt, std::vector<Tensor>& grads) {
+    Variable x(x64.to(dt), true), w(w64.to(dt), true), b(b64.to(dt), true);
+    conv2d(x, w, b, o).backward(gy64.to(dt));
+    grads = {x.grad().to(DType::f64), w.grad().to(DType::f64), b.grad().to(DType::f64)};
+  };
+  std::vector<Tensor> g32, g64;
+  run(DType::f32, g32);
+  run(DType::f64, g64);
+  for (int k = 0; k < 3; ++k)
+    for (int64_t i = 0; i < g64[k].numel(); ++i)
+      ASSERT_NEAR(g32[k].item(i), g64[k].item(i), 1e-3 * (1 + std::abs(g64[k].item(i)))) << "grad " << k;
+}
+
+TEST(Conv, BadInputsGiveClearErrors) {
+  Variable x(Tensor::zeros({1, 3, 5, 5}));
+  EXPECT_THROW(conv2d(x, Variable(Tensor::zeros({4, 2, 3, 3}))), ShapeError);
+  EXPECT_THROW(conv2d(Variable(Tensor::zeros({3, 5, 5})), Variable(Tensor::zeros({4, 3, 3, 3}))), ShapeError);
+  EXPECT_THROW(conv2d(x, Variable(Tensor::zeros({4, 3, 7, 7}))), ShapeError);
+  Conv2dOptions bad;
+  bad.stride = {0, 1};
+  EXPECT_THROW(conv2d(x, Variable(Tensor::zeros({4, 3, 3, 3})), Variable(), bad), ValueError);
+  Conv2dOptions groups;
+  groups.groups = 2;
+  EXPECT_THROW(conv2d(x, Variable(Tensor::zeros({4, 1, 3, 3})), Variable(), groups), ShapeError);
+}

@@ -1,0 +1,49 @@
+#include <gtest/gtest.h>
+
+#include "tests/autograd/gradcheck.h"
+
+using namespace qforge;
+using namespace qforge::autograd;
+using qforge::testing::expect_jacobian;
+using qforge::testing::rand64;
+
+TEST(LossGrad, Softmax) {
+  Generator g(61);
+  for (int ax : {-1, 0, 1})
+    expect_jacobian([ax](const std::vector<Variable>& v) { return softmax(v[0], ax); }, {rand64({3, 4, 2}, g, -2, 2)});
+  expect_jacobian([](const std::vector<Variable>& v) { return softmax(v[0]); }, {rand64({1, 1}, g)});
+}
+
+TEST(LossGrad, LogSoftmax) {
+  Generator g(62);
+  for (int ax : {-1, 1})
+    expect_jacobian([ax](const std::vector<Variable>& v) { return log_softmax(v[0], ax); },
+                    {rand64({2, 5, 3}, g, -2, 2)});
+}
+
+TEST(LossGrad, CrossEntropy) {
+  Generator g(63);
+  Tensor t = Tensor::from_vector<int32_t>({2, 0, 4, 4, 1}, {5});
+  expect_jacobian([t](const std::vector<Variable>& v) { return cross_entropy(v[0], t); }, {rand64({5, 5}, g, -3, 3)});
+  Tensor t1 = Tensor::from_vector<int32_t>({0}, {1});
+  expect_jacobian([t1](const std::vector<Variable>& v) { return cross_entropy(v[0], t1); }, {rand64({1, 1}, g)});
+}
+
+TEST(Loss, Values) {
+  Tensor x = Tensor::from_vector<float>({1, 2, 3, 1000, 0, -1000}, {2, 3});
+  Tensor sm = softmax(Variable(x)).value();
+  const double z = std::exp(1.0) + std::exp(2.0) + std::exp(3.0);
+  EXPECT_NEAR(sm.item(2), std::exp(3.0) / z, 1e-6);
+  EXPECT_NEAR(sm.item(3), 1.0, 1e-6);  // stable for large logits
+  Tensor t = Tensor::from_vector<int32_t>({2, 0}, {2});
+  const double expect = (-(3.0 - std::log(z)) + 0.0) / 2.0;
+  EXPECT_NEAR(cross_entropy(Variable(x), t).value().item(), expect, 1e-5);
+}
+
+TEST(Loss, BadTargets) {
+  Variable x(Tensor::zeros({2, 3}));
+  EXPECT_THROW(cross_entropy(x, Tensor::from_vector<int32_t>({0, 3}, {2})), IndexError);
+  EXPECT_THROW(cross_entropy(x, Tensor::from_vector<int32_t>({-1, 0}, {2})), IndexError);
+  EXPECT_THROW(cross_entropy(x, Tensor::from_vector<int32_t>({0}, {1})), ShapeError);
+  EXPECT_THROW(cross_entropy(x, Tensor::zeros({2})), DTypeError);
+}
