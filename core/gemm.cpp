@@ -3,12 +3,66 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "core/sgemm_kernels.h"
 
 namespace qforge {
+
+namespace detail {
+void sgemm_reference(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                     const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      float acc = 0.0f;
+      for (int64_t k = 0; k < K; ++k) acc += (ta ? A[k * lda + i] : A[i * lda + k]) * (tb ? B[j * ldb + k] : B[k * ldb + j]);
+      float& c = C[i * ldc + j];
+      c = beta == 0.0f ? alpha * acc : alpha * acc + beta * c;
+    }
+}
+}  // namespace detail
+
 namespace {
+
+using SgemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
+                         float, float*, int64_t);
+
+void sgemm_openblas(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                    const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
+              B, ldb, beta, C, ldc);
+}
+
+struct SgemmBackend {
+  const char* name;
+  SgemmFn fn;
+};
+
+// Chosen once: QFORGE_GEMM=avx512|openblas|reference forces a path; otherwise
+// AVX-512F CPUs get qforge's kernel and others OpenBLAS.
+SgemmBackend pick_backend() {
+  const bool has512 = __builtin_cpu_supports("avx512f");
+  if (const char* e = std::getenv("QFORGE_GEMM")) {
+    if (!std::strcmp(e, "openblas")) return {"openblas", sgemm_openblas};
+    if (!std::strcmp(e, "reference")) return {"reference", detail::sgemm_reference};
+    if (!std::strcmp(e, "avx512")) {
+      QF_CHECK(has512) << "QFORGE_GEMM=avx512, but this CPU lacks AVX-512F";
+      return {"avx512", detail::sgemm_avx512};
+    }
+    QF_THROW(ValueError) << "QFORGE_GEMM must be avx512, openblas or reference, got '" << e << "'";
+  }
+  if (has512) return {"avx512", detail::sgemm_avx512};
+  return {"openblas", sgemm_openblas};
+}
+
+const SgemmBackend& backend() {
+  static const SgemmBackend b = pick_backend();
+  return b;
+}
 
 template <class T>
 void blas_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
@@ -16,7 +70,9 @@ void blas_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const
   const auto opa = ta ? CblasTrans : CblasNoTrans;
   const auto opb = tb ? CblasTrans : CblasNoTrans;
   if constexpr (std::is_same_v<T, float>) {
-    cblas_sgemm(CblasRowMajor, opa, opb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    (void)opa;
+    (void)opb;
+    backend().fn(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   } else {
     cblas_dgemm(CblasRowMajor, opa, opb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   }
@@ -39,9 +95,9 @@ void gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const
     return;
   }
   // Split the larger of M and N into column or row panels; each thread runs a
-  // single-threaded BLAS call on its panel.
+  // single-threaded kernel on its panel.
   if (N >= M) {
-    const int64_t grain = std::max<int64_t>(64, (N / nt + 15) / 16 * 16);
+    const int64_t grain = std::max<int64_t>(32, (N / nt + 31) / 32 * 32);
     parallel_for(0, N, grain, [&](int64_t b, int64_t e) {
       const T* Bp = tb ? B + b * ldb : B + b;
       blas_gemm(ta, tb, M, e - b, K, alpha, A, lda, Bp, ldb, beta, C + b, ldc);
@@ -67,6 +123,49 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const
   gemm_impl<double>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-const char* gemm_backend() { return "openblas"; }
+const char* gemm_backend() { return backend().name; }
+
+namespace {
+// Without the AVX-512 kernel, gather the rows into a dense matrix and use gemm().
+void rows_fallback(bool nt, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                   const float* const* brows, float beta, float* C, int64_t ldc) {
+  const int64_t nrows = nt ? N : K, ncols = nt ? K : N;
+  std::vector<float> dense(static_cast<size_t>(nrows * ncols));
+  for (int64_t r = 0; r < nrows; ++r) std::copy(brows[r], brows[r] + ncols, dense.data() + r * ncols);
+  gemm(false, nt, M, N, K, alpha, A, lda, dense.data(), ncols, beta, C, ldc);
+}
+bool use_avx512_rows() { return backend().fn == detail::sgemm_avx512; }
+}  // namespace
+
+void gemm_rows_nn(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                  const float* const* brows, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (!use_avx512_rows() || K == 0) return rows_fallback(false, M, N, K, alpha, A, lda, brows, beta, C, ldc);
+  const int nt = num_threads();
+  if (nt == 1 || in_parallel_region() || 2.0 * M * N * K < 4e6) {
+    detail::sgemm_rows_nn_avx512(M, N, K, alpha, A, lda, brows, beta, C, ldc);
+    return;
+  }
+  const int64_t grain = std::max<int64_t>(32, (N / nt + 31) / 32 * 32);
+  parallel_for(0, N, grain, [&](int64_t b, int64_t e) {
+    std::vector<const float*> shifted(brows, brows + K);
+    for (auto& p : shifted) p += b;
+    detail::sgemm_rows_nn_avx512(M, e - b, K, alpha, A, lda, shifted.data(), beta, C + b, ldc);
+  });
+}
+
+void gemm_rows_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                  const float* const* brows, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (!use_avx512_rows() || K == 0) return rows_fallback(true, M, N, K, alpha, A, lda, brows, beta, C, ldc);
+  const int nt = num_threads();
+  if (nt == 1 || in_parallel_region() || 2.0 * M * N * K < 4e6) {
+    detail::sgemm_rows_nt_avx512(M, N, K, alpha, A, lda, brows, beta, C, ldc);
+    return;
+  }
+  parallel_for(0, M, 4, [&](int64_t b, int64_t e) {
+    detail::sgemm_rows_nt_avx512(e - b, N, K, alpha, A + b * lda, lda, brows, beta, C + b * ldc, ldc);
+  });
+}
 
 }  // namespace qforge

@@ -15,6 +15,17 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
           int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc);
 
+/// C[M,N] = alpha * A[M,K] * B + beta * C, where row k of B is the contiguous
+/// array brows[k][0..N) (rows may overlap: convolution passes shifted views of
+/// one padded image). A and C are row-major with strides lda and ldc.
+/// Single-threaded when called inside a parallel region, else split over N.
+void gemm_rows_nn(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                  const float* const* brows, float beta, float* C, int64_t ldc);
+/// C[M,N] = alpha * A[M,K] * B^T + beta * C, where row n of B is the
+/// contiguous array brows[n][0..K). Split over M when not nested.
+void gemm_rows_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                  const float* const* brows, float beta, float* C, int64_t ldc);
+
 /// Which implementation serves the f32 gemm ("avx512", "openblas").
 const char* gemm_backend();
 

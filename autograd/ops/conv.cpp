@@ -1,4 +1,6 @@
-// 2-D convolution (NCHW) through im2col and GEMM: forward and backward.
+// 2-D convolution (NCHW): forward and backward. Stride-1 f32 convolutions run
+// GEMMs on shifted rows of a padded image (no column matrix); the rest go
+// through im2col and GEMM.
 //
 // Work is split over the batch: each task im2cols its samples into a private
 // buffer and runs single-threaded GEMMs on it. Weight and bias gradients are
@@ -56,13 +58,13 @@ void im2col(const T* x, const ConvGeom& g, T* col) {
             continue;
           }
           const T* xr = xc + ih * g.W + woff;
-          std::fill_n(r, ow_lo, T(0));
+          for (int64_t ow = 0; ow < ow_lo; ++ow) r[ow] = T(0);
           if (g.sw == 1) {
-            std::memcpy(r + ow_lo, xr + ow_lo, sizeof(T) * (ow_hi - ow_lo));
+            for (int64_t ow = ow_lo; ow < ow_hi; ++ow) r[ow] = xr[ow];  // short rows: no memcpy call
           } else {
             for (int64_t ow = ow_lo; ow < ow_hi; ++ow) r[ow] = xr[ow * g.sw];
           }
-          std::fill(r + ow_hi, r + g.OW, T(0));
+          for (int64_t ow = ow_hi; ow < g.OW; ++ow) r[ow] = T(0);
         }
       }
     }
@@ -100,8 +102,156 @@ inline void chunk_range(int64_t N, int64_t chunks, int64_t c, int64_t& lo, int64
   hi = N * (c + 1) / chunks;
 }
 
+// ---- stride-1 f32 path: GEMMs on shifted rows of a padded image ------------
+//
+// With stride 1, row (c, kh, kw) of the im2col matrix is the padded input
+// plane shifted by (kh*dh, kw*dw), provided the output is computed on a grid
+// as wide as the padded input (Wp columns per output row instead of OW). So
+// no column matrix is built: the GEMM reads B rows straight from the padded
+// image through a table of row pointers. The Wp - OW extra columns per row
+// are computed and dropped (forward), or held at zero in the output gradient
+// so that they contribute nothing (backward).
+struct Shifted {
+  int64_t Hp, Wp, L, plane, slack;
+  explicit Shifted(const ConvGeom& g)
+      : Hp(g.H + 2 * g.ph),
+        Wp(g.W + 2 * g.pw),
+        L(g.OH * (g.W + 2 * g.pw)),
+        plane((g.H + 2 * g.ph) * (g.W + 2 * g.pw)),
+        slack((g.KW - 1) * g.dw + 64) {}
+  int64_t padded_size(const ConvGeom& g) const { return g.Cg() * plane + slack; }
+  // Row pointers of the virtual column matrix over a padded image.
+  void rows(const ConvGeom& g, const float* xp, std::vector<const float*>& out) const {
+    out.resize(g.Kc());
+    for (int64_t c = 0; c < g.Cg(); ++c)
+      for (int64_t kh = 0; kh < g.KH; ++kh)
+        for (int64_t kw = 0; kw < g.KW; ++kw)
+          out[(c * g.KH + kh) * g.KW + kw] = xp + c * plane + kh * g.dh * Wp + kw * g.dw;
+  }
+  // Copies one group's channels into the interior of the zeroed padded buffer.
+  void pad(const ConvGeom& g, const float* x, float* xp) const {
+    for (int64_t c = 0; c < g.Cg(); ++c)
+      for (int64_t h = 0; h < g.H; ++h)
+        std::memcpy(xp + c * plane + (h + g.ph) * Wp + g.pw, x + (c * g.H + h) * g.W, sizeof(float) * g.W);
+  }
+};
+
+bool use_shifted(const ConvGeom& g) { return g.sh == 1 && g.sw == 1 && !g.pointwise(); }
+
+void conv_forward_shifted(const float* x, const float* w, const float* b, const ConvGeom& g, float* y) {
+  const Shifted sh(g);
+  const int64_t OCg = g.OCg(), OHW = g.OHW();
+  const int64_t chunks = std::min<int64_t>(g.N, num_threads());
+  parallel_chunks(chunks, [&](int64_t c) {
+    int64_t lo, hi;
+    chunk_range(g.N, chunks, c, lo, hi);
+    Tensor xpad = Tensor::zeros({sh.padded_size(g)});
+    Tensor ygrid = Tensor::empty({OCg * sh.L});
+    float* xp = xpad.data<float>();
+    float* yp = ygrid.data<float>();
+    std::vector<const float*> rows;
+    sh.rows(g, xp, rows);
+    for (int64_t n = lo; n < hi; ++n)
+      for (int64_t gi = 0; gi < g.groups; ++gi) {
+        sh.pad(g, x + (n * g.C + gi * g.Cg()) * g.H * g.W, xp);
+        gemm_rows_nn(OCg, sh.L, g.Kc(), 1.0f, w + gi * OCg * g.Kc(), g.Kc(), rows.data(), 0.0f, yp, sh.L);
+        float* yg = y + (n * g.OC + gi * OCg) * OHW;
+        for (int64_t o = 0; o < OCg; ++o) {
+          const float bias = b ? b[gi * OCg + o] : 0.0f;
+          for (int64_t oh = 0; oh < g.OH; ++oh) {
+            const float* src = yp + o * sh.L + oh * sh.Wp;
+            float* dst = yg + o * OHW + oh * g.OW;
+            for (int64_t ow = 0; ow < g.OW; ++ow) dst[ow] = src[ow] + bias;
+          }
+        }
+      }
+  });
+}
+
+void conv_backward_shifted(const float* x, const float* w, const float* gy, const ConvGeom& g, float* dx,
+                           float* dw, float* db) {
+  const Shifted sh(g);
+  const int64_t Kc = g.Kc(), OHW = g.OHW(), OCg = g.OCg(), wsize = g.OC * Kc;
+  const int64_t chunks = std::min<int64_t>(g.N, num_threads());
+  std::vector<Tensor> dw_part(chunks), db_part(chunks);
+  parallel_chunks(chunks, [&](int64_t c) {
+    int64_t lo, hi;
+    chunk_range(g.N, chunks, c, lo, hi);
+    Tensor xpad = Tensor::zeros({sh.padded_size(g)});
+    Tensor gygrid = Tensor::zeros({OCg * sh.L});  // columns >= OW stay zero
+    Tensor dcolbuf = dx ? Tensor::empty({Kc * sh.L}) : Tensor();
+    Tensor dxpad = dx ? Tensor::empty({sh.padded_size(g)}) : Tensor();
+    float* xp = xpad.data<float>();
+    float* gp = gygrid.data<float>();
+    std::vector<const float*> rows;
+    sh.rows(g, xp, rows);
+    float* dwp = nullptr;
+    float* dbp = nullptr;
+    if (dw) {
+      dw_part[c] = Tensor::zeros({wsize});
+      dwp = dw_part[c].data<float>();
+    }
+    if (db) {
+      db_part[c] = Tensor::zeros({g.OC});
+      dbp = db_part[c].data<float>();
+    }
+    for (int64_t n = lo; n < hi; ++n)
+      for (int64_t gi = 0; gi < g.groups; ++gi) {
+        const float* gyg = gy + (n * g.OC + gi * OCg) * OHW;
+        for (int64_t o = 0; o < OCg; ++o)
+          for (int64_t oh = 0; oh < g.OH; ++oh)
+            std::memcpy(gp + o * sh.L + oh * sh.Wp, gyg + o * OHW + oh * g.OW, sizeof(float) * g.OW);
+        if (dbp)
+          for (int64_t o = 0; o < OCg; ++o) {
+            float s = 0;
+            for (int64_t i = 0; i < OHW; ++i) s += gyg[o * OHW + i];
+            dbp[gi * OCg + o] += s;
+          }
+        if (dwp) {  // dW_g += gy_grid [OCg, L] x cols^T
+          sh.pad(g, x + (n * g.C + gi * g.Cg()) * g.H * g.W, xp);
+          gemm_rows_nt(OCg, Kc, sh.L, 1.0f, gp, sh.L, rows.data(), 1.0f, dwp + gi * OCg * Kc, Kc);
+        }
+        if (dx) {  // dcol = W_g^T gy_grid, then add each row back at its shift
+          float* dcol = dcolbuf.data<float>();
+          float* dxp = dxpad.data<float>();
+          gemm(true, false, Kc, sh.L, OCg, 1.0f, w + gi * OCg * Kc, Kc, gp, sh.L, 0.0f, dcol, sh.L);
+          std::memset(dxp, 0, sizeof(float) * sh.padded_size(g));
+          for (int64_t k = 0; k < Kc; ++k) {
+            float* dst = dxp + (rows[k] - xp);
+            const float* src = dcol + k * sh.L;
+            for (int64_t j = 0; j < sh.L; ++j) dst[j] += src[j];
+          }
+          float* dxg = dx + (n * g.C + gi * g.Cg()) * g.H * g.W;
+          for (int64_t ch = 0; ch < g.Cg(); ++ch)
+            for (int64_t h = 0; h < g.H; ++h)
+              std::memcpy(dxg + (ch * g.H + h) * g.W, dxp + ch * sh.plane + (h + g.ph) * sh.Wp + g.pw,
+                          sizeof(float) * g.W);
+        }
+      }
+  });
+  if (dw) {
+    std::fill_n(dw, wsize, 0.0f);
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float* p = dw_part[c].data<float>();
+      for (int64_t i = 0; i < wsize; ++i) dw[i] += p[i];
+    }
+  }
+  if (db) {
+    std::fill_n(db, g.OC, 0.0f);
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float* p = db_part[c].data<float>();
+      for (int64_t i = 0; i < g.OC; ++i) db[i] += p[i];
+    }
+  }
+}
+
+// ---- general path: im2col + GEMM --------------------------------------------
+
 template <class T>
 void conv_forward(const T* x, const T* w, const T* b, const ConvGeom& g, T* y) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_shifted(g)) return conv_forward_shifted(x, w, b, g, y);
+  }
   const int64_t Kc = g.Kc(), OHW = g.OHW(), OCg = g.OCg();
   const int64_t chunks = std::min<int64_t>(g.N, num_threads());
   parallel_chunks(chunks, [&](int64_t c) {
@@ -131,6 +281,9 @@ void conv_forward(const T* x, const T* w, const T* b, const ConvGeom& g, T* y) {
 // dx (may be null), dw (may be null), db (may be null) from gy.
 template <class T>
 void conv_backward(const T* x, const T* w, const T* gy, const ConvGeom& g, T* dx, T* dw, T* db) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_shifted(g)) return conv_backward_shifted(x, w, gy, g, dx, dw, db);
+  }
   const int64_t Kc = g.Kc(), OHW = g.OHW(), OCg = g.OCg();
   const int64_t wsize = g.OC * Kc;
   const int64_t chunks = std::min<int64_t>(g.N, num_threads());

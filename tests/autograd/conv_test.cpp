@@ -110,23 +110,36 @@ TEST(Conv, ForwardMatchesNaive) {
   }
 }
 
-// Gradients of the f32 path on a bigger shape agree with the f64 path.
+// The f32 paths (shifted-row GEMMs for stride 1, im2col otherwise) give the
+// gradients of the gradient-checked f64 path, on every case and larger ones.
 TEST(Conv, Float32BackwardMatchesFloat64) {
   Generator g(23);
-  Tensor x64 = rand64({6, 8, 10, 10}, g), w64 = rand64({16, 8, 3, 3}, g), b64 = rand64({16}, g);
-  Tensor gy64 = rand64({6, 16, 10, 10}, g);
-  Conv2dOptions o = opts(1, 1, 1, 1, 1, 1);
-  auto run = [&](DType dt, std::vector<Tensor>& grads) {
-    Variable x(x64.to(dt), true), w(w64.to(dt), true), b(b64.to(dt), true);
-    conv2d(x, w, b, o).backward(gy64.to(dt));
-    grads = {x.grad().to(DType::f64), w.grad().to(DType::f64), b.grad().to(DType::f64)};
-  };
-  std::vector<Tensor> g32, g64;
-  run(DType::f32, g32);
-  run(DType::f64, g64);
-  for (int k = 0; k < 3; ++k)
-    for (int64_t i = 0; i < g64[k].numel(); ++i)
-      ASSERT_NEAR(g32[k].item(i), g64[k].item(i), 1e-3 * (1 + std::abs(g64[k].item(i)))) << "grad " << k;
+  std::vector<Case> cases = kCases;
+  cases.push_back({{6, 8, 10, 10}, 16, 3, 3, opts(1, 1, 1, 1, 1, 1), true});
+  cases.push_back({{3, 4, 9, 7}, 6, 3, 3, opts(1, 1, 2, 1, 2, 2), true});
+  cases.push_back({{4, 6, 8, 8}, 6, 3, 3, opts(1, 1, 1, 1, 1, 6), false});
+  for (const Case& c : cases) {
+    SCOPED_TRACE(name(c));
+    Tensor x64 = rand64(c.x, g), w64 = rand64({c.oc, c.x[1] / c.opt.groups, c.kh, c.kw}, g), b64 = rand64({c.oc}, g);
+    const int64_t oh = conv_out_size(c.x[2], c.kh, c.opt.stride[0], c.opt.padding[0], c.opt.dilation[0]);
+    const int64_t ow = conv_out_size(c.x[3], c.kw, c.opt.stride[1], c.opt.padding[1], c.opt.dilation[1]);
+    Tensor gy64 = rand64({c.x[0], c.oc, oh, ow}, g);
+    auto run = [&](DType dt, std::vector<Tensor>& grads, Tensor& y) {
+      Variable x(x64.to(dt), true), w(w64.to(dt), true), b(b64.to(dt), true);
+      Variable out = conv2d(x, w, b, c.opt);
+      y = out.value().to(DType::f64);
+      out.backward(gy64.to(dt));
+      grads = {x.grad().to(DType::f64), w.grad().to(DType::f64), b.grad().to(DType::f64)};
+    };
+    std::vector<Tensor> g32, g64;
+    Tensor y32, y64;
+    run(DType::f32, g32, y32);
+    run(DType::f64, g64, y64);
+    for (int64_t i = 0; i < y64.numel(); ++i) ASSERT_NEAR(y32.item(i), y64.item(i), 1e-4) << "output " << i;
+    for (int k = 0; k < 3; ++k)
+      for (int64_t i = 0; i < g64[k].numel(); ++i)
+        ASSERT_NEAR(g32[k].item(i), g64[k].item(i), 1e-4 * (1 + std::abs(g64[k].item(i)))) << "grad " << k << " at " << i;
+  }
 }
 
 TEST(Conv, BadInputsGiveClearErrors) {

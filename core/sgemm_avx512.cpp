@@ -1,0 +1,318 @@
+// Single-threaded f32 GEMM for CPUs with AVX-512F. Compiled with AVX-512 flags
+// on this file only; callers reach it through core/gemm.cpp after a cpuid
+// check.
+//
+// Two paths:
+// - packed (any op(A), op(B) except A row-major with B transposed): BLIS-style
+//   blocking with an 8x32 register tile (16 zmm accumulators), A packed as
+//   [k][8] micro-panels, B packed as [k][32] micro-panels;
+// - dot (C = A B^T with both A and B contiguous along K): 4x4 tiles of dot
+//   products with 16-wide loads along K and a horizontal sum at the end. It
+//   serves weight gradients, where both operands are contiguous in K and
+//   packing would be a transpose.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+
+#include "core/sgemm_kernels.h"
+
+namespace qforge::detail {
+namespace {
+
+constexpr int kMR = 8;
+constexpr int kNR = 32;
+constexpr int kKC = 256;
+constexpr int kMC = 128;
+
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+
+// Per-thread packing buffers, allocated once.
+float* pack_a_buffer() {
+  thread_local std::unique_ptr<float, AlignedFree> buf(
+      static_cast<float*>(std::aligned_alloc(64, sizeof(float) * kMC * kKC)));
+  return buf.get();
+}
+float* pack_b_buffer() {
+  thread_local std::unique_ptr<float, AlignedFree> buf(
+      static_cast<float*>(std::aligned_alloc(64, sizeof(float) * kKC * kNR)));
+  return buf.get();
+}
+
+// Packs rows [i0, i0+mc) x cols [p0, p0+kc) of op(A) as micro-panels of kMR
+// rows, each laid out [k][kMR]; the last panel's missing rows are left alone
+// (the kernel for mr < kMR never reads them).
+void pack_a(bool ta, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t p0, int64_t kc, float* dst) {
+  for (int64_t ir = 0; ir < mc; ir += kMR) {
+    const int64_t mr = std::min<int64_t>(kMR, mc - ir);
+    float* d = dst + ir * kc;
+    if (ta) {  // op(A)(i, k) = A[k * lda + i]: rows of a panel are contiguous
+      for (int64_t k = 0; k < kc; ++k) {
+        const float* s = A + (p0 + k) * lda + i0 + ir;
+        if (mr == kMR) {
+          _mm256_storeu_ps(d + k * kMR, _mm256_loadu_ps(s));
+        } else {
+          for (int64_t i = 0; i < mr; ++i) d[k * kMR + i] = s[i];
+        }
+      }
+    } else {  // op(A)(i, k) = A[i * lda + k]
+      for (int64_t i = 0; i < mr; ++i) {
+        const float* s = A + (i0 + ir + i) * lda + p0;
+        for (int64_t k = 0; k < kc; ++k) d[k * kMR + i] = s[k];
+      }
+    }
+  }
+}
+
+// Where op(B) comes from: a strided matrix, or a table of row pointers (row k
+// of op(B) is rows[k][0..N)).
+struct BSource {
+  const float* B = nullptr;
+  int64_t ldb = 0;
+  bool tb = false;
+  const float* const* rows = nullptr;
+};
+
+// Packs rows [p0, p0+kc) x cols [j0, j0+nr) of op(B) as one [k][kNR] panel,
+// zero-filling columns past nr.
+void pack_b(const BSource& b, int64_t p0, int64_t kc, int64_t j0, int64_t nr, float* dst) {
+  if (!b.tb) {  // op(B)(k, j) = row_k[j]
+    const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
+    const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr > 16 ? static_cast<__mmask16>((1u << (nr - 16)) - 1) : 0;
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* s = (b.rows ? b.rows[p0 + k] : b.B + (p0 + k) * b.ldb) + j0;
+      _mm512_store_ps(dst + k * kNR, _mm512_maskz_loadu_ps(m0, s));
+      _mm512_store_ps(dst + k * kNR + 16, _mm512_maskz_loadu_ps(m1, s + 16));
+    }
+  } else {  // op(B)(k, j) = B[j * ldb + k]
+    for (int64_t j = 0; j < kNR; ++j) {
+      if (j < nr) {
+        const float* s = b.B + (j0 + j) * b.ldb + p0;
+        for (int64_t k = 0; k < kc; ++k) dst[k * kNR + j] = s[k];
+      } else {
+        for (int64_t k = 0; k < kc; ++k) dst[k * kNR + j] = 0.0f;
+      }
+    }
+  }
+}
+
+// C[mr x nr] = alpha * Apanel * Bpanel + beta * C, with beta == 0 never
+// reading C.
+template <int MR>
+void kernel_packed(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int64_t nr, float alpha,
+                   float beta) {
+  __m512 acc0[MR], acc1[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    acc0[i] = _mm512_setzero_ps();
+    acc1[i] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 b0 = _mm512_load_ps(b + k * kNR);
+    const __m512 b1 = _mm512_load_ps(b + k * kNR + 16);
+    const float* ak = a + k * kMR;
+  #pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+      const __m512 ai = _mm512_set1_ps(ak[i]);
+      acc0[i] = _mm512_fmadd_ps(ai, b0, acc0[i]);
+      acc1[i] = _mm512_fmadd_ps(ai, b1, acc1[i]);
+    }
+  }
+  const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
+  const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr > 16 ? static_cast<__mmask16>((1u << (nr - 16)) - 1) : 0;
+  const __m512 va = _mm512_set1_ps(alpha);
+  const __m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    float* r = c + i * ldc;
+    __m512 v0 = _mm512_mul_ps(va, acc0[i]);
+    __m512 v1 = _mm512_mul_ps(va, acc1[i]);
+    if (beta != 0.0f) {
+      v0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, r), v0);
+      v1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, r + 16), v1);
+    }
+    _mm512_mask_storeu_ps(r, m0, v0);
+    _mm512_mask_storeu_ps(r + 16, m1, v1);
+  }
+}
+
+using PackedKernel = void (*)(int64_t, const float*, const float*, float*, int64_t, int64_t, float, float);
+constexpr PackedKernel kPackedKernels[kMR + 1] = {nullptr,
+                                                  kernel_packed<1>,
+                                                  kernel_packed<2>,
+                                                  kernel_packed<3>,
+                                                  kernel_packed<4>,
+                                                  kernel_packed<5>,
+                                                  kernel_packed<6>,
+                                                  kernel_packed<7>,
+                                                  kernel_packed<8>};
+
+void sgemm_packed(bool ta, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                  const BSource& bsrc, float beta, float* C, int64_t ldc) {
+  float* ap = pack_a_buffer();
+  float* bp = pack_b_buffer();
+  // Equal K blocks of at most kKC (288 = 144 + 144, not 256 + 32).
+  const int64_t kblocks = (K + kKC - 1) / kKC;
+  const int64_t kstep = (K + kblocks - 1) / kblocks;
+  for (int64_t p0 = 0; p0 < K; p0 += kstep) {
+    const int64_t kc = std::min<int64_t>(kstep, K - p0);
+    const float beta_eff = p0 == 0 ? beta : 1.0f;
+    for (int64_t i0 = 0; i0 < M; i0 += kMC) {
+      const int64_t mc = std::min<int64_t>(kMC, M - i0);
+      pack_a(ta, A, lda, i0, mc, p0, kc, ap);
+      for (int64_t j0 = 0; j0 < N; j0 += kNR) {
+        const int64_t nr = std::min<int64_t>(kNR, N - j0);
+        pack_b(bsrc, p0, kc, j0, nr, bp);
+        for (int64_t ir = 0; ir < mc; ir += kMR) {
+          const int64_t mr = std::min<int64_t>(kMR, mc - ir);
+          kPackedKernels[mr](kc, ap + ir * kc, bp, C + (i0 + ir) * ldc + j0, ldc, nr, alpha, beta_eff);
+        }
+      }
+    }
+  }
+}
+
+// ---- dot path: C = alpha * A B^T + beta * C, A [M x K], B [N x K] ----------
+
+// Horizontal sum in a fixed order.
+inline float hsum(__m512 v) {
+  const __m512 s8 = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0x4E));   // swap 256-bit halves
+  const __m512 s4 = _mm512_add_ps(s8, _mm512_shuffle_f32x4(s8, s8, 0xB1));  // swap 128-bit lanes
+  __m128 x = _mm512_castps512_ps128(s4);
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 0x55));
+  return _mm_cvtss_f32(x);
+}
+// Sums of 16 vectors at once, out[i][j] = hsum(acc[i][j]), with a shuffle
+// tree (about 50 instructions instead of 16 separate reductions). The order of
+// additions is fixed, so results are deterministic.
+inline void reduce4x4(const __m512 (&acc)[4][4], float (&out)[4][4]) {
+  __m128 rows[4];
+  for (int i = 0; i < 4; ++i) {
+    // Fold 512 -> 256 bits, two vectors per register.
+    const __m512 x01 = _mm512_add_ps(_mm512_shuffle_f32x4(acc[i][0], acc[i][1], 0x44),
+                                     _mm512_shuffle_f32x4(acc[i][0], acc[i][1], 0xEE));
+    const __m512 x23 = _mm512_add_ps(_mm512_shuffle_f32x4(acc[i][2], acc[i][3], 0x44),
+                                     _mm512_shuffle_f32x4(acc[i][2], acc[i][3], 0xEE));
+    // Fold 256 -> 128 bits: lane j holds 4 partial sums of acc[i][j].
+    const __m512 y = _mm512_add_ps(_mm512_shuffle_f32x4(x01, x23, 0x88), _mm512_shuffle_f32x4(x01, x23, 0xDD));
+    // Finish inside each lane: [s0, s1, s2, s3] of lane j -> one sum, kept
+    // for the transpose below.
+    alignas(64) float t[16];
+    _mm512_store_ps(t, y);
+    rows[i] = _mm_set_ps(t[12] + t[13] + t[14] + t[15], t[8] + t[9] + t[10] + t[11], t[4] + t[5] + t[6] + t[7],
+                         t[0] + t[1] + t[2] + t[3]);
+  }
+  for (int i = 0; i < 4; ++i) _mm_storeu_ps(out[i], rows[i]);
+}
+
+template <int RI, int RJ>
+void kernel_dot(int64_t K, const float* A, int64_t lda, const float* const* Brow, float* C, int64_t ldc,
+                float alpha, float beta) {
+  __m512 acc[RI][RJ];
+  for (int i = 0; i < RI; ++i)
+    for (int j = 0; j < RJ; ++j) acc[i][j] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 b[RJ];
+    for (int j = 0; j < RJ; ++j) b[j] = _mm512_loadu_ps(Brow[j] + k);
+    for (int i = 0; i < RI; ++i) {
+      const __m512 a = _mm512_loadu_ps(A + i * lda + k);
+      for (int j = 0; j < RJ; ++j) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+    }
+  }
+  if (k < K) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (K - k)) - 1);
+    __m512 b[RJ];
+    for (int j = 0; j < RJ; ++j) b[j] = _mm512_maskz_loadu_ps(m, Brow[j] + k);
+    for (int i = 0; i < RI; ++i) {
+      const __m512 a = _mm512_maskz_loadu_ps(m, A + i * lda + k);
+      for (int j = 0; j < RJ; ++j) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+    }
+  }
+  alignas(64) float sums[RI][4];
+  if constexpr (RI == 4 && RJ == 4) {
+    reduce4x4(acc, sums);
+  } else {
+    for (int i = 0; i < RI; ++i)
+      for (int j = 0; j < RJ; ++j) sums[i][j] = hsum(acc[i][j]);
+  }
+  for (int i = 0; i < RI; ++i)
+    for (int j = 0; j < RJ; ++j) {
+      const float s = alpha * sums[i][j];
+      float& c = C[i * ldc + j];
+      c = beta == 0.0f ? s : s + beta * c;
+    }
+}
+
+using DotKernel = void (*)(int64_t, const float*, int64_t, const float* const*, float*, int64_t, float, float);
+
+template <int RI>
+constexpr DotKernel dot_for(int rj) {
+  switch (rj) {
+    case 1: return kernel_dot<RI, 1>;
+    case 2: return kernel_dot<RI, 2>;
+    case 3: return kernel_dot<RI, 3>;
+    default: return kernel_dot<RI, 4>;
+  }
+}
+
+DotKernel dot_kernel(int ri, int rj) {
+  switch (ri) {
+    case 1: return dot_for<1>(rj);
+    case 2: return dot_for<2>(rj);
+    case 3: return dot_for<3>(rj);
+    default: return dot_for<4>(rj);
+  }
+}
+
+// B row j is brow(j), a pointer to K contiguous floats.
+template <class RowFn>
+void sgemm_dot(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, RowFn brow, float beta,
+               float* C, int64_t ldc) {
+  constexpr int64_t kRI = 4, kRJ = 4;
+  // Blocks of B rows stay in L1 while A rows stream past them.
+  for (int64_t j0 = 0; j0 < N; j0 += kRJ) {
+    const int64_t rj = std::min<int64_t>(kRJ, N - j0);
+    const float* rows[kRJ];
+    for (int64_t j = 0; j < rj; ++j) rows[j] = brow(j0 + j);
+    for (int64_t i0 = 0; i0 < M; i0 += kRI) {
+      const int64_t ri = std::min<int64_t>(kRI, M - i0);
+      dot_kernel(static_cast<int>(ri), static_cast<int>(rj))(K, A + i0 * lda, lda, rows, C + i0 * ldc + j0, ldc,
+                                                              alpha, beta);
+    }
+  }
+}
+
+}  // namespace
+
+void sgemm_avx512(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                  const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (!ta && tb) {
+    sgemm_dot(M, N, K, alpha, A, lda, [&](int64_t j) { return B + j * ldb; }, beta, C, ldc);
+  } else {
+    BSource b;
+    b.B = B;
+    b.ldb = ldb;
+    b.tb = tb;
+    sgemm_packed(ta, M, N, K, alpha, A, lda, b, beta, C, ldc);
+  }
+}
+
+void sgemm_rows_nn_avx512(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                          const float* const* brows, float beta, float* C, int64_t ldc) {
+  BSource b;
+  b.rows = brows;
+  sgemm_packed(false, M, N, K, alpha, A, lda, b, beta, C, ldc);
+}
+
+void sgemm_rows_nt_avx512(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                          const float* const* brows, float beta, float* C, int64_t ldc) {
+  sgemm_dot(M, N, K, alpha, A, lda, [&](int64_t j) { return brows[j]; }, beta, C, ldc);
+}
+
+}  // namespace qforge::detail
