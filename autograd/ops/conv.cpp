@@ -112,74 +112,97 @@ inline void chunk_range(int64_t N, int64_t chunks, int64_t c, int64_t& lo, int64
 // are computed and dropped (forward), or held at zero in the output gradient
 // so that they contribute nothing (backward).
 struct Shifted {
-  int64_t Hp, Wp, L, plane, slack;
-  explicit Shifted(const ConvGeom& g)
+  int64_t Hp, Wp, plane, nb, cstride, slack;
+  // nb samples share one GEMM: the padded buffer is [Cg][nb][Hp][Wp], so a
+  // shifted row runs through all nb images (small maps get wider GEMMs).
+  Shifted(const ConvGeom& g, int64_t nb_)
       : Hp(g.H + 2 * g.ph),
         Wp(g.W + 2 * g.pw),
-        L(g.OH * (g.W + 2 * g.pw)),
         plane((g.H + 2 * g.ph) * (g.W + 2 * g.pw)),
-        slack((g.KW - 1) * g.dw + 64) {}
-  int64_t padded_size(const ConvGeom& g) const { return g.Cg() * plane + slack; }
-  // Row pointers of the virtual column matrix over a padded image.
+        nb(nb_),
+        cstride(nb_ * (g.H + 2 * g.ph) * (g.W + 2 * g.pw)),
+        slack((g.KH - 1) * g.dh * (g.W + 2 * g.pw) + (g.KW - 1) * g.dw + 64) {}
+  // Grid columns that cover `ns` stacked samples.
+  int64_t L(const ConvGeom& g, int64_t ns) const { return (ns - 1) * plane + g.OH * Wp; }
+  int64_t padded_size(const ConvGeom& g) const { return g.Cg() * cstride + slack; }
+  // Grid offset of output (s, oh, 0).
+  int64_t out_at(int64_t s, int64_t oh) const { return s * plane + oh * Wp; }
+  // Row pointers of the virtual column matrix over a padded buffer.
   void rows(const ConvGeom& g, const float* xp, std::vector<const float*>& out) const {
     out.resize(g.Kc());
     for (int64_t c = 0; c < g.Cg(); ++c)
       for (int64_t kh = 0; kh < g.KH; ++kh)
         for (int64_t kw = 0; kw < g.KW; ++kw)
-          out[(c * g.KH + kh) * g.KW + kw] = xp + c * plane + kh * g.dh * Wp + kw * g.dw;
+          out[(c * g.KH + kh) * g.KW + kw] = xp + c * cstride + kh * g.dh * Wp + kw * g.dw;
   }
-  // Copies one group's channels into the interior of the zeroed padded buffer.
-  void pad(const ConvGeom& g, const float* x, float* xp) const {
-    for (int64_t c = 0; c < g.Cg(); ++c)
-      for (int64_t h = 0; h < g.H; ++h)
-        std::memcpy(xp + c * plane + (h + g.ph) * Wp + g.pw, x + (c * g.H + h) * g.W, sizeof(float) * g.W);
+  // Copies one group's channels of samples n0..n0+ns into the interior of the
+  // padded buffer (whose borders stay zero).
+  void pad(const ConvGeom& g, const float* x, int64_t n0, int64_t ns, int64_t gi, float* xp) const {
+    for (int64_t s = 0; s < ns; ++s)
+      for (int64_t c = 0; c < g.Cg(); ++c) {
+        const float* src = x + ((n0 + s) * g.C + gi * g.Cg() + c) * g.H * g.W;
+        float* dst = xp + c * cstride + s * plane + g.ph * Wp + g.pw;
+        for (int64_t h = 0; h < g.H; ++h) std::memcpy(dst + h * Wp, src + h * g.W, sizeof(float) * g.W);
+      }
   }
 };
 
 bool use_shifted(const ConvGeom& g) { return g.sh == 1 && g.sw == 1 && !g.pointwise(); }
 
+// Samples per GEMM: enough for about 1024 grid columns, at most the chunk.
+int64_t stack_count(const ConvGeom& g, int64_t chunk) {
+  const int64_t plane = (g.H + 2 * g.ph) * (g.W + 2 * g.pw);
+  return std::clamp<int64_t>(1024 / plane, 1, std::max<int64_t>(chunk, 1));
+}
+
 void conv_forward_shifted(const float* x, const float* w, const float* b, const ConvGeom& g, float* y) {
-  const Shifted sh(g);
   const int64_t OCg = g.OCg(), OHW = g.OHW();
   const int64_t chunks = std::min<int64_t>(g.N, num_threads());
+  const Shifted sh(g, stack_count(g, (g.N + chunks - 1) / chunks));
   parallel_chunks(chunks, [&](int64_t c) {
     int64_t lo, hi;
     chunk_range(g.N, chunks, c, lo, hi);
     Tensor xpad = Tensor::zeros({sh.padded_size(g)});
-    Tensor ygrid = Tensor::empty({OCg * sh.L});
+    Tensor ygrid = Tensor::empty({OCg * sh.L(g, sh.nb)});
     float* xp = xpad.data<float>();
     float* yp = ygrid.data<float>();
     std::vector<const float*> rows;
     sh.rows(g, xp, rows);
-    for (int64_t n = lo; n < hi; ++n)
+    for (int64_t n0 = lo; n0 < hi; n0 += sh.nb) {
+      const int64_t ns = std::min(sh.nb, hi - n0);
+      const int64_t L = sh.L(g, ns);
       for (int64_t gi = 0; gi < g.groups; ++gi) {
-        sh.pad(g, x + (n * g.C + gi * g.Cg()) * g.H * g.W, xp);
-        gemm_rows_nn(OCg, sh.L, g.Kc(), 1.0f, w + gi * OCg * g.Kc(), g.Kc(), rows.data(), 0.0f, yp, sh.L);
-        float* yg = y + (n * g.OC + gi * OCg) * OHW;
-        for (int64_t o = 0; o < OCg; ++o) {
-          const float bias = b ? b[gi * OCg + o] : 0.0f;
-          for (int64_t oh = 0; oh < g.OH; ++oh) {
-            const float* src = yp + o * sh.L + oh * sh.Wp;
-            float* dst = yg + o * OHW + oh * g.OW;
-            for (int64_t ow = 0; ow < g.OW; ++ow) dst[ow] = src[ow] + bias;
+        sh.pad(g, x, n0, ns, gi, xp);
+        gemm_rows_nn(OCg, L, g.Kc(), 1.0f, w + gi * OCg * g.Kc(), g.Kc(), rows.data(), 0.0f, yp, L);
+        for (int64_t s = 0; s < ns; ++s) {
+          float* yg = y + ((n0 + s) * g.OC + gi * OCg) * OHW;
+          for (int64_t o = 0; o < OCg; ++o) {
+            const float bias = b ? b[gi * OCg + o] : 0.0f;
+            for (int64_t oh = 0; oh < g.OH; ++oh) {
+              const float* src = yp + o * L + sh.out_at(s, oh);
+              float* dst = yg + o * OHW + oh * g.OW;
+              for (int64_t ow = 0; ow < g.OW; ++ow) dst[ow] = src[ow] + bias;
+            }
           }
         }
       }
+    }
   });
 }
 
 void conv_backward_shifted(const float* x, const float* w, const float* gy, const ConvGeom& g, float* dx,
                            float* dw, float* db) {
-  const Shifted sh(g);
   const int64_t Kc = g.Kc(), OHW = g.OHW(), OCg = g.OCg(), wsize = g.OC * Kc;
   const int64_t chunks = std::min<int64_t>(g.N, num_threads());
+  const Shifted sh(g, stack_count(g, (g.N + chunks - 1) / chunks));
+  const int64_t Lmax = sh.L(g, sh.nb);
   std::vector<Tensor> dw_part(chunks), db_part(chunks);
   parallel_chunks(chunks, [&](int64_t c) {
     int64_t lo, hi;
     chunk_range(g.N, chunks, c, lo, hi);
     Tensor xpad = Tensor::zeros({sh.padded_size(g)});
-    Tensor gygrid = Tensor::zeros({OCg * sh.L});  // columns >= OW stay zero
-    Tensor dcolbuf = dx ? Tensor::empty({Kc * sh.L}) : Tensor();
+    Tensor gygrid = Tensor::empty({OCg * Lmax});
+    Tensor dcolbuf = dx ? Tensor::empty({Kc * Lmax}) : Tensor();
     Tensor dxpad = dx ? Tensor::empty({sh.padded_size(g)}) : Tensor();
     float* xp = xpad.data<float>();
     float* gp = gygrid.data<float>();
@@ -195,39 +218,47 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
       db_part[c] = Tensor::zeros({g.OC});
       dbp = db_part[c].data<float>();
     }
-    for (int64_t n = lo; n < hi; ++n)
+    for (int64_t n0 = lo; n0 < hi; n0 += sh.nb) {
+      const int64_t ns = std::min(sh.nb, hi - n0);
+      const int64_t L = sh.L(g, ns);
       for (int64_t gi = 0; gi < g.groups; ++gi) {
-        const float* gyg = gy + (n * g.OC + gi * OCg) * OHW;
-        for (int64_t o = 0; o < OCg; ++o)
-          for (int64_t oh = 0; oh < g.OH; ++oh)
-            std::memcpy(gp + o * sh.L + oh * sh.Wp, gyg + o * OHW + oh * g.OW, sizeof(float) * g.OW);
-        if (dbp)
+        // Output gradient on the grid; every column that is not an output is 0.
+        std::memset(gp, 0, sizeof(float) * OCg * L);
+        for (int64_t s = 0; s < ns; ++s) {
+          const float* gyg = gy + ((n0 + s) * g.OC + gi * OCg) * OHW;
           for (int64_t o = 0; o < OCg; ++o) {
-            float s = 0;
-            for (int64_t i = 0; i < OHW; ++i) s += gyg[o * OHW + i];
-            dbp[gi * OCg + o] += s;
+            for (int64_t oh = 0; oh < g.OH; ++oh)
+              std::memcpy(gp + o * L + sh.out_at(s, oh), gyg + o * OHW + oh * g.OW, sizeof(float) * g.OW);
+            if (dbp) {
+              float sum = 0;
+              for (int64_t i = 0; i < OHW; ++i) sum += gyg[o * OHW + i];
+              dbp[gi * OCg + o] += sum;
+            }
           }
+        }
         if (dwp) {  // dW_g += gy_grid [OCg, L] x cols^T
-          sh.pad(g, x + (n * g.C + gi * g.Cg()) * g.H * g.W, xp);
-          gemm_rows_nt(OCg, Kc, sh.L, 1.0f, gp, sh.L, rows.data(), 1.0f, dwp + gi * OCg * Kc, Kc);
+          sh.pad(g, x, n0, ns, gi, xp);
+          gemm_rows_nt(OCg, Kc, L, 1.0f, gp, L, rows.data(), 1.0f, dwp + gi * OCg * Kc, Kc);
         }
         if (dx) {  // dcol = W_g^T gy_grid, then add each row back at its shift
           float* dcol = dcolbuf.data<float>();
           float* dxp = dxpad.data<float>();
-          gemm(true, false, Kc, sh.L, OCg, 1.0f, w + gi * OCg * Kc, Kc, gp, sh.L, 0.0f, dcol, sh.L);
+          gemm(true, false, Kc, L, OCg, 1.0f, w + gi * OCg * Kc, Kc, gp, L, 0.0f, dcol, L);
           std::memset(dxp, 0, sizeof(float) * sh.padded_size(g));
           for (int64_t k = 0; k < Kc; ++k) {
             float* dst = dxp + (rows[k] - xp);
-            const float* src = dcol + k * sh.L;
-            for (int64_t j = 0; j < sh.L; ++j) dst[j] += src[j];
+            const float* src = dcol + k * L;
+            for (int64_t j = 0; j < L; ++j) dst[j] += src[j];
           }
-          float* dxg = dx + (n * g.C + gi * g.Cg()) * g.H * g.W;
-          for (int64_t ch = 0; ch < g.Cg(); ++ch)
-            for (int64_t h = 0; h < g.H; ++h)
-              std::memcpy(dxg + (ch * g.H + h) * g.W, dxp + ch * sh.plane + (h + g.ph) * sh.Wp + g.pw,
-                          sizeof(float) * g.W);
+          for (int64_t s = 0; s < ns; ++s)
+            for (int64_t ch = 0; ch < g.Cg(); ++ch) {
+              float* dst = dx + ((n0 + s) * g.C + gi * g.Cg() + ch) * g.H * g.W;
+              const float* src = dxp + ch * sh.cstride + s * sh.plane + g.ph * sh.Wp + g.pw;
+              for (int64_t h = 0; h < g.H; ++h) std::memcpy(dst + h * g.W, src + h * sh.Wp, sizeof(float) * g.W);
+            }
         }
       }
+    }
   });
   if (dw) {
     std::fill_n(dw, wsize, 0.0f);

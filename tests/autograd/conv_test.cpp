@@ -118,6 +118,8 @@ TEST(Conv, Float32BackwardMatchesFloat64) {
   cases.push_back({{6, 8, 10, 10}, 16, 3, 3, opts(1, 1, 1, 1, 1, 1), true});
   cases.push_back({{3, 4, 9, 7}, 6, 3, 3, opts(1, 1, 2, 1, 2, 2), true});
   cases.push_back({{4, 6, 8, 8}, 6, 3, 3, opts(1, 1, 1, 1, 1, 6), false});
+  // Several samples per GEMM with a partial last stack (plane 16x16 -> 4 per stack).
+  cases.push_back({{11, 3, 14, 14}, 4, 3, 3, opts(1, 1, 1, 1, 1, 1), true});
   for (const Case& c : cases) {
     SCOPED_TRACE(name(c));
     Tensor x64 = rand64(c.x, g), w64 = rand64({c.oc, c.x[1] / c.opt.groups, c.kh, c.kw}, g), b64 = rand64({c.oc}, g);
