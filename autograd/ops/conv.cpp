@@ -102,6 +102,16 @@ inline void chunk_range(int64_t N, int64_t chunks, int64_t c, int64_t& lo, int64
   hi = N * (c + 1) / chunks;
 }
 
+// out[0..n) = sum of the per-task partials, added in task order.
+template <class T>
+void sum_partials(const std::vector<Tensor>& parts, int64_t n, T* out) {
+  std::fill_n(out, n, T(0));
+  for (const Tensor& p : parts) {
+    const T* src = p.data<T>();
+    for (int64_t i = 0; i < n; ++i) out[i] += src[i];
+  }
+}
+
 // ---- stride-1 f32 path: GEMMs on shifted rows of a padded image ------------
 //
 // With stride 1, row (c, kh, kw) of the im2col matrix is the padded input
@@ -260,20 +270,8 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
       }
     }
   });
-  if (dw) {
-    std::fill_n(dw, wsize, 0.0f);
-    for (int64_t c = 0; c < chunks; ++c) {
-      const float* p = dw_part[c].data<float>();
-      for (int64_t i = 0; i < wsize; ++i) dw[i] += p[i];
-    }
-  }
-  if (db) {
-    std::fill_n(db, g.OC, 0.0f);
-    for (int64_t c = 0; c < chunks; ++c) {
-      const float* p = db_part[c].data<float>();
-      for (int64_t i = 0; i < g.OC; ++i) db[i] += p[i];
-    }
-  }
+  if (dw) sum_partials(dw_part, wsize, dw);
+  if (db) sum_partials(db_part, g.OC, db);
 }
 
 // ---- general path: im2col + GEMM --------------------------------------------
@@ -368,20 +366,8 @@ void conv_backward(const T* x, const T* w, const T* gy, const ConvGeom& g, T* dx
       }
     }
   });
-  if (dw) {
-    std::fill_n(dw, wsize, T(0));
-    for (int64_t c = 0; c < chunks; ++c) {
-      const T* p = dw_part[c].template data<T>();
-      for (int64_t i = 0; i < wsize; ++i) dw[i] += p[i];
-    }
-  }
-  if (db) {
-    std::fill_n(db, g.OC, T(0));
-    for (int64_t c = 0; c < chunks; ++c) {
-      const T* p = db_part[c].template data<T>();
-      for (int64_t i = 0; i < g.OC; ++i) db[i] += p[i];
-    }
-  }
+  if (dw) sum_partials(dw_part, wsize, dw);
+  if (db) sum_partials(db_part, g.OC, db);
 }
 
 }  // namespace
