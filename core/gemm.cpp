@@ -135,18 +135,21 @@ void rows_fallback(bool nt, int64_t M, int64_t N, int64_t K, float alpha, const 
   gemm(false, nt, M, N, K, alpha, A, lda, dense.data(), ncols, beta, C, ldc);
 }
 bool use_avx512_rows() { return backend().fn == detail::sgemm_avx512; }
+// Small products, nested calls and one-thread runs stay on the calling thread.
+bool run_inline(int64_t M, int64_t N, int64_t K) {
+  return num_threads() == 1 || in_parallel_region() || 2.0 * M * N * K < 4e6;
+}
 }  // namespace
 
 void gemm_rows_nn(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                   const float* const* brows, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
   if (!use_avx512_rows() || K == 0) return rows_fallback(false, M, N, K, alpha, A, lda, brows, beta, C, ldc);
-  const int nt = num_threads();
-  if (nt == 1 || in_parallel_region() || 2.0 * M * N * K < 4e6) {
+  if (run_inline(M, N, K)) {
     detail::sgemm_rows_nn_avx512(M, N, K, alpha, A, lda, brows, beta, C, ldc);
     return;
   }
-  const int64_t grain = std::max<int64_t>(32, (N / nt + 31) / 32 * 32);
+  const int64_t grain = std::max<int64_t>(32, (N / num_threads() + 31) / 32 * 32);
   parallel_for(0, N, grain, [&](int64_t b, int64_t e) {
     std::vector<const float*> shifted(brows, brows + K);
     for (auto& p : shifted) p += b;
@@ -158,8 +161,7 @@ void gemm_rows_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* A, 
                   const float* const* brows, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
   if (!use_avx512_rows() || K == 0) return rows_fallback(true, M, N, K, alpha, A, lda, brows, beta, C, ldc);
-  const int nt = num_threads();
-  if (nt == 1 || in_parallel_region() || 2.0 * M * N * K < 4e6) {
+  if (run_inline(M, N, K)) {
     detail::sgemm_rows_nt_avx512(M, N, K, alpha, A, lda, brows, beta, C, ldc);
     return;
   }
