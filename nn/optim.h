@@ -1,0 +1,206 @@
+#pragma once
+// Optimizers (SGD, Adam, AdamW), gradient clipping and learning-rate
+// schedules, with PyTorch's update rules so that recipes carry over.
+//
+// An optimizer holds Variable handles to the parameters it updates (the same
+// parameters the module holds). Its state (momentum buffers, moments, step
+// count) round-trips through state_dict() for checkpoints. Schedules are pure
+// functions of the step number, so resuming needs only the step.
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "autograd/variable.h"
+
+namespace qforge::nn {
+
+using autograd::Variable;
+
+class Optimizer {
+ public:
+  Optimizer(std::string name, std::vector<Variable> params, double lr);
+  virtual ~Optimizer() = default;
+
+  /// Applies one update from the parameters' current gradients. Parameters
+  /// without a gradient are skipped (their state does not advance).
+  void step();
+  /// Clears every parameter's gradient.
+  void zero_grad();
+
+  double lr() const { return lr_; }
+  void set_lr(double lr);
+  /// Number of step() calls so far.
+  int64_t steps() const { return steps_; }
+  const std::vector<Variable>& params() const { return params_; }
+  const std::string& name() const { return name_; }
+
+  /// Optimizer state by name ("step", "lr", "<param index>.<slot>"). Tensors
+  /// are copies.
+  std::map<std::string, Tensor> state_dict() const;
+  /// Restores what state_dict() gave, for the same parameter list; throws
+  /// ValueError naming what does not fit.
+  void load_state_dict(const std::map<std::string, Tensor>& sd);
+
+ protected:
+  /// Updates parameter i (value p, gradient g, both f32 or both f64).
+  virtual void update(size_t i, Tensor& p, const Tensor& g) = 0;
+  /// Per-parameter state slots ("momentum_buffer", "exp_avg", ...).
+  Tensor& slot(size_t i, const std::string& name, const Tensor& like);
+  bool has_slot(size_t i, const std::string& name) const;
+
+ private:
+  std::string name_;
+  std::vector<Variable> params_;
+  double lr_;
+  int64_t steps_ = 0;
+  std::vector<std::map<std::string, Tensor>> state_;
+};
+
+struct SGDOptions {
+  double lr = 0.01;
+  double momentum = 0;
+  double dampening = 0;
+  double weight_decay = 0;
+  bool nesterov = false;
+};
+
+/// PyTorch's SGD: g += wd·p; with momentum, buf = g on the first step and
+/// buf = momentum·buf + (1 - dampening)·g after; g = g + momentum·buf
+/// (nesterov) or buf; p -= lr·g.
+class SGD : public Optimizer {
+ public:
+  SGD(std::vector<Variable> params, const SGDOptions& opt);
+  const SGDOptions& options() const { return opt_; }
+
+ protected:
+  void update(size_t i, Tensor& p, const Tensor& g) override;
+
+ private:
+  SGDOptions opt_;
+};
+
+struct AdamOptions {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0;
+};
+
+/// PyTorch's Adam (L2 penalty added to the gradient) and, with decoupled
+/// weight decay, AdamW (p *= 1 - lr·wd before the Adam step). The per-
+/// parameter step count drives the bias corrections.
+class Adam : public Optimizer {
+ public:
+  Adam(std::vector<Variable> params, const AdamOptions& opt, bool decoupled_weight_decay = false);
+  const AdamOptions& options() const { return opt_; }
+
+ protected:
+  void update(size_t i, Tensor& p, const Tensor& g) override;
+
+ private:
+  AdamOptions opt_;
+  bool decoupled_;
+};
+
+/// Adam with decoupled weight decay (Loshchilov and Hutter). PyTorch's AdamW
+/// default weight decay is 1e-2.
+class AdamW : public Adam {
+ public:
+  AdamW(std::vector<Variable> params, AdamOptions opt) : Adam(std::move(params), opt, true) {}
+};
+
+/// Scales all gradients so that their global norm is at most max_norm and
+/// returns the norm before scaling. Variables without a gradient are skipped.
+/// A non-finite norm throws ValueError (the step would poison the weights).
+double clip_grad_norm(const std::vector<Variable>& params, double max_norm);
+
+// ---- learning-rate schedules -------------------------------------------------
+
+/// A learning rate as a function of the optimizer step (0-based).
+class LrSchedule {
+ public:
+  virtual ~LrSchedule() = default;
+  virtual double lr_at(int64_t step) const = 0;
+  virtual std::string describe() const = 0;
+};
+
+/// The same rate throughout.
+class ConstantLr : public LrSchedule {
+ public:
+  explicit ConstantLr(double lr);
+  double lr_at(int64_t) const override { return lr_; }
+  std::string describe() const override;
+
+ private:
+  double lr_;
+};
+
+/// lr · gamma^floor(step / step_size).
+class StepLr : public LrSchedule {
+ public:
+  StepLr(double lr, int64_t step_size, double gamma = 0.1);
+  double lr_at(int64_t step) const override;
+  std::string describe() const override;
+
+ private:
+  double lr_, gamma_;
+  int64_t step_size_;
+};
+
+/// lr · gamma^(number of milestones <= step).
+class MultiStepLr : public LrSchedule {
+ public:
+  MultiStepLr(double lr, std::vector<int64_t> milestones, double gamma = 0.1);
+  double lr_at(int64_t step) const override;
+  std::string describe() const override;
+
+ private:
+  double lr_, gamma_;
+  std::vector<int64_t> milestones_;
+};
+
+/// Cosine annealing from lr to min_lr over total_steps, then min_lr.
+class CosineLr : public LrSchedule {
+ public:
+  CosineLr(double lr, int64_t total_steps, double min_lr = 0);
+  double lr_at(int64_t step) const override;
+  std::string describe() const override;
+
+ private:
+  double lr_, min_lr_;
+  int64_t total_;
+};
+
+/// PyTorch's OneCycleLR (two phases, cosine annealing): from max_lr /
+/// div_factor up to max_lr over pct_start of the steps, then down to
+/// max_lr / (div_factor · final_div_factor) at the last step.
+class OneCycleLr : public LrSchedule {
+ public:
+  OneCycleLr(double max_lr, int64_t total_steps, double pct_start = 0.3, double div_factor = 25,
+             double final_div_factor = 1e4);
+  double lr_at(int64_t step) const override;
+  std::string describe() const override;
+
+ private:
+  double max_lr_, pct_, div_, final_div_;
+  int64_t total_;
+};
+
+/// Linear warm-up in front of another schedule: the inner rate times a
+/// factor rising linearly from start_factor at step 0 to 1 at warmup_steps.
+class WarmupLr : public LrSchedule {
+ public:
+  WarmupLr(std::shared_ptr<LrSchedule> inner, int64_t warmup_steps, double start_factor = 0.0);
+  double lr_at(int64_t step) const override;
+  std::string describe() const override;
+
+ private:
+  std::shared_ptr<LrSchedule> inner_;
+  int64_t warmup_;
+  double start_;
+};
+
+}  // namespace qforge::nn

@@ -1,0 +1,58 @@
+#pragma once
+// The model zoo: models by name, so that recipes and examples can ask for
+// "mnist_cnn" and get exactly the network the PyTorch reference builds
+// (../shared/bench/README.md). Register new models with register_model().
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "nn/layers.h"
+
+namespace qforge::nn {
+
+/// Model arguments from a recipe or the command line: name -> value text.
+/// Each factory reads what it knows and rejects any other key.
+class ModelArgs {
+ public:
+  ModelArgs() = default;
+  ModelArgs(std::initializer_list<std::pair<const std::string, std::string>> kv) : kv_(kv) {}
+  void set(const std::string& key, const std::string& value) { kv_[key] = value; }
+  bool has(const std::string& key) const { return kv_.count(key) != 0; }
+  int64_t get_int(const std::string& key, int64_t fallback) const;
+  double get_double(const std::string& key, double fallback) const;
+  /// A comma-separated list of integers ("256,128").
+  std::vector<int64_t> get_ints(const std::string& key, const std::vector<int64_t>& fallback) const;
+  /// Throws ValueError when a key outside `known` is present, naming it.
+  void check_known(const std::string& model, const std::vector<std::string>& known) const;
+  const std::map<std::string, std::string>& items() const { return kv_; }
+
+ private:
+  std::map<std::string, std::string> kv_;
+};
+
+using ModelFactory = std::function<ModulePtr(const ModelArgs&, Generator&)>;
+
+/// Adds a model to the zoo (replacing one of the same name).
+void register_model(const std::string& name, ModelFactory factory);
+/// Builds a zoo model; throws ValueError listing the known names when the
+/// name is unknown.
+ModulePtr make_model(const std::string& name, const ModelArgs& args = {}, Generator& gen = default_generator());
+/// Names in the zoo, sorted.
+std::vector<std::string> model_names();
+
+/// conv 1->32 3x3 + BN + ReLU, conv 32->64 + BN + ReLU, maxpool 2, conv
+/// 64->64 + BN + ReLU, flatten (6400), linear 6400->10. Convs have no bias.
+/// Input [N, 1, 28, 28]. Children: conv1 bn1 relu1 conv2 bn2 relu2 pool conv3
+/// bn3 relu3 flatten fc, the reference's names.
+std::shared_ptr<Sequential> mnist_cnn(Generator& gen = default_generator());
+/// LeNet-5 for 28x28 input: conv 1->6 5x5 pad 2 + ReLU, maxpool 2, conv 6->16
+/// 5x5 + ReLU, maxpool 2, fc 400->120 + ReLU, fc 120->84 + ReLU, fc 84->10.
+std::shared_ptr<Sequential> lenet5(Generator& gen = default_generator());
+/// Flatten, then Linear + ReLU for each hidden width, then Linear to classes.
+std::shared_ptr<Sequential> mlp(int64_t in_features, const std::vector<int64_t>& hidden, int64_t classes,
+                                Generator& gen = default_generator());
+
+}  // namespace qforge::nn
