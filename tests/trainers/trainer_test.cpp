@@ -1,0 +1,211 @@
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "nn/zoo.h"
+#include "trainers/trainer.h"
+
+namespace qforge::trainers {
+namespace {
+
+namespace fs = std::filesystem;
+
+/// 4 classes of 8x8 images: a bright quadrant per class plus noise.
+data::Dataset quadrant_dataset(int64_t n, uint64_t seed) {
+  data::Dataset ds;
+  ds.images = Tensor::empty({n, 1, 8, 8}, DType::u8);
+  ds.labels = Tensor::empty({n}, DType::i32);
+  ds.name = "quadrants";
+  Generator g(seed);
+  for (int64_t i = 0; i < n; ++i) {
+    const int cls = static_cast<int>(g.below(4));
+    ds.labels.data<int32_t>()[i] = cls;
+    for (int y = 0; y < 8; ++y)
+      for (int x = 0; x < 8; ++x) {
+        const bool on = (y / 4) * 2 + (x / 4) == cls;
+        ds.images.data<uint8_t>()[i * 64 + y * 8 + x] = static_cast<uint8_t>((on ? 150 : 0) + g.below(100));
+      }
+  }
+  return ds;
+}
+
+std::shared_ptr<nn::Sequential> small_model(uint64_t seed) {
+  Generator g(seed);
+  auto m = std::make_shared<nn::Sequential>();
+  m->push_back("conv", std::make_shared<nn::Conv2d>(1, 4, 3, 1, 1, false, 1, g));
+  m->push_back("bn", std::make_shared<nn::BatchNorm2d>(4));
+  m->push_back("relu", std::make_shared<nn::ReLU>());
+  m->push_back("pool", std::make_shared<nn::MaxPool2d>(2));
+  m->push_back("flatten", std::make_shared<nn::Flatten>());
+  m->push_back("drop", std::make_shared<nn::Dropout>(0.2));
+  m->push_back("fc", std::make_shared<nn::Linear>(64, 4, true, g));
+  return m;
+}
+
+struct TrainRun {
+  std::shared_ptr<nn::Sequential> model;
+  std::unique_ptr<Trainer> trainer;
+};
+
+TrainRun make_run(const std::string& out, int64_t epochs, bool resume, uint64_t init_seed, uint64_t data_seed = 3) {
+  TrainRun r;
+  r.model = small_model(init_seed);
+  auto opt = std::make_shared<nn::Adam>(r.model->parameters(), nn::AdamOptions{.lr = 0.01, .weight_decay = 1e-4});
+  auto sched = std::make_shared<nn::CosineLr>(0.01, 40);
+  data::LoaderOptions lo;
+  lo.batch_size = 16;
+  lo.seed = data_seed;
+  lo.mean = {0.4f};
+  lo.std = {0.3f};
+  auto train = std::make_shared<data::DataLoader>(quadrant_dataset(160, 1), lo);
+  lo.shuffle = false;
+  auto test = std::make_shared<data::DataLoader>(quadrant_dataset(64, 2), lo);
+  TrainerOptions to;
+  to.epochs = epochs;
+  to.out_dir = out;
+  to.resume = resume;
+  to.progress = ProgressMode::none;
+  to.metrics_every = 5;
+  r.trainer = std::make_unique<Trainer>(r.model, opt, sched, train, test, to);
+  return r;
+}
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("qforge_trainer_test_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string sub(const std::string& s) const { return (dir_ / s).string(); }
+  fs::path dir_;
+};
+
+TEST_F(TrainerTest, LearnsWritesCheckpointsAndMetrics) {
+  manual_seed(11);
+  TrainRun r = make_run(sub("a"), 3, false, 5);
+  int begins = 0, ends = 0, epochs = 0;
+  int64_t last_global = -1;
+  r.trainer->on_step_begin([&](Trainer&, const StepInfo& s) {
+    ++begins;
+    EXPECT_EQ(s.global_step, last_global + 1);
+  });
+  r.trainer->on_step_end([&](Trainer&, const StepInfo& s) {
+    ++ends;
+    last_global = s.global_step;
+    EXPECT_TRUE(std::isfinite(s.loss));
+  });
+  r.trainer->on_epoch_end([&](Trainer& t, int64_t e) {
+    ++epochs;
+    EXPECT_EQ(t.epochs_done(), e + 1);
+  });
+  auto res = r.trainer->fit();
+  ASSERT_EQ(res.size(), 3u);
+  EXPECT_EQ(begins, 30);
+  EXPECT_EQ(ends, 30);
+  EXPECT_EQ(epochs, 3);
+  EXPECT_EQ(r.trainer->global_step(), 30);
+  EXPECT_GT(res.back().test.accuracy, 90.0) << "the quadrant task is easy";
+  EXPECT_EQ(res.back().test.count, 64);
+  for (int e = 1; e <= 3; ++e) EXPECT_TRUE(fs::exists(sub("a/ckpt/epoch_000" + std::to_string(e) + ".h5")));
+  EXPECT_EQ(r.trainer->latest_checkpoint(), sub("a/ckpt/epoch_0003.h5"));
+  std::ifstream f(sub("a/metrics.jsonl"));
+  std::string line;
+  int step_lines = 0, epoch_lines = 0;
+  while (std::getline(f, line)) {
+    step_lines += line.find("\"type\":\"step\"") != std::string::npos;
+    epoch_lines += line.find("\"type\":\"epoch\"") != std::string::npos;
+  }
+  EXPECT_EQ(step_lines, 6);
+  EXPECT_EQ(epoch_lines, 3);
+  // Evaluation restores the training mode.
+  r.model->train();
+  r.trainer->evaluate(*std::make_shared<data::DataLoader>(quadrant_dataset(20, 9), data::LoaderOptions{}));
+  EXPECT_TRUE(r.model->is_training());
+}
+
+TEST_F(TrainerTest, ResumeIsBitIdenticalToAnUninterruptedRun) {
+  manual_seed(11);
+  TrainRun full = make_run(sub("full"), 4, false, 5);
+  full.trainer->fit();
+
+  manual_seed(11);
+  TrainRun first = make_run(sub("split"), 2, false, 5);
+  first.trainer->fit();
+  // A new process would start with another RNG state and fresh weights.
+  manual_seed(999);
+  TrainRun second = make_run(sub("split"), 4, true, 77);
+  auto res = second.trainer->fit();
+  ASSERT_EQ(res.size(), 2u);
+  EXPECT_EQ(res[0].epoch, 2);
+  EXPECT_EQ(second.trainer->global_step(), 40);
+
+  auto a = full.model->state_dict(), b = second.model->state_dict();
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [k, t] : a) {
+    ASSERT_TRUE(b.count(k)) << k;
+    ASSERT_EQ(t.nbytes(), b[k].nbytes());
+    EXPECT_EQ(std::memcmp(t.raw(), b[k].raw(), t.nbytes()), 0) << k << " differs after resume";
+  }
+  auto oa = full.trainer->optimizer().state_dict(), ob = second.trainer->optimizer().state_dict();
+  for (const auto& [k, t] : oa) EXPECT_EQ(t.to_vector(), ob[k].to_vector()) << k;
+}
+
+TEST_F(TrainerTest, ResumeRejectsAMismatchedRun) {
+  manual_seed(1);
+  TrainRun r = make_run(sub("m"), 1, false, 5);
+  r.trainer->fit();
+  TrainRun other_seed = make_run(sub("m"), 2, true, 5, /*data_seed=*/4);
+  try {
+    other_seed.trainer->fit();
+    FAIL() << "expected a FormatError";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("data seed"), std::string::npos) << e.what();
+  }
+  // A model of another shape.
+  auto model = nn::mlp(64, {8}, 4);
+  auto opt = std::make_shared<nn::Adam>(model->parameters(), nn::AdamOptions{});
+  data::LoaderOptions lo;
+  lo.batch_size = 16;
+  lo.seed = 3;
+  TrainerOptions to;
+  to.out_dir = sub("m");
+  to.progress = ProgressMode::none;
+  Trainer t(model, opt, nullptr, std::make_shared<data::DataLoader>(quadrant_dataset(32, 1), lo), nullptr, to);
+  try {
+    t.load_checkpoint(t.latest_checkpoint());
+    FAIL() << "expected a FormatError";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("does not fit this run"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("epoch_0001.h5"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(t.load_checkpoint(sub("m/nope.h5")), IOError);
+}
+
+TEST_F(TrainerTest, ResumeWithoutCheckpointStartsFreshAndOptionsAreChecked) {
+  manual_seed(1);
+  TrainRun r = make_run(sub("fresh"), 1, true, 5);
+  EXPECT_EQ(r.trainer->fit().size(), 1u);
+  auto model = nn::mlp(64, {8}, 4);
+  auto opt = std::make_shared<nn::SGD>(model->parameters(), nn::SGDOptions{});
+  auto loader = std::make_shared<data::DataLoader>(quadrant_dataset(32, 1), data::LoaderOptions{});
+  TrainerOptions bad;
+  bad.epochs = 0;
+  EXPECT_THROW(Trainer(model, opt, nullptr, loader, nullptr, bad), ValueError);
+  TrainerOptions no_dir;
+  no_dir.resume = true;
+  EXPECT_THROW(Trainer(model, opt, nullptr, loader, nullptr, no_dir), ValueError);
+  EXPECT_THROW(Trainer(nullptr, opt, nullptr, loader, nullptr, {}), ValueError);
+}
+
+TEST(CountCorrect, ArgmaxAgainstTargets) {
+  Tensor logits = Tensor::from_vector<float>({0.1f, 0.9f, 2.0f, -1.0f, 0.0f, 0.5f}, {3, 2});
+  Tensor y = Tensor::from_vector<int32_t>({1, 0, 0}, {3});
+  EXPECT_EQ(count_correct(logits, y), 2);
+  EXPECT_THROW(count_correct(logits, Tensor::zeros({2}, DType::i32)), ShapeError);
+}
+
+}  // namespace
+}  // namespace qforge::trainers

@@ -1,0 +1,152 @@
+#pragma once
+// Trainer: the epoch loop of model, loss, optimizer and LR schedule, with
+// evaluation after every epoch, a progress display, JSONL metrics, HDF5
+// checkpoints at every epoch end, resume, and hooks at step and epoch
+// boundaries (quant's observer and BN-freezing schedules use them).
+//
+// Resume is exact: a checkpoint holds the model's state dict, the optimizer
+// state, the global step (which fixes the LR), the completed epochs, the
+// default generator's state and any extra state that hooks registered, and
+// the DataLoader's batches are a pure function of (seed, epoch, index). A run
+// interrupted and resumed at the same thread count ends with bit-identical
+// weights.
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/loader.h"
+#include "nn/module.h"
+#include "nn/optim.h"
+#include "trainers/archive.h"
+
+namespace qforge::trainers {
+
+enum class ProgressMode {
+  automatic,  // a bar on a terminal, plain lines otherwise
+  bar,
+  lines,
+  none,
+};
+
+struct TrainerOptions {
+  /// Total epochs of the run (a resumed run continues up to this).
+  int64_t epochs = 1;
+  /// Where checkpoints (ckpt/epoch_NNNN.h5) and metrics.jsonl go; empty keeps
+  /// nothing on disk.
+  std::string out_dir;
+  /// Continue from the newest checkpoint in out_dir (a fresh start
+  /// when there is none).
+  bool resume = false;
+  /// Stop each epoch after this many steps (0 = the whole epoch). For smoke
+  /// tests and quick runs.
+  int64_t max_steps_per_epoch = 0;
+  /// Clip the global gradient norm to this (0 = off).
+  double clip_grad_norm = 0;
+  ProgressMode progress = ProgressMode::automatic;
+  /// Plain-line mode prints every this many steps (0 = only epoch lines).
+  int64_t log_every = 100;
+  /// Step-level metrics lines go to metrics.jsonl every this many steps.
+  int64_t metrics_every = 50;
+  /// Evaluate on the test loader after every epoch.
+  bool eval_every_epoch = true;
+};
+
+/// What a step hook sees.
+struct StepInfo {
+  int64_t epoch = 0;
+  /// Index of the batch within the epoch.
+  int64_t step_in_epoch = 0;
+  /// Optimizer steps taken before this one (over the whole run).
+  int64_t global_step = 0;
+  int64_t batch_size = 0;
+  double lr = 0;
+  /// The step's loss (on on_step_end; NaN on on_step_begin).
+  double loss = 0;
+};
+
+struct EvalResult {
+  double loss = 0;
+  double accuracy = 0;  // percent
+  int64_t correct = 0;
+  int64_t count = 0;
+};
+
+struct EpochResult {
+  int64_t epoch = 0;
+  double train_loss = 0;
+  double train_accuracy = 0;  // percent, on the training batches as seen
+  EvalResult test;            // count 0 when not evaluated
+  double seconds = 0;
+  double images_per_s = 0;
+};
+
+class Trainer {
+ public:
+  /// Loss of a batch: logits and i32 targets -> a scalar Variable.
+  using LossFn = std::function<autograd::Variable(const autograd::Variable& logits, const Tensor& targets)>;
+  using StepHook = std::function<void(Trainer&, const StepInfo&)>;
+  using EpochHook = std::function<void(Trainer&, int64_t epoch)>;
+
+  /// `schedule` and `test` may be null (constant LR; no evaluation). The
+  /// trainer shares ownership of everything it is given.
+  Trainer(nn::ModulePtr model, std::shared_ptr<nn::Optimizer> optimizer, std::shared_ptr<nn::LrSchedule> schedule,
+          std::shared_ptr<data::DataLoader> train, std::shared_ptr<data::DataLoader> test, TrainerOptions opt);
+
+  /// Runs (or, with resume, continues) training up to options().epochs and
+  /// returns the results of the epochs run by this call.
+  std::vector<EpochResult> fit();
+  /// Loss and accuracy of the model in eval mode over a whole loader (the
+  /// model's mode is restored afterwards).
+  EvalResult evaluate(data::DataLoader& loader);
+
+  void set_loss(LossFn fn) { loss_ = std::move(fn); }
+  void on_step_begin(StepHook h) { step_begin_.push_back(std::move(h)); }
+  void on_step_end(StepHook h) { step_end_.push_back(std::move(h)); }
+  void on_epoch_begin(EpochHook h) { epoch_begin_.push_back(std::move(h)); }
+  void on_epoch_end(EpochHook h) { epoch_end_.push_back(std::move(h)); }
+
+  /// State that hooks want checkpointed (e.g. observer or schedule state),
+  /// saved under "extra/" and restored on load before training continues.
+  std::map<std::string, Tensor>& extra_state() { return extra_; }
+
+  /// Writes a checkpoint (atomically) to `path`.
+  void save_checkpoint(const std::string& path) const;
+  /// Restores model, optimizer, counters, RNG and extra state from `path`.
+  /// Throws FormatError naming the file when it does not fit this run (a
+  /// different model or optimizer, or another loader seed).
+  void load_checkpoint(const std::string& path);
+  /// The newest checkpoint in out_dir, or "" when there is none.
+  std::string latest_checkpoint() const;
+
+  nn::Module& model() { return *model_; }
+  nn::Optimizer& optimizer() { return *opt_; }
+  const TrainerOptions& options() const { return opt_cfg_; }
+  /// Epochs completed so far.
+  int64_t epochs_done() const { return epochs_done_; }
+  int64_t global_step() const { return global_step_; }
+
+ private:
+  double lr_for(int64_t step) const;
+  void write_metrics(const std::string& json_line);
+
+  nn::ModulePtr model_;
+  std::shared_ptr<nn::Optimizer> opt_;
+  std::shared_ptr<nn::LrSchedule> sched_;
+  std::shared_ptr<data::DataLoader> train_, test_;
+  TrainerOptions opt_cfg_;
+  LossFn loss_;
+  std::vector<StepHook> step_begin_, step_end_;
+  std::vector<EpochHook> epoch_begin_, epoch_end_;
+  std::map<std::string, Tensor> extra_;
+  int64_t epochs_done_ = 0;
+  int64_t global_step_ = 0;
+};
+
+/// Argmax over the last axis of [N, C] logits compared with i32 targets [N]:
+/// the number of correct predictions.
+int64_t count_correct(const Tensor& logits, const Tensor& targets);
+
+}  // namespace qforge::trainers
