@@ -1,4 +1,5 @@
 // Batch normalization over axis 1 of [N, C] or [N, C, H, W].
+#include <algorithm>
 #include <cmath>
 
 #include "autograd/ops.h"
@@ -6,6 +7,61 @@
 #include "core/parallel.h"
 
 namespace qforge::autograd {
+
+namespace {
+
+// Row reductions with independent partial sums in T, so that the compiler can
+// keep several vector accumulators in flight; rows are combined in double.
+constexpr int kLanes = 16;
+
+template <class T>
+double row_sum(const T* r, int64_t n) {
+  T acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += r[i + l];
+  double s = 0;
+  for (; i < n; ++i) s += r[i];
+  for (int l = 0; l < kLanes; ++l) s += acc[l];
+  return s;
+}
+
+template <class T>
+double row_sq_dev(const T* r, int64_t n, T mean) {
+  T acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const T d = r[i + l] - mean;
+      acc[l] += d * d;
+    }
+  double s = 0;
+  for (; i < n; ++i) s += static_cast<double>(r[i] - mean) * (r[i] - mean);
+  for (int l = 0; l < kLanes; ++l) s += acc[l];
+  return s;
+}
+
+/// sum(g) and sum(g * (x - mean)) over one row.
+template <class T>
+void row_grad_sums(const T* g, const T* x, int64_t n, T mean, double& sg, double& sgx) {
+  T a[kLanes] = {}, b[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      a[l] += g[i + l];
+      b[l] += g[i + l] * (x[i + l] - mean);
+    }
+  for (; i < n; ++i) {
+    sg += g[i];
+    sgx += static_cast<double>(g[i]) * (x[i] - mean);
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    sg += a[l];
+    sgx += b[l];
+  }
+}
+
+}  // namespace
 
 Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, const Variable& weight,
                     const Variable& bias, const BatchNormOptions& opt) {
@@ -51,20 +107,15 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
         double mean, var;
         if (use_batch_stats) {
           double s = 0;
-          for (int64_t n = 0; n < N; ++n) {
-            const T* r = px + (n * C + c) * S;
-            for (int64_t i = 0; i < S; ++i) s += r[i];
-          }
+          for (int64_t n = 0; n < N; ++n) s += row_sum(px + (n * C + c) * S, S);
           mean = s / static_cast<double>(M);
+          // Deviations from the mean rounded to T; the residual shift
+          // (mean - T(mean)) is folded in exactly below.
+          const T tm = static_cast<T>(mean);
           double q = 0;
-          for (int64_t n = 0; n < N; ++n) {
-            const T* r = px + (n * C + c) * S;
-            for (int64_t i = 0; i < S; ++i) {
-              const double d = r[i] - mean;
-              q += d * d;
-            }
-          }
-          var = q / static_cast<double>(M);
+          for (int64_t n = 0; n < N; ++n) q += row_sq_dev(px + (n * C + c) * S, S, tm);
+          const double shift = mean - static_cast<double>(tm);
+          var = std::max(q / static_cast<double>(M) - shift * shift, 0.0);
           if (opt.training && prm) {
             prm[c] = static_cast<T>((1 - opt.momentum) * prm[c] + opt.momentum * mean);
             prv[c] = static_cast<T>((1 - opt.momentum) * prv[c] +
@@ -106,14 +157,8 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
             for (int64_t c = c0; c < c1; ++c) {
               const T mean = pm[c], invstd = pi[c];
               double sg = 0, sgx = 0;  // sum(g), sum(g * xhat)
-              for (int64_t n = 0; n < N; ++n) {
-                const T* r = px + (n * C + c) * S;
-                const T* gr = pg + (n * C + c) * S;
-                for (int64_t i = 0; i < S; ++i) {
-                  sg += gr[i];
-                  sgx += gr[i] * (r[i] - mean);
-                }
-              }
+              for (int64_t n = 0; n < N; ++n)
+                row_grad_sums(pg + (n * C + c) * S, px + (n * C + c) * S, S, mean, sg, sgx);
               sgx *= invstd;
               if (dw.defined()) dw.data<T>()[c] = static_cast<T>(sgx);
               if (db.defined()) db.data<T>()[c] = static_cast<T>(sg);
