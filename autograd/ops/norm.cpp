@@ -15,7 +15,7 @@ namespace {
 constexpr int kLanes = 16;
 
 template <class T>
-double row_sum(const T* r, int64_t n) {
+[[gnu::always_inline]] inline double row_sum(const T* r, int64_t n) {
   T acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
@@ -27,7 +27,7 @@ double row_sum(const T* r, int64_t n) {
 }
 
 template <class T>
-double row_sq_dev(const T* r, int64_t n, T mean) {
+[[gnu::always_inline]] inline double row_sq_dev(const T* r, int64_t n, T mean) {
   T acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
@@ -43,7 +43,7 @@ double row_sq_dev(const T* r, int64_t n, T mean) {
 
 /// sum(g) and sum(g * (x - mean)) over one row.
 template <class T>
-void row_grad_sums(const T* g, const T* x, int64_t n, T mean, double& sg, double& sgx) {
+[[gnu::always_inline]] inline void row_grad_sums(const T* g, const T* x, int64_t n, T mean, double& sg, double& sgx) {
   T a[kLanes] = {}, b[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
@@ -60,6 +60,37 @@ void row_grad_sums(const T* g, const T* x, int64_t n, T mean, double& sg, double
     sgx += b[l];
   }
 }
+
+
+// Hot per-row loops, float versions built for several ISAs and picked at load
+// time (GCC function multiversioning): the rest of the build stays generic.
+#define QF_NORM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+QF_NORM_CLONES double row_sum(const float* r, int64_t n) { return row_sum<float>(r, n); }
+QF_NORM_CLONES double row_sq_dev(const float* r, int64_t n, float mean) { return row_sq_dev<float>(r, n, mean); }
+QF_NORM_CLONES void row_grad_sums(const float* g, const float* x, int64_t n, float mean, double& sg, double& sgx) {
+  row_grad_sums<float>(g, x, n, mean, sg, sgx);
+}
+
+/// o = r * a + b.
+template <class T>
+[[gnu::always_inline]] inline void row_affine(const T* r, int64_t n, T a, T b, T* o) {
+  for (int64_t i = 0; i < n; ++i) o[i] = r[i] * a + b;
+}
+QF_NORM_CLONES void row_affine(const float* r, int64_t n, float a, float b, float* o) {
+  row_affine<float>(r, n, a, b, o);
+}
+
+/// d = k * (m * g - mg - (x - mean) * invstd * mgx), the training-mode input gradient.
+template <class T>
+[[gnu::always_inline]] inline void row_dx(const T* g, const T* x, int64_t n, T k, T m, T mg, T mean, T invstd_mgx, T* d) {
+  for (int64_t i = 0; i < n; ++i) d[i] = k * (m * g[i] - mg - (x[i] - mean) * invstd_mgx);
+}
+QF_NORM_CLONES void row_dx(const float* g, const float* x, int64_t n, float k, float m, float mg, float mean,
+                           float invstd_mgx, float* d) {
+  row_dx<float>(g, x, n, k, m, mg, mean, invstd_mgx, d);
+}
+#undef QF_NORM_CLONES
 
 }  // namespace
 
@@ -133,7 +164,7 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
         for (int64_t n = 0; n < N; ++n) {
           const T* r = px + (n * C + c) * S;
           T* o = py + (n * C + c) * S;
-          for (int64_t i = 0; i < S; ++i) o[i] = r[i] * a + b;
+          row_affine(r, S, a, b, o);
         }
       }
     });
@@ -170,12 +201,10 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
                 const T k = w * invstd / static_cast<T>(M);
                 const T mg = static_cast<T>(sg);
                 const T mgx = static_cast<T>(sgx);
+                const T invstd_mgx = invstd * mgx;
                 for (int64_t n = 0; n < N; ++n) {
-                  const T* r = px + (n * C + c) * S;
-                  const T* gr = pg + (n * C + c) * S;
-                  T* d = pd + (n * C + c) * S;
-                  for (int64_t i = 0; i < S; ++i)
-                    d[i] = k * (static_cast<T>(M) * gr[i] - mg - (r[i] - mean) * invstd * mgx);
+                  const int64_t off = (n * C + c) * S;
+                  row_dx(pg + off, px + off, S, k, static_cast<T>(M), mg, mean, invstd_mgx, pd + off);
                 }
               } else {
                 const T k = w * invstd;

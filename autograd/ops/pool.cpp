@@ -47,9 +47,34 @@ Variable max_pool2d(const Variable& x, const Pool2dOptions& opt) {
     const T* px = xv.data<T>();
     T* py = y.data<T>();
     int32_t* pi = need_grad ? idx.data<int32_t>() : nullptr;
+    const bool k2s2 = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0;
     parallel_for(0, g.N * g.C, 4, [&](int64_t s, int64_t e) {
       for (int64_t p = s; p < e; ++p) {
         const T* xp = px + p * g.H * g.W;
+        if (k2s2) {  // the common 2x2 window, branch-free; same choice as the general loop
+          for (int64_t oh = 0; oh < g.OH; ++oh) {
+            const T* r0 = xp + 2 * oh * g.W;
+            const T* r1 = r0 + g.W;
+            T* yo = py + (p * g.OH + oh) * g.OW;
+            int32_t* io = pi ? pi + (p * g.OH + oh) * g.OW : nullptr;
+            for (int64_t ow = 0; ow < g.OW; ++ow) {
+              const int32_t base = static_cast<int32_t>(2 * oh * g.W + 2 * ow);
+              T best = r0[2 * ow];
+              int32_t bi = base;
+              auto take = [&](T v, int32_t i) {
+                const bool t = (v > best) || (v != v && best == best);
+                best = t ? v : best;
+                bi = t ? i : bi;
+              };
+              take(r0[2 * ow + 1], base + 1);
+              take(r1[2 * ow], base + static_cast<int32_t>(g.W));
+              take(r1[2 * ow + 1], base + static_cast<int32_t>(g.W) + 1);
+              yo[ow] = best;
+              if (io) io[ow] = bi;
+            }
+          }
+          continue;
+        }
         for (int64_t oh = 0; oh < g.OH; ++oh) {
           const int64_t h0 = std::max<int64_t>(oh * g.sh - g.ph, 0);
           const int64_t h1 = std::min<int64_t>(oh * g.sh - g.ph + g.kh, g.H);

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "tests/autograd/gradcheck.h"
 
 using namespace qforge;
@@ -68,4 +70,35 @@ TEST(Pool, Values) {
   Tensor r = Tensor::from_vector<float>({0, 1, 2, 3, 4}, {1, 1, 1, 5});
   EXPECT_EQ(adaptive_avg_pool2d(Variable(r), 1, 3).value().to_vector(), (std::vector<double>{0.5, 2, 3.5}));
   EXPECT_THROW(max_pool2d(Variable(Tensor::zeros({1, 1, 1, 1})), pool(2, 2, 0)), ShapeError);
+}
+
+TEST(Pool, MaxPool2x2FastPathMatchesTheGeneralWindow) {
+  // 2x2 windows with stride 2 take a dedicated loop: ties keep the first
+  // maximum and NaN propagates, as in the general loop and in PyTorch.
+  const float nan = std::nanf("");
+  Tensor x = Tensor::from_vector<float>({1, 3, 3, 0, 2, 2, nan, 5, 3, 1, 9, 9, 0, 3, 9, 9}, {1, 1, 4, 4});
+  Variable v(x, true);
+  Variable y = max_pool2d(v, pool(2, 2, 0));
+  const auto out = y.value().to_vector();
+  EXPECT_EQ(out[0], 3);  // first of the tied 3s
+  EXPECT_TRUE(std::isnan(out[1]));
+  EXPECT_EQ(out[2], 3);
+  EXPECT_EQ(out[3], 9);
+  y.backward(Tensor::ones({1, 1, 2, 2}));
+  const auto g = v.grad().to_vector();
+  const std::vector<double> want = {0, 1, 0, 0, 0, 0, 1, 0, 1, 0, 1, 0, 0, 0, 0, 0};
+  EXPECT_EQ(g, want);
+  // Random input: every output is the maximum of its window.
+  Tensor r = Tensor::empty({2, 3, 6, 8});
+  Generator gen(3);
+  normal_(r, 0, 1, gen);
+  Tensor fast = max_pool2d(Variable(r), pool(2, 2, 0)).value();
+  for (int64_t p = 0; p < 6; ++p)
+    for (int64_t oh = 0; oh < 3; ++oh)
+      for (int64_t ow = 0; ow < 4; ++ow) {
+        float best = -INFINITY;
+        for (int dh = 0; dh < 2; ++dh)
+          for (int dw = 0; dw < 2; ++dw) best = std::max(best, r.data<float>()[p * 48 + (2 * oh + dh) * 8 + 2 * ow + dw]);
+        EXPECT_EQ(fast.data<float>()[p * 12 + oh * 4 + ow], best);
+      }
 }
