@@ -116,4 +116,23 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
 /// when training; the identity otherwise.
 Variable dropout(const Variable& x, double p, bool training, Generator& gen = default_generator());
 
+// ---- fake_quant.cpp ---------------------------------------------------------
+/// Quantize-dequantize, y = (clamp(round(x / s) + z, qmin, qmax) - z) * s,
+/// rounding half to even of x * (1/s). scale: f32 [C] (> 0), zero_point: i32
+/// [C] within [qmin, qmax]; axis = -1 for per tensor (C = 1), else the channel
+/// axis of x (C = x.size(axis)). Backward is the straight-through estimator
+/// with the clipping mask: the gradient passes where round(x/s) + z lies in
+/// [qmin, qmax] and is 0 elsewhere.
+Variable fake_quantize(const Variable& x, const Tensor& scale, const Tensor& zero_point, int64_t qmin, int64_t qmax,
+                       int axis = -1);
+/// LSQ (Esser et al. 2020) with LSQ+'s optional learnable offset: the same
+/// forward with a learnable step `scale` ([C], same dtype as x) and offset
+/// `zero_point` ([C] real-valued, rounded and clamped in the forward; may be
+/// undefined for 0). Steps below float eps are used as eps. Gradients: x as
+/// the STE; scale (q - z) - x/s inside the range, qmin - z below, qmax - z
+/// above; zero_point 0 inside and -s outside; both multiplied by grad_scale
+/// (LSQ's 1/sqrt(N * Qp), or 1).
+Variable lsq_fake_quantize(const Variable& x, const Variable& scale, const Variable& zero_point, int64_t qmin,
+                           int64_t qmax, int axis = -1, double grad_scale = 1.0);
+
 }  // namespace qforge::autograd

@@ -1,0 +1,220 @@
+// Fake quantization: quantize then dequantize in one pass, with the
+// straight-through estimator (fake_quantize) or LSQ's learnable step size and
+// offset (lsq_fake_quantize). The rounding rule is quant/qparams.h's: round
+// half to even of x * (1 / scale), computed in the tensor's precision.
+#include <cmath>
+
+#include "autograd/ops.h"
+#include "autograd/ops/tensor_math.h"
+#include "core/parallel.h"
+
+namespace qforge::autograd {
+namespace {
+
+/// x viewed as [outer, C, inner] for a channel axis (C = 1 per tensor).
+struct ChannelView {
+  int64_t outer = 1, C = 1, inner = 1;
+};
+
+ChannelView channel_view(const Tensor& x, int axis, int64_t channels, const char* what) {
+  ChannelView v;
+  if (axis < 0) {
+    QF_CHECK_SHAPE(channels == 1) << what << ": per-tensor quantization takes one scale, got " << channels;
+    v.inner = x.numel();
+    return v;
+  }
+  QF_CHECK_INDEX(axis < x.ndim()) << what << ": channel axis " << axis << " is out of range for " << x.desc();
+  QF_CHECK_SHAPE(x.size(axis) == channels)
+      << what << ": " << channels << " scales for " << x.size(axis) << " channels along axis " << axis << " of "
+      << x.desc();
+  for (int d = 0; d < axis; ++d) v.outer *= x.size(d);
+  v.C = channels;
+  for (int d = axis + 1; d < x.ndim(); ++d) v.inner *= x.size(d);
+  return v;
+}
+
+void check_range(int64_t qmin, int64_t qmax, const char* what) {
+  QF_CHECK(qmin < qmax && qmin >= -(int64_t{1} << 16) && qmax <= (int64_t{1} << 16))
+      << what << ": need qmin < qmax within +-65536, got [" << qmin << ", " << qmax << "]";
+}
+
+/// Runs fn(c, begin, end) over each contiguous run of one channel, in
+/// parallel over the runs.
+template <class Fn>
+void for_channel_runs(const ChannelView& v, Fn&& fn) {
+  const int64_t runs = v.outer * v.C;
+  const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(v.inner, 1));
+  parallel_for(0, runs, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) fn(r % v.C, r * v.inner, (r + 1) * v.inner);
+  });
+}
+
+}  // namespace
+
+Variable fake_quantize(const Variable& x, const Tensor& scale, const Tensor& zero_point, int64_t qmin, int64_t qmax,
+                       int axis) {
+  const char* what = "fake_quantize";
+  const Tensor& xv = x.value();
+  detail::common_float_dtype({&xv}, what);
+  check_range(qmin, qmax, what);
+  QF_CHECK_DTYPE(scale.dtype() == DType::f32 && zero_point.dtype() == DType::i32)
+      << what << ": scale must be f32 and zero_point i32, got " << scale.desc() << " and " << zero_point.desc();
+  QF_CHECK_SHAPE(scale.ndim() <= 1 && scale.numel() == zero_point.numel() && scale.numel() >= 1)
+      << what << ": scale and zero_point must be 1-D of equal size, got " << scale.desc() << " and "
+      << zero_point.desc();
+  const ChannelView v = channel_view(xv, axis, scale.numel(), what);
+  const float* ps = scale.data<float>();
+  const int32_t* pz = zero_point.data<int32_t>();
+  for (int64_t c = 0; c < v.C; ++c)
+    QF_CHECK(std::isfinite(ps[c]) && ps[c] > 0) << what << ": scale[" << c << "] is " << ps[c] << "; need > 0";
+  for (int64_t c = 0; c < v.C; ++c)
+    QF_CHECK(pz[c] >= qmin && pz[c] <= qmax)
+        << what << ": zero_point[" << c << "] = " << pz[c] << " is outside [" << qmin << ", " << qmax << "]";
+
+  Tensor y = Tensor::empty(xv.shape(), xv.dtype());
+  detail::with_float(xv, what, [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = xv.data<T>();
+    T* py = y.data<T>();
+    for_channel_runs(v, [&](int64_t c, int64_t b, int64_t e) {
+      const T s = static_cast<T>(ps[c]), inv = T(1) / s, z = static_cast<T>(pz[c]);
+      const T lo = static_cast<T>(qmin), hi = static_cast<T>(qmax);
+      for (int64_t i = b; i < e; ++i) {
+        const T q = std::nearbyint(px[i] * inv) + z;
+        py[i] = (std::fmin(std::fmax(q, lo), hi) - z) * s;
+      }
+    });
+  });
+  if (!any_requires_grad({&x})) return Variable(y);
+  // STE with the clipping mask: the gradient passes where the rounded value
+  // lies inside [qmin, qmax] and is 0 elsewhere.
+  Tensor sc = scale, zp = zero_point;
+  return Variable::make(y, {&x}, what, [xv, sc, zp, v, qmin, qmax](const Tensor& g, GradSink& out) {
+    Tensor dx = Tensor::empty(g.shape(), g.dtype());
+    detail::with_float(g, "fake_quantize backward", [&](auto tag) {
+      using T = decltype(tag);
+      const T* px = xv.data<T>();
+      const T* pg = g.data<T>();
+      T* pd = dx.data<T>();
+      const float* ps = sc.data<float>();
+      const int32_t* pz = zp.data<int32_t>();
+      for_channel_runs(v, [&](int64_t c, int64_t b, int64_t e) {
+        const T inv = T(1) / static_cast<T>(ps[c]), z = static_cast<T>(pz[c]);
+        const T lo = static_cast<T>(qmin), hi = static_cast<T>(qmax);
+        for (int64_t i = b; i < e; ++i) {
+          const T q = std::nearbyint(px[i] * inv) + z;
+          pd[i] = (q >= lo && q <= hi) ? pg[i] : T(0);
+        }
+      });
+    });
+    out.add(0, dx);
+  });
+}
+
+Variable lsq_fake_quantize(const Variable& x, const Variable& scale, const Variable& zero_point, int64_t qmin,
+                           int64_t qmax, int axis, double grad_scale) {
+  const char* what = "lsq_fake_quantize";
+  const Tensor& xv = x.value();
+  const DType dt = detail::common_float_dtype(
+      {&xv, &scale.value(), zero_point.defined() ? &zero_point.value() : nullptr}, what);
+  check_range(qmin, qmax, what);
+  QF_CHECK(std::isfinite(grad_scale) && grad_scale > 0) << what << ": grad_scale must be > 0, got " << grad_scale;
+  QF_CHECK_SHAPE(scale.ndim() <= 1 && scale.numel() >= 1) << what << ": scale must be 1-D, got "
+                                                          << scale.value().desc();
+  QF_CHECK_SHAPE(!zero_point.defined() || zero_point.numel() == scale.numel())
+      << what << ": zero_point " << zero_point.value().desc() << " does not match scale " << scale.value().desc();
+  const ChannelView v = channel_view(xv, axis, scale.numel(), what);
+  (void)dt;
+
+  // Effective per-channel step (kept >= eps, so that a step pushed through 0
+  // by the optimizer cannot divide by zero) and rounded, clamped offset.
+  const int64_t C = v.C;
+  std::vector<double> s_eff(C), z_eff(C);
+  std::vector<bool> s_clamped(C);
+  constexpr double kEps = 1.1920928955078125e-07;
+  for (int64_t c = 0; c < C; ++c) {
+    const double s = scale.value().item(c);
+    QF_CHECK(std::isfinite(s)) << what << ": scale[" << c << "] is " << s;
+    s_clamped[c] = s < kEps;
+    s_eff[c] = s_clamped[c] ? kEps : s;
+    const double z = zero_point.defined() ? zero_point.value().item(c) : 0.0;
+    QF_CHECK(std::isfinite(z)) << what << ": zero_point[" << c << "] is " << z;
+    z_eff[c] = std::fmin(std::fmax(std::nearbyint(z), static_cast<double>(qmin)), static_cast<double>(qmax));
+  }
+
+  Tensor y = Tensor::empty(xv.shape(), xv.dtype());
+  detail::with_float(xv, what, [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = xv.data<T>();
+    T* py = y.data<T>();
+    for_channel_runs(v, [&](int64_t c, int64_t b, int64_t e) {
+      const T s = static_cast<T>(s_eff[c]), inv = T(1) / s, z = static_cast<T>(z_eff[c]);
+      const T lo = static_cast<T>(qmin), hi = static_cast<T>(qmax);
+      for (int64_t i = b; i < e; ++i) {
+        const T q = std::nearbyint(px[i] * inv) + z;
+        py[i] = (std::fmin(std::fmax(q, lo), hi) - z) * s;
+      }
+    });
+  });
+  if (!any_requires_grad({&x, &scale, &zero_point})) return Variable(y);
+
+  // Gradients (Esser et al. 2020; LSQ+ for the offset), with v = x/s + z and
+  // q = round(v):
+  //   dx = g inside [qmin, qmax], 0 outside;
+  //   ds = g * ((q - z) - x/s) inside, g * (qmin - z) below, g * (qmax - z) above;
+  //   dz = 0 inside, -g * s outside;
+  // ds and dz are scaled by grad_scale.
+  const Shape sshape = scale.shape();
+  return Variable::make(
+      y, {&x, &scale, &zero_point}, what,
+      [xv, v, s_eff, z_eff, s_clamped, qmin, qmax, grad_scale, sshape](const Tensor& g, GradSink& out) {
+        const bool need_x = out.needs(0), need_s = out.needs(1), need_z = out.needs(2);
+        Tensor dx = need_x ? Tensor::empty(g.shape(), g.dtype()) : Tensor();
+        std::vector<double> ds(v.outer * v.C, 0.0), dz(v.outer * v.C, 0.0);
+        detail::with_float(g, "lsq_fake_quantize backward", [&](auto tag) {
+          using T = decltype(tag);
+          const T* px = xv.data<T>();
+          const T* pg = g.data<T>();
+          T* pd = need_x ? dx.data<T>() : nullptr;
+          for_channel_runs(v, [&](int64_t c, int64_t b, int64_t e) {
+            const T s = static_cast<T>(s_eff[c]), inv = T(1) / s, z = static_cast<T>(z_eff[c]);
+            const T lo = static_cast<T>(qmin), hi = static_cast<T>(qmax);
+            double acc_s = 0, acc_z = 0;
+            for (int64_t i = b; i < e; ++i) {
+              const T xs = px[i] * inv;
+              const T q = std::nearbyint(xs) + z;
+              const bool below = q < lo, above = q > hi;
+              if (pd) pd[i] = (below || above) ? T(0) : pg[i];
+              const T gs = below ? lo - z : above ? hi - z : (q - z) - xs;
+              acc_s += static_cast<double>(pg[i]) * gs;
+              if (below || above) acc_z -= static_cast<double>(pg[i]) * s;
+            }
+            // One slot per run, summed in run order below: deterministic.
+            const int64_t run = b / std::max<int64_t>(v.inner, 1);
+            ds[run] = acc_s;
+            dz[run] = acc_z;
+          });
+        });
+        if (need_x) out.add(0, dx);
+        if (need_s || need_z) {
+          Tensor gs = Tensor::zeros(sshape, g.dtype()), gz = Tensor::zeros(sshape, g.dtype());
+          std::vector<double> sum_s(v.C, 0.0), sum_z(v.C, 0.0);
+          for (int64_t r = 0; r < v.outer * v.C; ++r) {
+            sum_s[r % v.C] += ds[r];
+            sum_z[r % v.C] += dz[r];
+          }
+          detail::with_float(g, "lsq_fake_quantize backward", [&](auto tag) {
+            using T = decltype(tag);
+            for (int64_t c = 0; c < v.C; ++c) {
+              // A step held at eps does not move through the clamp.
+              gs.data<T>()[c] = s_clamped[c] ? T(0) : static_cast<T>(sum_s[c] * grad_scale);
+              gz.data<T>()[c] = static_cast<T>(sum_z[c] * grad_scale);
+            }
+          });
+          if (need_s) out.add(1, gs);
+          if (need_z) out.add(2, gz);
+        }
+      });
+}
+
+}  // namespace qforge::autograd

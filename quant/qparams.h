@@ -1,0 +1,89 @@
+#pragma once
+// Quantization parameters and the one set of rules that turns a real range
+// into them. Every fake-quant path, observer and (later) the int8 runtime
+// uses these functions; docs/quantization.md states the rules.
+//
+// Rounding: real -> integer rounds half to even, q = nearbyint(x * inv_scale)
+// with inv_scale = 1.0f / scale computed in float (what PyTorch's fake-quant
+// does, and what cvtps2dq does under the default MXCSR).
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace qforge::quant {
+
+enum class QScheme {
+  /// zero point fixed (0 for signed, 2^(bits-1) for unsigned); range
+  /// [-amax, amax] with amax = max(|min|, |max|).
+  symmetric,
+  /// zero point chosen so that [min, max] (widened to contain 0) maps onto
+  /// [qmin, qmax].
+  affine,
+};
+
+/// What to quantize to: bit width, signedness, scheme and granularity.
+struct QuantSpec {
+  int bits = 8;
+  bool is_signed = true;
+  QScheme scheme = QScheme::symmetric;
+  /// Per channel along `axis` (weights: axis 0, the output channels).
+  bool per_channel = false;
+  int axis = 0;
+  /// Use one bit less of range (for kernels that need the headroom).
+  bool reduce_range = false;
+
+  /// Throws ValueError unless bits is 2..8 (and reduce_range leaves >= 2).
+  void validate() const;
+  int32_t qmin() const;
+  int32_t qmax() const;
+  /// "int8 symmetric per-channel(axis 0)".
+  std::string describe() const;
+};
+
+/// Scales and zero points, one per tensor or one per channel. Scales are
+/// finite and > 0; zero points are integers in [qmin, qmax]; real 0.0 maps
+/// exactly to the zero point.
+struct QParams {
+  std::vector<float> scale;
+  std::vector<int32_t> zero_point;
+  int32_t qmin = -128, qmax = 127;
+  /// -1 for per tensor, else the channel axis.
+  int axis = -1;
+
+  bool per_channel() const { return axis >= 0; }
+  size_t channels() const { return scale.size(); }
+  /// Scale and zero point as tensors (f32 [C] and i32 [C]; C = 1 per tensor).
+  Tensor scale_tensor() const;
+  Tensor zero_point_tensor() const;
+};
+
+/// The scale used when a range is empty (all values 0): 1.0, so that 0 is
+/// exact and later requantization multipliers stay finite.
+constexpr float kEmptyRangeScale = 1.0f;
+/// The smallest scale ever produced (PyTorch's float32 eps).
+constexpr float kMinScale = 1.1920928955078125e-07f;
+
+/// QParams for per-channel (or, with one entry, per-tensor) ranges. mins and
+/// maxs must be finite with min <= max (ValueError otherwise, naming the
+/// channel). The range is widened to contain 0.
+QParams qparams_from_range(const std::vector<float>& mins, const std::vector<float>& maxs, const QuantSpec& spec);
+
+/// Rounds half to even (the quantization rounding rule).
+inline float round_half_even(float v) { return std::nearbyint(v); }
+
+/// q = clamp(round(x * inv_scale) + zero_point, qmin, qmax).
+inline int32_t quantize_value(float x, float inv_scale, int32_t zero_point, int32_t qmin, int32_t qmax) {
+  const float r = round_half_even(x * inv_scale) + static_cast<float>(zero_point);
+  return static_cast<int32_t>(std::fmin(std::fmax(r, static_cast<float>(qmin)), static_cast<float>(qmax)));
+}
+
+/// x = (q - zero_point) * scale.
+inline float dequantize_value(int32_t q, float scale, int32_t zero_point) {
+  return static_cast<float>(q - zero_point) * scale;
+}
+
+}  // namespace qforge::quant
