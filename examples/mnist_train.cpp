@@ -93,7 +93,7 @@ int main(int argc, char** argv) {
     std::printf("final test accuracy: %.2f%% (%lld/%lld)\n", final_eval.accuracy,
                 static_cast<long long>(final_eval.correct), static_cast<long long>(final_eval.count));
     std::printf("checkpoints and metrics in %s\n", to.out_dir.c_str());
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     std::fprintf(stderr, "mnist_train: %s\n", e.what());
     return 1;
   }

@@ -78,20 +78,31 @@ std::map<std::string, Tensor> Optimizer::state_dict() const {
 }
 
 void Optimizer::load_state_dict(const std::map<std::string, Tensor>& sd) {
-  auto scalar = [&](const char* key) {
+  // Everything is checked before anything is assigned, so a failed load
+  // leaves the optimizer as it was.
+  auto count = [&](const char* key) {
     auto it = sd.find(key);
     QF_CHECK(it != sd.end() && it->second.numel() == 1) << name_ << ".load_state_dict: missing '" << key << "'";
-    return it->second.item();
+    const double v = it->second.item();
+    QF_CHECK(std::isfinite(v) && v >= 0 && v == std::floor(v) && v < 9.0e15)
+        << name_ << ".load_state_dict: '" << key << "' must be a whole number >= 0, got " << v;
+    return static_cast<int64_t>(v);
   };
-  const auto n = static_cast<size_t>(scalar("num_params"));
-  QF_CHECK(n == params_.size()) << name_ << ".load_state_dict: the state is for " << n
-                                << " parameters, this optimizer has " << params_.size();
+  const int64_t n = count("num_params");
+  QF_CHECK(n == static_cast<int64_t>(params_.size()))
+      << name_ << ".load_state_dict: the state is for " << n << " parameters, this optimizer has " << params_.size();
+  const int64_t steps = count("step");
+  auto lr_it = sd.find("lr");
+  QF_CHECK(lr_it != sd.end() && lr_it->second.numel() == 1) << name_ << ".load_state_dict: missing 'lr'";
+  const double lr = lr_it->second.item();
+  QF_CHECK(std::isfinite(lr) && lr >= 0) << name_ << ".load_state_dict: lr must be finite and >= 0, got " << lr;
+  const std::vector<std::string> known = slot_names();
   std::vector<std::map<std::string, Tensor>> fresh(params_.size());
   for (const auto& [k, t] : sd) {
     if (k == "step" || k == "lr" || k == "num_params") continue;
     const auto dot = k.find('.');
     size_t idx = 0;
-    bool ok = dot != std::string::npos && dot > 0;
+    bool ok = dot != std::string::npos && dot > 0 && k.find_first_not_of("0123456789") == dot;
     if (ok) {
       try {
         idx = std::stoul(k.substr(0, dot));
@@ -99,16 +110,22 @@ void Optimizer::load_state_dict(const std::map<std::string, Tensor>& sd) {
         ok = false;
       }
     }
-    QF_CHECK(ok && idx < params_.size()) << name_ << ".load_state_dict: unexpected key '" << k << "'";
+    const std::string slot_name = ok ? k.substr(dot + 1) : "";
+    ok = ok && idx < params_.size() && std::find(known.begin(), known.end(), slot_name) != known.end();
+    QF_CHECK(ok) << name_ << ".load_state_dict: unexpected key '" << k << "'";
     const Tensor& p = params_[idx].value();
-    const bool per_element = t.shape() == p.shape() && t.dtype() == p.dtype();
-    QF_CHECK_SHAPE(per_element || t.ndim() == 0)
-        << name_ << ".load_state_dict: '" << k << "' is " << t.desc() << ", parameter " << idx << " is "
-        << p.desc();
-    fresh[idx][k.substr(dot + 1)] = t.clone();
+    if (slot_name == "step") {
+      QF_CHECK_SHAPE(t.ndim() == 0 && t.dtype() == DType::f64 && std::isfinite(t.item()) && t.item() >= 0)
+          << name_ << ".load_state_dict: '" << k << "' must be a 0-d f64 count, got " << t.desc();
+    } else {
+      QF_CHECK_SHAPE(t.shape() == p.shape() && t.dtype() == p.dtype())
+          << name_ << ".load_state_dict: '" << k << "' is " << t.desc() << ", parameter " << idx << " is "
+          << p.desc();
+    }
+    fresh[idx][slot_name] = t.clone();
   }
-  steps_ = static_cast<int64_t>(scalar("step"));
-  set_lr(scalar("lr"));
+  steps_ = steps;
+  lr_ = lr;
   state_ = std::move(fresh);
 }
 
@@ -322,8 +339,8 @@ std::string OneCycleLr::describe() const {
 WarmupLr::WarmupLr(std::shared_ptr<LrSchedule> inner, int64_t warmup_steps, double start_factor)
     : inner_(std::move(inner)), warmup_(warmup_steps), start_(start_factor) {
   QF_CHECK(inner_ != nullptr) << "WarmupLr: no inner schedule";
-  QF_CHECK(warmup_steps >= 0 && start_factor >= 0 && start_factor <= 1)
-      << "WarmupLr: need warmup_steps >= 0 and start_factor in [0, 1], got " << warmup_steps << ", "
+  QF_CHECK(warmup_steps >= 0 && start_factor > 0 && start_factor <= 1)
+      << "WarmupLr: need warmup_steps >= 0 and start_factor in (0, 1], got " << warmup_steps << ", "
       << start_factor;
 }
 

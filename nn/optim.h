@@ -46,6 +46,9 @@ class Optimizer {
  protected:
   /// Updates parameter i (value p, gradient g, both f32 or both f64).
   virtual void update(size_t i, Tensor& p, const Tensor& g) = 0;
+  /// The per-parameter slots this optimizer keeps (load_state_dict accepts
+  /// only these).
+  virtual std::vector<std::string> slot_names() const = 0;
   /// Per-parameter state slots ("momentum_buffer", "exp_avg", ...).
   Tensor& slot(size_t i, const std::string& name, const Tensor& like);
   bool has_slot(size_t i, const std::string& name) const;
@@ -76,6 +79,7 @@ class SGD : public Optimizer {
 
  protected:
   void update(size_t i, Tensor& p, const Tensor& g) override;
+  std::vector<std::string> slot_names() const override { return {"momentum_buffer"}; }
 
  private:
   SGDOptions opt_;
@@ -99,14 +103,16 @@ class Adam : public Optimizer {
 
  protected:
   void update(size_t i, Tensor& p, const Tensor& g) override;
+  std::vector<std::string> slot_names() const override { return {"exp_avg", "exp_avg_sq", "step"}; }
 
  private:
   AdamOptions opt_;
   bool decoupled_;
 };
 
-/// Adam with decoupled weight decay (Loshchilov and Hutter). PyTorch's AdamW
-/// default weight decay is 1e-2.
+/// Adam with decoupled weight decay (Loshchilov and Hutter). weight_decay
+/// comes from AdamOptions (default 0); PyTorch's AdamW defaults to 1e-2, so
+/// set it explicitly when porting a recipe.
 class AdamW : public Adam {
  public:
   AdamW(std::vector<Variable> params, AdamOptions opt) : Adam(std::move(params), opt, true) {}
@@ -174,9 +180,10 @@ class CosineLr : public LrSchedule {
   int64_t total_;
 };
 
-/// PyTorch's OneCycleLR (two phases, cosine annealing): from max_lr /
-/// div_factor up to max_lr over pct_start of the steps, then down to
-/// max_lr / (div_factor · final_div_factor) at the last step.
+/// PyTorch's OneCycleLR learning rate (two phases, cosine annealing): from
+/// max_lr / div_factor up to max_lr over pct_start of the steps, then down to
+/// max_lr / (div_factor · final_div_factor) at the last step. Unlike PyTorch
+/// it does not cycle momentum (betas stay as the optimizer has them).
 class OneCycleLr : public LrSchedule {
  public:
   OneCycleLr(double max_lr, int64_t total_steps, double pct_start = 0.3, double div_factor = 25,
@@ -193,7 +200,9 @@ class OneCycleLr : public LrSchedule {
 /// factor rising linearly from start_factor at step 0 to 1 at warmup_steps.
 class WarmupLr : public LrSchedule {
  public:
-  WarmupLr(std::shared_ptr<LrSchedule> inner, int64_t warmup_steps, double start_factor = 0.0);
+  /// start_factor in (0, 1], as PyTorch's LinearLR (default 1/3). The factor
+  /// multiplies the inner schedule while it runs (it does not delay it).
+  WarmupLr(std::shared_ptr<LrSchedule> inner, int64_t warmup_steps, double start_factor = 1.0 / 3.0);
   double lr_at(int64_t step) const override;
   std::string describe() const override;
 

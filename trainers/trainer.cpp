@@ -174,6 +174,22 @@ std::vector<EpochResult> Trainer::fit() {
     fs::create_directories(fs::path(opt_cfg_.out_dir) / "ckpt", ec);
     QF_CHECK_IO(!ec) << "cannot create output directory " << opt_cfg_.out_dir << ": " << ec.message();
   }
+  if (!opt_cfg_.out_dir.empty() && !opt_cfg_.resume) {
+    // A fresh run owns its out_dir: checkpoints and metrics of an earlier run
+    // there would otherwise mix with this one (and a later resume could pick
+    // a stale, newer-numbered checkpoint).
+    int removed = 0;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(fs::path(opt_cfg_.out_dir) / "ckpt", ec)) {
+      const std::string name = entry.path().filename().string();
+      if (name.rfind("epoch_", 0) == 0 && name.size() > 3 && name.substr(name.size() - 3) == ".h5")
+        removed += fs::remove(entry.path(), ec) ? 1 : 0;
+    }
+    const bool had_metrics = fs::remove(fs::path(opt_cfg_.out_dir) / "metrics.jsonl", ec);
+    if (removed || had_metrics)
+      progress.message("fresh run: removed " + std::to_string(removed) + " old checkpoint(s) and the metrics of an "
+                       "earlier run in " + opt_cfg_.out_dir + " (use resume to continue it instead)");
+  }
   if (opt_cfg_.resume) {
     const std::string ckpt = latest_checkpoint();
     if (ckpt.empty()) {
@@ -209,14 +225,16 @@ std::vector<EpochResult> Trainer::fit() {
       opt_->zero_grad();
       Variable logits = model_->forward(Variable(batch.x));
       Variable loss = loss_(logits, batch.y);
+      info.loss = loss.value().item();
+      // Checked before the update, so that the weights stay those of the
+      // last good step.
+      QF_CHECK(std::isfinite(info.loss)) << "training diverged: the loss is " << info.loss << " at epoch "
+                                         << epoch + 1 << ", step " << s + 1 << " (lr " << info.lr << ")";
       loss.backward();
       if (opt_cfg_.clip_grad_norm > 0) nn::clip_grad_norm(opt_->params(), opt_cfg_.clip_grad_norm);
       opt_->step();
       ++global_step_;
 
-      info.loss = loss.value().item();
-      QF_CHECK(std::isfinite(info.loss)) << "training diverged: the loss is " << info.loss << " at epoch "
-                                         << epoch + 1 << ", step " << s + 1 << " (lr " << info.lr << ")";
       loss_sum += info.loss * static_cast<double>(info.batch_size);
       correct += count_correct(logits.value(), batch.y);
       seen += info.batch_size;
@@ -269,6 +287,8 @@ void Trainer::save_checkpoint(const std::string& path) const {
     a.ints["rng/default/" + std::to_string(i)] = v;
   }
   a.strings["optimizer"] = opt_->name();
+  a.strings["schedule"] = sched_ ? sched_->describe() : "none";
+  a.ints["max_steps_per_epoch"] = opt_cfg_.max_steps_per_epoch;
   a.strings["model"] = model_->type_name();
   a.strings["format"] = "qforge-checkpoint-1";
   save_archive(path, a);
@@ -283,6 +303,11 @@ void Trainer::load_checkpoint(const std::string& path) {
   QF_CHECK_FORMAT(a.get_int("loader_seed") == static_cast<int64_t>(train_->options().seed))
       << path << " was saved with data seed " << a.get_int("loader_seed") << ", this run uses "
       << train_->options().seed << "; resuming would not reproduce the run";
+  const std::string sched = sched_ ? sched_->describe() : "none";
+  QF_CHECK_FORMAT(a.get_string("schedule") == sched && a.get_int("max_steps_per_epoch") == opt_cfg_.max_steps_per_epoch)
+      << path << " was saved with schedule '" << a.get_string("schedule") << "' and "
+      << a.get_int("max_steps_per_epoch") << " max steps per epoch; this run has '" << sched << "' and "
+      << opt_cfg_.max_steps_per_epoch << " (resume with the same epochs, steps and learning rate)";
   nn::StateDict model_sd;
   std::map<std::string, Tensor> optim_sd, extra;
   for (const auto& [k, t] : a.tensors) {
@@ -290,10 +315,13 @@ void Trainer::load_checkpoint(const std::string& path) {
     else if (k.rfind("optim/", 0) == 0) optim_sd[k.substr(6)] = t;
     else if (k.rfind("extra/", 0) == 0) extra[k.substr(6)] = t;
   }
+  nn::StateDict backup;
+  for (const auto& [k, t] : model_->state_dict()) backup[k] = t.clone();
   try {
     model_->load_state_dict(model_sd);
     opt_->load_state_dict(optim_sd);
   } catch (const Error& e) {
+    model_->load_state_dict(backup);  // leave the model as it was
     QF_THROW(FormatError) << path << " does not fit this run: " << e.what();
   }
   Generator::State st{};

@@ -56,9 +56,11 @@ TEST(Module, StateDictRoundTripGivesIdenticalOutputs) {
   // Values were copied into the existing storage: handles stay valid.
   EXPECT_TRUE(dst_w.value().shares_storage(dst->parameters()[0].value()));
   EXPECT_EQ(dst_w.value().to_vector(), sd["conv1.weight"].to_vector());
-  // The snapshot is independent of the source.
-  EXPECT_FALSE(dst->state_dict()["bn1.running_mean"].shares_storage(src->state_dict()["bn1.running_mean"]));
   EXPECT_EQ(dst->state_dict()["bn1.running_mean"].to_vector(), src->state_dict()["bn1.running_mean"].to_vector());
+  // The loaded values were copied: changing the source dict leaves dst alone.
+  const auto before = dst->state_dict()["bn1.running_mean"].to_vector();
+  sd["bn1.running_mean"].fill_(42.0);
+  EXPECT_EQ(dst->state_dict()["bn1.running_mean"].to_vector(), before);
 }
 
 TEST(Module, LoadStateDictReportsMissingUnexpectedAndMismatches) {

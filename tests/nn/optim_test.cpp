@@ -110,6 +110,19 @@ TEST(Optimizer, StateDictRoundTripContinuesIdentically) {
   auto sd = s1.state_dict();
   sd["7.momentum_buffer"] = Tensor::zeros({1}, DType::f64);
   EXPECT_THROW(s1.load_state_dict(sd), ValueError);
+  // A 0-d tensor in a per-element slot would overflow the next update.
+  auto scalar_slot = s1.state_dict();
+  scalar_slot["0.momentum_buffer"] = Tensor::scalar(1.0, DType::f64);
+  EXPECT_THROW(s1.load_state_dict(scalar_slot), ShapeError);
+  auto bogus = s1.state_dict();
+  bogus["0.bogus"] = Tensor::zeros({1}, DType::f64);
+  EXPECT_THROW(s1.load_state_dict(bogus), ValueError);
+  auto neg = s1.state_dict();
+  neg["step"] = Tensor::scalar(-3.0, DType::f64);
+  EXPECT_THROW(s1.load_state_dict(neg), ValueError);
+  neg["step"] = Tensor::scalar(std::nan(""), DType::f64);
+  EXPECT_THROW(s1.load_state_dict(neg), ValueError);
+  EXPECT_EQ(s1.steps(), 1);  // failed loads changed nothing
 }
 
 TEST(ClipGradNorm, ScalesOnlyAboveTheLimit) {
@@ -149,10 +162,11 @@ TEST(Schedules, MatchPyTorchFormulas) {
   EXPECT_NEAR(oc.lr_at(14), mid_up, 1e-12);
   for (int s = 1; s < 29; ++s) EXPECT_GT(oc.lr_at(s), oc.lr_at(s - 1));
   for (int s = 30; s < 100; ++s) EXPECT_LT(oc.lr_at(s), oc.lr_at(s - 1));
-  WarmupLr warm(std::make_shared<ConstantLr>(0.2), 4, 0.0);
-  EXPECT_DOUBLE_EQ(warm.lr_at(0), 0.0);
-  EXPECT_DOUBLE_EQ(warm.lr_at(2), 0.1);
+  WarmupLr warm(std::make_shared<ConstantLr>(0.2), 4, 0.5);
+  EXPECT_DOUBLE_EQ(warm.lr_at(0), 0.1);
+  EXPECT_DOUBLE_EQ(warm.lr_at(2), 0.15);
   EXPECT_DOUBLE_EQ(warm.lr_at(4), 0.2);
+  EXPECT_THROW(WarmupLr(std::make_shared<ConstantLr>(0.2), 4, 0.0), ValueError);
   EXPECT_THROW(CosineLr(0.1, 0), ValueError);
   EXPECT_THROW(OneCycleLr(0.1, 10, 1.5), ValueError);
   EXPECT_THROW(ConstantLr(0), ValueError);

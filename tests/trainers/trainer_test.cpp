@@ -173,7 +173,16 @@ TEST_F(TrainerTest, ResumeRejectsAMismatchedRun) {
   TrainerOptions to;
   to.out_dir = sub("m");
   to.progress = ProgressMode::none;
-  Trainer t(model, opt, nullptr, std::make_shared<data::DataLoader>(quadrant_dataset(32, 1), lo), nullptr, to);
+  auto loader = std::make_shared<data::DataLoader>(quadrant_dataset(32, 1), lo);
+  Trainer other_sched(model, opt, nullptr, loader, nullptr, to);
+  try {
+    other_sched.load_checkpoint(other_sched.latest_checkpoint());
+    FAIL() << "expected a FormatError";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("was saved with schedule"), std::string::npos) << e.what();
+  }
+  Trainer t(model, opt, std::make_shared<nn::CosineLr>(0.01, 40), loader, nullptr, to);
+  const auto before = model->state_dict().begin()->second.to_vector();
   try {
     t.load_checkpoint(t.latest_checkpoint());
     FAIL() << "expected a FormatError";
@@ -181,6 +190,7 @@ TEST_F(TrainerTest, ResumeRejectsAMismatchedRun) {
     EXPECT_NE(std::string(e.what()).find("does not fit this run"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("epoch_0001.h5"), std::string::npos) << e.what();
   }
+  EXPECT_EQ(model->state_dict().begin()->second.to_vector(), before);
   EXPECT_THROW(t.load_checkpoint(sub("m/nope.h5")), IOError);
 }
 
@@ -198,6 +208,16 @@ TEST_F(TrainerTest, ResumeWithoutCheckpointStartsFreshAndOptionsAreChecked) {
   no_dir.resume = true;
   EXPECT_THROW(Trainer(model, opt, nullptr, loader, nullptr, no_dir), ValueError);
   EXPECT_THROW(Trainer(nullptr, opt, nullptr, loader, nullptr, {}), ValueError);
+}
+
+TEST_F(TrainerTest, AFreshRunClearsAnEarlierRunsCheckpoints) {
+  manual_seed(1);
+  TrainRun a = make_run(sub("o"), 3, false, 5);
+  a.trainer->fit();
+  TrainRun b = make_run(sub("o"), 1, false, 5);
+  b.trainer->fit();
+  EXPECT_EQ(b.trainer->latest_checkpoint(), sub("o/ckpt/epoch_0001.h5"));
+  EXPECT_FALSE(fs::exists(sub("o/ckpt/epoch_0003.h5")));
 }
 
 TEST(CountCorrect, ArgmaxAgainstTargets) {
