@@ -44,10 +44,12 @@ class Observer {
   /// Forgets all statistics (the enabled flag is kept).
   virtual void reset() = 0;
 
+  /// Turns recording on or off (off freezes the statistics; qparams() still works).
   void set_enabled(bool on) { enabled_ = on; }
   bool enabled() const { return enabled_; }
   /// True once a non-empty tensor was observed (since construction or reset).
   bool has_data() const { return has_data_; }
+  /// The validated spec the qparams are computed for.
   const QuantSpec& spec() const { return spec_; }
   /// Short kind name: "minmax", "moving_average", "per_channel_minmax",
   /// "moving_average_per_channel", "histogram" or "percentile".
