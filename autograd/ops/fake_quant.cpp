@@ -49,6 +49,28 @@ void for_channel_runs(const ChannelView& v, Fn&& fn) {
   });
 }
 
+/// y = (clamp(round(x * (1/s_c)) + z_c, qmin, qmax) - z_c) * s_c in one pass,
+/// with s_c = scale_of(c) and z_c = zp_of(c) (as doubles).
+template <class ScaleOf, class ZpOf>
+Tensor quant_dequant(const Tensor& xv, const ChannelView& v, int64_t qmin, int64_t qmax, ScaleOf scale_of,
+                     ZpOf zp_of, const char* what) {
+  Tensor y = Tensor::empty(xv.shape(), xv.dtype());
+  detail::with_float(xv, what, [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = xv.data<T>();
+    T* py = y.data<T>();
+    for_channel_runs(v, [&](int64_t c, int64_t b, int64_t e) {
+      const T s = static_cast<T>(scale_of(c)), inv = T(1) / s, z = static_cast<T>(zp_of(c));
+      const T lo = static_cast<T>(qmin), hi = static_cast<T>(qmax);
+      for (int64_t i = b; i < e; ++i) {
+        const T q = std::nearbyint(px[i] * inv) + z;
+        py[i] = (std::fmin(std::fmax(q, lo), hi) - z) * s;
+      }
+    });
+  });
+  return y;
+}
+
 }  // namespace
 
 Variable fake_quantize(const Variable& x, const Tensor& scale, const Tensor& zero_point, int64_t qmin, int64_t qmax,
@@ -71,20 +93,9 @@ Variable fake_quantize(const Variable& x, const Tensor& scale, const Tensor& zer
     QF_CHECK(pz[c] >= qmin && pz[c] <= qmax)
         << what << ": zero_point[" << c << "] = " << pz[c] << " is outside [" << qmin << ", " << qmax << "]";
 
-  Tensor y = Tensor::empty(xv.shape(), xv.dtype());
-  detail::with_float(xv, what, [&](auto tag) {
-    using T = decltype(tag);
-    const T* px = xv.data<T>();
-    T* py = y.data<T>();
-    for_channel_runs(v, [&](int64_t c, int64_t b, int64_t e) {
-      const T s = static_cast<T>(ps[c]), inv = T(1) / s, z = static_cast<T>(pz[c]);
-      const T lo = static_cast<T>(qmin), hi = static_cast<T>(qmax);
-      for (int64_t i = b; i < e; ++i) {
-        const T q = std::nearbyint(px[i] * inv) + z;
-        py[i] = (std::fmin(std::fmax(q, lo), hi) - z) * s;
-      }
-    });
-  });
+  Tensor y = quant_dequant(
+      xv, v, qmin, qmax, [ps](int64_t c) { return static_cast<double>(ps[c]); },
+      [pz](int64_t c) { return static_cast<double>(pz[c]); }, what);
   if (!any_requires_grad({&x})) return Variable(y);
   // STE with the clipping mask: the gradient passes where the rounded value
   // lies inside [qmin, qmax] and is 0 elsewhere.
@@ -142,20 +153,8 @@ Variable lsq_fake_quantize(const Variable& x, const Variable& scale, const Varia
     z_eff[c] = std::fmin(std::fmax(std::nearbyint(z), static_cast<double>(qmin)), static_cast<double>(qmax));
   }
 
-  Tensor y = Tensor::empty(xv.shape(), xv.dtype());
-  detail::with_float(xv, what, [&](auto tag) {
-    using T = decltype(tag);
-    const T* px = xv.data<T>();
-    T* py = y.data<T>();
-    for_channel_runs(v, [&](int64_t c, int64_t b, int64_t e) {
-      const T s = static_cast<T>(s_eff[c]), inv = T(1) / s, z = static_cast<T>(z_eff[c]);
-      const T lo = static_cast<T>(qmin), hi = static_cast<T>(qmax);
-      for (int64_t i = b; i < e; ++i) {
-        const T q = std::nearbyint(px[i] * inv) + z;
-        py[i] = (std::fmin(std::fmax(q, lo), hi) - z) * s;
-      }
-    });
-  });
+  Tensor y = quant_dequant(
+      xv, v, qmin, qmax, [&](int64_t c) { return s_eff[c]; }, [&](int64_t c) { return z_eff[c]; }, what);
   if (!any_requires_grad({&x, &scale, &zero_point})) return Variable(y);
 
   // Gradients (Esser et al. 2020; LSQ+ for the offset), with v = x/s + z and
