@@ -125,6 +125,23 @@ class Identity : public Module {
   Variable forward(const Variable& x) override { return x; }
 };
 
+/// Marks where a model's input enters the quantized region. The identity in
+/// float; quant::prepare_qat() swaps it for an input fake-quant (the int8
+/// runtime's quantize op).
+class QuantStub : public Module {
+ public:
+  QuantStub() : Module("QuantStub") {}
+  Variable forward(const Variable& x) override { return x; }
+};
+
+/// Marks where the quantized region ends (the runtime's dequantize op). The
+/// identity in float and in QAT.
+class DeQuantStub : public Module {
+ public:
+  DeQuantStub() : Module("DeQuantStub") {}
+  Variable forward(const Variable& x) override { return x; }
+};
+
 class MaxPool2d : public Module {
  public:
   /// stride 0 means "equal to kernel".

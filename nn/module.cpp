@@ -45,6 +45,13 @@ Variable& Module::register_parameter(const std::string& name, Tensor value, bool
   return params_.back().second;
 }
 
+Variable& Module::register_parameter(const std::string& name, const Variable& shared) {
+  check_new_name(name);
+  QF_CHECK(shared.defined()) << type_name_ << ": parameter '" << name << "' is undefined";
+  params_.emplace_back(name, shared);
+  return params_.back().second;
+}
+
 Tensor& Module::register_buffer(const std::string& name, Tensor value) {
   check_new_name(name);
   buffers_.emplace_back(name, std::move(value));

@@ -96,6 +96,10 @@ class Module {
   /// Registers a parameter (a leaf Variable with requires_grad unless told
   /// otherwise). Names must be unique within the module and contain no '.'.
   Variable& register_parameter(const std::string& name, Tensor value, bool requires_grad = true);
+  /// Registers an existing Variable (shared, not copied): quant's module swap
+  /// uses it so that a QAT module trains the float module's very parameters
+  /// and optimizers built before the swap keep working.
+  Variable& register_parameter(const std::string& name, const Variable& shared);
   /// Registers a buffer; an undefined tensor is allowed (and skipped by the
   /// state dict), as for BatchNorm without running statistics.
   Tensor& register_buffer(const std::string& name, Tensor value);

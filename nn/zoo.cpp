@@ -129,6 +129,7 @@ ModulePtr make_model(const std::string& name, const ModelArgs& args, Generator& 
 
 std::shared_ptr<Sequential> mnist_cnn(Generator& gen) {
   auto m = std::make_shared<Sequential>();
+  m->push_back("quant", std::make_shared<QuantStub>());
   m->push_back("conv1", std::make_shared<Conv2d>(1, 32, 3, 1, 0, false, 1, gen));
   m->push_back("bn1", std::make_shared<BatchNorm2d>(32));
   m->push_back("relu1", std::make_shared<ReLU>());
@@ -141,11 +142,13 @@ std::shared_ptr<Sequential> mnist_cnn(Generator& gen) {
   m->push_back("relu3", std::make_shared<ReLU>());
   m->push_back("flatten", std::make_shared<Flatten>());
   m->push_back("fc", std::make_shared<Linear>(64 * 10 * 10, 10, true, gen));
+  m->push_back("dequant", std::make_shared<DeQuantStub>());
   return m;
 }
 
 std::shared_ptr<Sequential> lenet5(Generator& gen) {
   auto m = std::make_shared<Sequential>();
+  m->push_back("quant", std::make_shared<QuantStub>());
   m->push_back("conv1", std::make_shared<Conv2d>(1, 6, 5, 1, 2, true, 1, gen));
   m->push_back("relu1", std::make_shared<ReLU>());
   m->push_back("pool1", std::make_shared<MaxPool2d>(2));
@@ -158,12 +161,14 @@ std::shared_ptr<Sequential> lenet5(Generator& gen) {
   m->push_back("fc2", std::make_shared<Linear>(120, 84, true, gen));
   m->push_back("relu4", std::make_shared<ReLU>());
   m->push_back("fc3", std::make_shared<Linear>(84, 10, true, gen));
+  m->push_back("dequant", std::make_shared<DeQuantStub>());
   return m;
 }
 
 std::shared_ptr<Sequential> mlp(int64_t in_features, const std::vector<int64_t>& hidden, int64_t classes,
                                 Generator& gen) {
   auto m = std::make_shared<Sequential>();
+  m->push_back("quant", std::make_shared<QuantStub>());
   m->push_back("flatten", std::make_shared<Flatten>());
   int64_t prev = in_features;
   for (size_t i = 0; i < hidden.size(); ++i) {
@@ -172,6 +177,7 @@ std::shared_ptr<Sequential> mlp(int64_t in_features, const std::vector<int64_t>&
     prev = hidden[i];
   }
   m->push_back("fc" + std::to_string(hidden.size() + 1), std::make_shared<Linear>(prev, classes, true, gen));
+  m->push_back("dequant", std::make_shared<DeQuantStub>());
   return m;
 }
 

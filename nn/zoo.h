@@ -45,8 +45,11 @@ std::vector<std::string> model_names();
 
 /// conv 1->32 3x3 + BN + ReLU, conv 32->64 + BN + ReLU, maxpool 2, conv
 /// 64->64 + BN + ReLU, flatten (6400), linear 6400->10. Convs have no bias.
-/// Input [N, 1, 28, 28]. Children: conv1 bn1 relu1 conv2 bn2 relu2 pool conv3
-/// bn3 relu3 flatten fc, the reference's names.
+/// Input [N, 1, 28, 28]. Children: quant conv1 bn1 relu1 conv2 bn2 relu2 pool
+/// conv3 bn3 relu3 flatten fc dequant, the reference's names (quant and
+/// dequant are the QuantStub/DeQuantStub boundaries, identities in float).
+/// Every zoo model starts with a QuantStub named "quant" and ends with a
+/// DeQuantStub named "dequant".
 std::shared_ptr<Sequential> mnist_cnn(Generator& gen = default_generator());
 /// LeNet-5 for 28x28 input: conv 1->6 5x5 pad 2 + ReLU, maxpool 2, conv 6->16
 /// 5x5 + ReLU, maxpool 2, fc 400->120 + ReLU, fc 120->84 + ReLU, fc 84->10.

@@ -125,12 +125,14 @@ TEST(Module, TrainEvalApplyNamedModulesAndDuplicateNames) {
     EXPECT_FALSE(mod.is_training());
     ++count;
   });
-  EXPECT_EQ(count, 13);
+  EXPECT_EQ(count, 15);
   auto mods = m->named_modules();
-  ASSERT_EQ(mods.size(), 13u);
+  ASSERT_EQ(mods.size(), 15u);
   EXPECT_EQ(mods[0].first, "");
-  EXPECT_EQ(mods[1].first, "conv1");
-  EXPECT_EQ(mods[12].first, "fc");
+  EXPECT_EQ(mods[1].first, "quant");
+  EXPECT_EQ(mods[2].first, "conv1");
+  EXPECT_EQ(mods[13].first, "fc");
+  EXPECT_EQ(mods[14].first, "dequant");
   m->train();
   EXPECT_TRUE(m->get_module("bn2")->is_training());
   Sequential s;

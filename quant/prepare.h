@@ -1,0 +1,121 @@
+#pragma once
+// Preparing a float model for quantization, and the switches a QAT schedule
+// turns.
+//
+//   auto model = nn::make_model("mnist_cnn");        // trained in float
+//   quant::prepare_qat(*model);                      // fuse + swap, in place
+//   auto opt = std::make_shared<nn::Adam>(model->parameters(), ...);
+//   ... train; quant::apply_qat_schedule(*model, schedule, epoch, step) ...
+//
+// prepare_qat() fuses Conv-BN(-ReLU), Conv-ReLU, Linear-ReLU and
+// Linear-BN1d(-ReLU) groups and swaps every Conv2d / Linear / QuantStub
+// whose qconfig is not `none` for its QAT module (quant/qat_modules.h). It
+// works in place: a fused group's first module becomes the QAT module and the
+// others become Identity, so every other name in the tree stays put. The QAT
+// modules share the float parameters, so an optimizer built before the swap
+// keeps training them; LSQ step sizes are new parameters, so build the
+// optimizer after prepare_qat() when using LSQ.
+//
+// prepare() is the PTQ variant: the same swap with the model in eval mode,
+// observers recording (calibrating) and fake quant off. Run calibration
+// batches through it, then finish_calibration().
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "nn/module.h"
+#include "quant/qconfig.h"
+
+namespace qforge::quant {
+
+/// One fusion group: dotted module names, in data-flow order.
+using FusionGroup = std::vector<std::string>;
+
+struct PrepareOptions {
+  QConfigMap qconfig;
+  /// Find fusion groups in every Sequential (find_fusion_groups()).
+  bool auto_fuse = true;
+  /// Explicit groups, fused in addition to (and before) the automatic ones.
+  std::vector<FusionGroup> fusion_groups;
+  /// Require an nn::QuantStub in the model (the int8 model's input
+  /// boundary). Turn off only for experiments that never export.
+  bool require_quant_stub = true;
+};
+
+/// Runs of consecutive children of every Sequential in the tree that match
+/// a fusable pattern, longest first: Conv2d BatchNorm2d ReLU|ReLU6,
+/// Conv2d BatchNorm2d, Conv2d ReLU|ReLU6, Linear BatchNorm1d ReLU|ReLU6,
+/// Linear BatchNorm1d, Linear ReLU|ReLU6.
+std::vector<FusionGroup> find_fusion_groups(const nn::Module& root);
+
+/// QAT preparation, in place (see the file comment). Validates everything
+/// before changing anything: unknown names, groups that do not match a
+/// pattern, names in two groups, and invalid qconfigs throw ValueError and
+/// leave the model untouched. Leaves the model in training mode, with fake
+/// quant and observers on.
+void prepare_qat(nn::Module& root, const PrepareOptions& options = {});
+/// PTQ preparation: prepare_qat()'s swap, then eval mode, observers
+/// recording in eval (calibrating) and fake quant off.
+void prepare(nn::Module& root, const PrepareOptions& options = {});
+/// Ends PTQ calibration: observers off, calibrating off, fake quant on.
+void finish_calibration(nn::Module& root);
+
+// ---- switches over every quantizer in the tree ---------------------------------
+void enable_fake_quant(nn::Module& root, bool on = true);
+void enable_observer(nn::Module& root, bool on = true);
+void set_calibrating(nn::Module& root, bool on = true);
+/// Stops (or resumes) the running-statistics updates of every fused BN.
+void freeze_bn_stats(nn::Module& root, bool frozen = true);
+/// LSQ quantizers switch from their observer's estimate to learning.
+void set_lsq_learning(nn::Module& root, bool on = true);
+
+/// Every quantizer's observer statistics, keyed "<module path>/<key>", for
+/// checkpoints (the state dict holds the qparams themselves).
+std::map<std::string, Tensor> observer_state(nn::Module& root);
+/// Restores what observer_state() returned. Keys of quantizers that do not
+/// exist are an error (FormatError); quantizers without keys keep their state.
+void load_observer_state(nn::Module& root, const std::map<std::string, Tensor>& state);
+
+// ---- the QAT schedule ----------------------------------------------------------------
+
+/// When something happens: at the start of an epoch (0-based: epoch 1 is
+/// after the first full epoch) or at a global optimizer step. at < 0 means
+/// never.
+struct Milestone {
+  enum class Unit { epoch, step };
+  Unit unit = Unit::step;
+  int64_t at = -1;
+
+  static Milestone never() { return {}; }
+  static Milestone epoch(int64_t e) { return {Unit::epoch, e}; }
+  static Milestone step(int64_t s) { return {Unit::step, s}; }
+  bool reached(int64_t epoch, int64_t global_step) const;
+  /// "epoch 2", "step 500", "never".
+  std::string describe() const;
+};
+
+/// The QAT schedule as data. Before a milestone the switch is in its
+/// initial state, from it on in the other one.
+struct QatSchedule {
+  /// Fake quant on (before it the model trains in float while observers
+  /// record: progressive QAT).
+  Milestone fake_quant = Milestone::step(0);
+  /// Observers stop recording: qparams stop changing.
+  Milestone freeze_observers = Milestone::never();
+  /// BN running statistics stop updating (the batch norm then normalizes
+  /// with them, which is the folded layer).
+  Milestone freeze_bn = Milestone::never();
+  /// LSQ quantizers start learning their step size (initialized at that
+  /// point from the observer or the data).
+  Milestone lsq_learn = Milestone::step(0);
+
+  std::string describe() const;
+};
+
+/// Sets every switch to what the schedule says at (epoch, global_step). A
+/// pure function of the position, so a resumed run lands in the same state.
+void apply_qat_schedule(nn::Module& root, const QatSchedule& schedule, int64_t epoch, int64_t global_step);
+
+}  // namespace qforge::quant

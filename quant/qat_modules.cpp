@@ -1,0 +1,219 @@
+#include "quant/qat_modules.h"
+
+#include <sstream>
+
+#include "autograd/ops.h"
+#include "core/error.h"
+#include "quant/fold.h"
+
+namespace qforge::quant {
+
+using autograd::Variable;
+
+namespace {
+
+Variable activate(const Variable& y, FusedActivation act) {
+  switch (act) {
+    case FusedActivation::relu:
+      return autograd::relu(y);
+    case FusedActivation::relu6:
+      return autograd::relu6(y);
+    case FusedActivation::none:
+      break;
+  }
+  return y;
+}
+
+const char* act_name(FusedActivation act) {
+  return act == FusedActivation::relu ? "relu" : act == FusedActivation::relu6 ? "relu6" : "none";
+}
+
+/// 1 / factor per channel, shaped for broadcasting over the layer's output
+/// (0 where the factor is 0: that channel's folded weight is 0, and the
+/// batch norm's output there is beta whatever the conv produced).
+Tensor inverse_factor(const Tensor& factor, const Shape& shape) {
+  Tensor inv = Tensor::empty(factor.shape());
+  const float* pf = factor.data<float>();
+  float* pi = inv.data<float>();
+  for (int64_t c = 0; c < factor.numel(); ++c) pi[c] = pf[c] != 0.f ? 1.f / pf[c] : 0.f;
+  return inv.reshape(shape);
+}
+
+void check_bn(const std::shared_ptr<nn::BatchNorm>& bn, int64_t channels, const char* who) {
+  if (!bn) return;
+  QF_CHECK(bn->spec().num_features == channels)
+      << who << ": the batch norm has " << bn->spec().num_features << " features but the layer has " << channels
+      << " output channels";
+  QF_CHECK(bn->spec().track_running_stats)
+      << who << ": the batch norm must track running statistics to be folded (track_running_stats=false)";
+}
+
+/// The folded (or plain) weight and bias of a layer, without gradient.
+std::pair<Tensor, Tensor> folded_pair(nn::Module& m, nn::BatchNorm* bn) {
+  autograd::NoGradGuard ng;
+  const Variable w = m.param("weight");
+  const Variable b = m.has_param("bias") ? m.param("bias") : Variable();
+  if (!bn) return {w.value().clone(), b.defined() ? b.value().clone() : Tensor()};
+  FoldedConvBn f = fold_conv_bn(w, b, *bn);
+  return {f.weight.value(), f.bias.value()};
+}
+
+}  // namespace
+
+// ---- conv ------------------------------------------------------------------
+
+QATConvBase::QATConvBase(const char* type_name, const nn::Conv2d& conv, std::shared_ptr<nn::BatchNorm> bn,
+                         FusedActivation act, const QConfig& qconfig)
+    : nn::Module(type_name), spec_(conv.spec()), act_(act), qconfig_(qconfig) {
+  qconfig_.validate(type_name);
+  check_bn(bn, spec_.out_channels, type_name);
+  register_parameter("weight", conv.param("weight"));
+  if (conv.has_param("bias")) register_parameter("bias", conv.param("bias"));
+  if (bn) register_module("bn", std::move(bn));
+  register_module("weight_fake_quant", std::make_shared<FakeQuantize>(qconfig_.weight, spec_.out_channels));
+  register_module("output_fake_quant", std::make_shared<FakeQuantize>(qconfig_.activation, spec_.out_channels));
+}
+
+nn::BatchNorm* QATConvBase::bn() const {
+  for (const auto& [n, m] : named_children())
+    if (n == "bn") return static_cast<nn::BatchNorm*>(m.get());
+  return nullptr;
+}
+
+FakeQuantize& QATConvBase::weight_fake_quant() const {
+  return static_cast<FakeQuantize&>(child("weight_fake_quant"));
+}
+FakeQuantize& QATConvBase::output_fake_quant() const {
+  return static_cast<FakeQuantize&>(child("output_fake_quant"));
+}
+
+void QATConvBase::freeze_bn_stats(bool frozen) {
+  if (auto* b = bn()) b->set_frozen(frozen);
+}
+
+std::pair<Tensor, Tensor> QATConvBase::folded_weight_and_bias() { return folded_pair(*this, bn()); }
+
+Variable QATConvBase::forward(const Variable& x) {
+  QF_CHECK_SHAPE(x.ndim() == 4 && x.size(1) == spec_.in_channels)
+      << type_name() << "(" << extra_repr() << "): input must be [N, " << spec_.in_channels << ", H, W], got "
+      << x.value().desc();
+  autograd::Conv2dOptions opt;
+  opt.stride = spec_.stride;
+  opt.padding = spec_.padding;
+  opt.dilation = spec_.dilation;
+  opt.groups = spec_.groups;
+  const Variable& w = param("weight");
+  const Variable b = has_param("bias") ? param("bias") : Variable();
+  nn::BatchNorm* norm = bn();
+  Variable y;
+  if (!norm) {
+    y = autograd::conv2d(x, weight_fake_quant()(w), b, opt);
+  } else {
+    FoldedConvBn f = fold_conv_bn(w, b, *norm);
+    const Variable wq = weight_fake_quant()(f.weight);
+    if (is_training()) {
+      const int64_t C = spec_.out_channels;
+      y = autograd::conv2d(x, wq, Variable(), opt);
+      y = autograd::mul(y, Variable(inverse_factor(f.factor, {1, C, 1, 1})));
+      if (b.defined()) y = autograd::add(y, autograd::reshape(b, {1, C, 1, 1}));
+      y = (*norm)(y);
+    } else {
+      y = autograd::conv2d(x, wq, f.bias, opt);
+    }
+  }
+  return output_fake_quant()(activate(y, act_));
+}
+
+std::string QATConvBase::extra_repr() const {
+  std::ostringstream s;
+  s << spec_.in_channels << ", " << spec_.out_channels << ", kernel=" << spec_.kernel[0] << "x" << spec_.kernel[1];
+  if (spec_.stride[0] != 1 || spec_.stride[1] != 1) s << ", stride=" << spec_.stride[0] << "x" << spec_.stride[1];
+  if (spec_.padding[0] || spec_.padding[1]) s << ", padding=" << spec_.padding[0] << "x" << spec_.padding[1];
+  if (spec_.groups != 1) s << ", groups=" << spec_.groups;
+  if (act_ != FusedActivation::none) s << ", act=" << act_name(act_);
+  return s.str();
+}
+
+// ---- linear ----------------------------------------------------------------
+
+QATLinearBase::QATLinearBase(const char* type_name, const nn::Linear& linear, std::shared_ptr<nn::BatchNorm> bn,
+                             FusedActivation act, const QConfig& qconfig)
+    : nn::Module(type_name), in_(linear.in_features()), out_(linear.out_features()), act_(act), qconfig_(qconfig) {
+  qconfig_.validate(type_name);
+  check_bn(bn, out_, type_name);
+  register_parameter("weight", linear.param("weight"));
+  if (linear.has_param("bias")) register_parameter("bias", linear.param("bias"));
+  if (bn) register_module("bn", std::move(bn));
+  register_module("weight_fake_quant", std::make_shared<FakeQuantize>(qconfig_.weight, out_));
+  register_module("output_fake_quant", std::make_shared<FakeQuantize>(qconfig_.activation, out_));
+}
+
+nn::BatchNorm* QATLinearBase::bn() const {
+  for (const auto& [n, m] : named_children())
+    if (n == "bn") return static_cast<nn::BatchNorm*>(m.get());
+  return nullptr;
+}
+
+FakeQuantize& QATLinearBase::weight_fake_quant() const {
+  return static_cast<FakeQuantize&>(child("weight_fake_quant"));
+}
+FakeQuantize& QATLinearBase::output_fake_quant() const {
+  return static_cast<FakeQuantize&>(child("output_fake_quant"));
+}
+
+void QATLinearBase::freeze_bn_stats(bool frozen) {
+  if (auto* b = bn()) b->set_frozen(frozen);
+}
+
+std::pair<Tensor, Tensor> QATLinearBase::folded_weight_and_bias() { return folded_pair(*this, bn()); }
+
+Variable QATLinearBase::forward(const Variable& x) {
+  QF_CHECK_SHAPE(x.ndim() >= 1 && x.size(-1) == in_)
+      << type_name() << "(" << in_ << ", " << out_ << "): input " << x.value().desc() << " must end in " << in_;
+  const Variable& w = param("weight");
+  const Variable b = has_param("bias") ? param("bias") : Variable();
+  nn::BatchNorm* norm = bn();
+  Variable y;
+  if (!norm) {
+    y = autograd::linear(x, weight_fake_quant()(w), b);
+  } else {
+    QF_CHECK_SHAPE(x.ndim() == 2) << type_name() << ": input must be [N, " << in_ << "] (BatchNorm1d follows), got "
+                                  << x.value().desc();
+    FoldedConvBn f = fold_conv_bn(w, b, *norm);
+    const Variable wq = weight_fake_quant()(f.weight);
+    if (is_training()) {
+      y = autograd::linear(x, wq, Variable());
+      y = autograd::mul(y, Variable(inverse_factor(f.factor, {1, out_})));
+      if (b.defined()) y = autograd::add(y, autograd::reshape(b, {1, out_}));
+      y = (*norm)(y);
+    } else {
+      y = autograd::linear(x, wq, f.bias);
+    }
+  }
+  return output_fake_quant()(activate(y, act_));
+}
+
+std::string QATLinearBase::extra_repr() const {
+  std::ostringstream s;
+  s << in_ << ", " << out_;
+  if (act_ != FusedActivation::none) s << ", act=" << act_name(act_);
+  return s.str();
+}
+
+// ---- quant stub ------------------------------------------------------------
+
+QATQuantStub::QATQuantStub(const QConfig& q) : nn::Module("QATQuantStub") {
+  q.validate("QATQuantStub");
+  QF_CHECK(!q.activation.spec.per_channel) << "QATQuantStub: the input is quantized per tensor; the activation "
+                                              "config asks for per-channel ("
+                                           << q.activation.spec.describe() << ")";
+  register_module("output_fake_quant", std::make_shared<FakeQuantize>(q.activation, 1));
+}
+
+Variable QATQuantStub::forward(const Variable& x) { return output_fake_quant()(x); }
+
+FakeQuantize& QATQuantStub::output_fake_quant() const {
+  return static_cast<FakeQuantize&>(child("output_fake_quant"));
+}
+
+}  // namespace qforge::quant

@@ -1,0 +1,135 @@
+#pragma once
+// QAT modules: what prepare_qat() swaps float layers (and fused groups) for.
+//
+// Every QAT compute module fake-quantizes its weight (child
+// "weight_fake_quant") and its output after the fused activation (child
+// "output_fake_quant"). It shares the float layer's parameters (the same
+// Variables, so optimizers built before the swap keep working) and, for the
+// Bn variants, holds the float BatchNorm itself as child "bn".
+//
+// Batch norm folding is simulated as in Jacob et al. 2018 / torch.ao:
+//  - training: the weight is folded with the running std (fold_conv_bn) and
+//    fake-quantized, the convolution runs without bias, its output is
+//    divided by the fold factor again, the conv bias is added, and the batch
+//    norm normalizes with batch statistics and updates its running
+//    statistics. With frozen BN statistics (freeze_bn_stats) it normalizes
+//    with the running statistics instead, which equals the folded layer.
+//  - eval: the folded layer itself, conv(x, fq(w_fold)) + b_fold.
+
+#include <memory>
+#include <string>
+
+#include "nn/layers.h"
+#include "quant/fake_quantize.h"
+#include "quant/qconfig.h"
+
+namespace qforge::quant {
+
+/// The activation fused into a QAT module (applied before the output
+/// fake-quant; the int8 runtime turns it into clamp bounds).
+enum class FusedActivation { none, relu, relu6 };
+
+/// Conv2d (+ BatchNorm2d) (+ ReLU/ReLU6) under QAT. Input [N, C, H, W].
+class QATConvBase : public nn::Module {
+ public:
+  autograd::Variable forward(const autograd::Variable& x) override;
+  std::string extra_repr() const override;
+
+  const nn::Conv2dSpec& spec() const { return spec_; }
+  FusedActivation activation() const { return act_; }
+  const QConfig& qconfig() const { return qconfig_; }
+  /// The float batch norm, or null for the variants without one.
+  nn::BatchNorm* bn() const;
+  FakeQuantize& weight_fake_quant() const;
+  FakeQuantize& output_fake_quant() const;
+  /// Stops (or resumes) updates of the batch norm's running statistics.
+  void freeze_bn_stats(bool frozen = true);
+  /// The weight as the int8 layer will see it (folded with the running
+  /// statistics when there is a batch norm) and the matching float bias
+  /// (undefined when there is none). No gradient.
+  std::pair<Tensor, Tensor> folded_weight_and_bias();
+
+ protected:
+  QATConvBase(const char* type_name, const nn::Conv2d& conv, std::shared_ptr<nn::BatchNorm> bn, FusedActivation act,
+              const QConfig& qconfig);
+
+ private:
+  nn::Conv2dSpec spec_;
+  FusedActivation act_;
+  QConfig qconfig_;
+};
+
+class QATConv2d : public QATConvBase {
+ public:
+  QATConv2d(const nn::Conv2d& conv, const QConfig& q) : QATConvBase("QATConv2d", conv, nullptr, FusedActivation::none, q) {}
+};
+class QATConvReLU2d : public QATConvBase {
+ public:
+  QATConvReLU2d(const nn::Conv2d& conv, const QConfig& q, FusedActivation act = FusedActivation::relu)
+      : QATConvBase(act == FusedActivation::relu6 ? "QATConvReLU62d" : "QATConvReLU2d", conv, nullptr, act, q) {}
+};
+class QATConvBn2d : public QATConvBase {
+ public:
+  QATConvBn2d(const nn::Conv2d& conv, std::shared_ptr<nn::BatchNorm> bn, const QConfig& q)
+      : QATConvBase("QATConvBn2d", conv, std::move(bn), FusedActivation::none, q) {}
+};
+class QATConvBnReLU2d : public QATConvBase {
+ public:
+  QATConvBnReLU2d(const nn::Conv2d& conv, std::shared_ptr<nn::BatchNorm> bn, const QConfig& q,
+                  FusedActivation act = FusedActivation::relu)
+      : QATConvBase(act == FusedActivation::relu6 ? "QATConvBnReLU62d" : "QATConvBnReLU2d", conv, std::move(bn), act,
+                    q) {}
+};
+
+/// Linear (+ BatchNorm1d) (+ ReLU/ReLU6) under QAT. Input [..., in].
+class QATLinearBase : public nn::Module {
+ public:
+  autograd::Variable forward(const autograd::Variable& x) override;
+  std::string extra_repr() const override;
+
+  int64_t in_features() const { return in_; }
+  int64_t out_features() const { return out_; }
+  FusedActivation activation() const { return act_; }
+  const QConfig& qconfig() const { return qconfig_; }
+  nn::BatchNorm* bn() const;
+  FakeQuantize& weight_fake_quant() const;
+  FakeQuantize& output_fake_quant() const;
+  void freeze_bn_stats(bool frozen = true);
+  std::pair<Tensor, Tensor> folded_weight_and_bias();
+
+ protected:
+  QATLinearBase(const char* type_name, const nn::Linear& linear, std::shared_ptr<nn::BatchNorm> bn,
+                FusedActivation act, const QConfig& qconfig);
+
+ private:
+  int64_t in_, out_;
+  FusedActivation act_;
+  QConfig qconfig_;
+};
+
+class QATLinear : public QATLinearBase {
+ public:
+  QATLinear(const nn::Linear& l, const QConfig& q) : QATLinearBase("QATLinear", l, nullptr, FusedActivation::none, q) {}
+};
+class QATLinearReLU : public QATLinearBase {
+ public:
+  QATLinearReLU(const nn::Linear& l, const QConfig& q, FusedActivation act = FusedActivation::relu)
+      : QATLinearBase(act == FusedActivation::relu6 ? "QATLinearReLU6" : "QATLinearReLU", l, nullptr, act, q) {}
+};
+class QATLinearBn1d : public QATLinearBase {
+ public:
+  QATLinearBn1d(const nn::Linear& l, std::shared_ptr<nn::BatchNorm> bn, const QConfig& q,
+                FusedActivation act = FusedActivation::none)
+      : QATLinearBase(act == FusedActivation::none ? "QATLinearBn1d" : "QATLinearBnReLU1d", l, std::move(bn), act, q) {}
+};
+
+/// The input boundary: fake-quantizes the model's input with the activation
+/// config (child "output_fake_quant"); the int8 runtime's quantize op.
+class QATQuantStub : public nn::Module {
+ public:
+  explicit QATQuantStub(const QConfig& q);
+  autograd::Variable forward(const autograd::Variable& x) override;
+  FakeQuantize& output_fake_quant() const;
+};
+
+}  // namespace qforge::quant

@@ -1,0 +1,490 @@
+// QConfig, the FakeQuantize module, fold_conv_bn, the QAT modules, fusion,
+// prepare/prepare_qat and the QAT schedule.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "autograd/ops.h"
+#include "nn/optim.h"
+#include "nn/zoo.h"
+#include "quant/fake_quantize.h"
+#include "quant/fold.h"
+#include "quant/prepare.h"
+#include "quant/qat_modules.h"
+
+namespace qforge::quant {
+namespace {
+
+using autograd::Variable;
+
+Tensor randn(const Shape& s, uint64_t seed, double scale = 1.0) {
+  Generator g(seed);
+  Tensor t = Tensor::empty(s);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = static_cast<float>(g.normal() * scale);
+  return t;
+}
+
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  double m = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) m = std::max(m, std::fabs(a.item(i) - b.item(i)));
+  return m;
+}
+
+// ---- QConfig -------------------------------------------------------------------
+
+TEST(QConfig, DefaultsAreInt8PerChannelWeightsAndUint8AffineActivations) {
+  const QConfig q = default_qconfig();
+  EXPECT_EQ(q.weight.spec.bits, 8);
+  EXPECT_TRUE(q.weight.spec.is_signed);
+  EXPECT_EQ(q.weight.spec.scheme, QScheme::symmetric);
+  EXPECT_TRUE(q.weight.spec.per_channel);
+  EXPECT_EQ(q.weight.spec.axis, 0);
+  EXPECT_EQ(q.activation.spec.bits, 8);
+  EXPECT_FALSE(q.activation.spec.is_signed);
+  EXPECT_EQ(q.activation.spec.scheme, QScheme::affine);
+  EXPECT_FALSE(q.activation.spec.per_channel);
+  EXPECT_NO_THROW(q.validate("default"));
+}
+
+TEST(QConfig, ValidationNamesTheProblem) {
+  QConfig q = default_qconfig();
+  q.weight.observer = "moving_average";  // per-tensor observer on a per-channel spec
+  try {
+    q.validate("conv1");
+    FAIL();
+  } catch (const ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("weight of conv1"), std::string::npos) << e.what();
+  }
+  q = default_qconfig();
+  q.activation.observer = "kmeans";
+  EXPECT_THROW(q.validate("x"), ValueError);
+  q = default_qconfig();
+  q.weight.spec.bits = 9;
+  EXPECT_THROW(q.validate("x"), ValueError);
+  q = default_qconfig();
+  q.weight.lsq_learn_offset = true;  // needs LSQ and an affine scheme
+  EXPECT_THROW(q.validate("x"), ValueError);
+  EXPECT_THROW(QConfigMap().set_name("fc", q), ValueError);
+}
+
+TEST(QConfig, GlobMatching) {
+  EXPECT_TRUE(glob_match("*", ""));
+  EXPECT_TRUE(glob_match("fc", "fc"));
+  EXPECT_FALSE(glob_match("fc", "fc1"));
+  EXPECT_TRUE(glob_match("fc?", "fc1"));
+  EXPECT_TRUE(glob_match("layers.*.conv1", "layers.3.conv1"));
+  EXPECT_TRUE(glob_match("*conv*", "layers.3.conv1"));
+  EXPECT_FALSE(glob_match("*conv", "layers.3.conv1"));
+  EXPECT_TRUE(glob_match("a*b*c", "aXXbYYbc"));
+  EXPECT_FALSE(glob_match("a*b*c", "aXXbYYb"));
+}
+
+TEST(QConfig, ResolutionOrderNameThenTypeThenGlobal) {
+  QConfigMap m;
+  QConfig four = default_qconfig();
+  four.weight.spec.bits = 4;
+  m.set_type("Linear", std::nullopt);
+  m.set_name("fc2", four);
+  m.set_name("conv*", std::nullopt);
+  m.set_name("conv2", four);  // later globs win
+  EXPECT_FALSE(m.resolve("fc1", "Linear").has_value());
+  ASSERT_TRUE(m.resolve("fc2", "Linear").has_value());
+  EXPECT_EQ(m.resolve("fc2", "Linear")->weight.spec.bits, 4);
+  EXPECT_FALSE(m.resolve("conv1", "Conv2d").has_value());
+  EXPECT_EQ(m.resolve("conv2", "Conv2d")->weight.spec.bits, 4);
+  EXPECT_EQ(m.resolve("other", "Conv2d")->weight.spec.bits, 8);
+}
+
+// ---- FakeQuantize module ----------------------------------------------------------
+
+TEST(FakeQuantizeModule, ObservesInTrainingOnlyAndMatchesTheOp) {
+  FakeQuantize fq(default_activation_qconfig());
+  const Tensor x = randn({4, 3, 5, 5}, 1);
+  Variable y = fq(Variable(x));
+  const QParams p = fq.observer().qparams();
+  EXPECT_EQ(fq.qparams().scale, p.scale);
+  EXPECT_EQ(fq.qparams().zero_point, p.zero_point);
+  const Variable ref = autograd::fake_quantize(Variable(x), p.scale_tensor(), p.zero_point_tensor(), 0, 255);
+  EXPECT_EQ(max_abs_diff(y.value(), ref.value()), 0.0);
+
+  // Eval never moves the qparams.
+  fq.eval();
+  fq(Variable(randn({4, 3, 5, 5}, 2, 10.0)));
+  EXPECT_EQ(fq.qparams().scale, p.scale);
+  // ... unless calibrating.
+  fq.set_calibrating(true);
+  fq(Variable(randn({4, 3, 5, 5}, 2, 10.0)));
+  EXPECT_NE(fq.qparams().scale, p.scale);
+}
+
+TEST(FakeQuantizeModule, SwitchesAndErrors) {
+  FakeQuantize fq(default_activation_qconfig());
+  const Tensor x = randn({64}, 3);
+  fq.eval();
+  try {
+    fq(Variable(x));
+    FAIL() << "fake quant without qparams must throw";
+  } catch (const ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("no quantization parameters"), std::string::npos) << e.what();
+  }
+  fq.train();
+  fq.enable_fake_quant(false);
+  Variable y = fq(Variable(x));
+  EXPECT_EQ(max_abs_diff(y.value(), x), 0.0);  // passes through, but observed
+  EXPECT_TRUE(fq.has_qparams());
+  const auto s0 = fq.qparams().scale;
+  fq.enable_observer(false);
+  fq(Variable(randn({64}, 4, 100.0)));
+  EXPECT_EQ(fq.qparams().scale, s0);
+  EXPECT_THROW(fq.set_lsq_learning(true), ValueError);
+}
+
+TEST(FakeQuantizeModule, PerChannelWeightsUseOneScalePerOutputChannel) {
+  FakeQuantize fq(default_weight_qconfig(), 3);
+  Tensor w = randn({3, 2, 3, 3}, 5);
+  for (int64_t i = 18; i < 36; ++i) w.data<float>()[i] *= 10;  // channel 1 is wider
+  fq(Variable(w));
+  const QParams p = fq.qparams();
+  ASSERT_EQ(p.scale.size(), 3u);
+  EXPECT_GT(p.scale[1], 5 * p.scale[0]);
+  EXPECT_EQ(p.zero_point, std::vector<int32_t>(3, 0));
+  EXPECT_THROW(FakeQuantize(default_weight_qconfig(), 0), ValueError);
+}
+
+TEST(FakeQuantizeModule, LsqInitializesFromObserverThenLearnsAPositiveStep) {
+  QConfig q = lsq_qconfig(4, 4);
+  FakeQuantize fq(q.activation);
+  ASSERT_TRUE(fq.is_lsq());
+  const Tensor x = randn({256}, 6);
+  fq.enable_fake_quant(true);
+  fq.set_lsq_learning(false);
+  fq(Variable(x));  // observer phase
+  const QParams obs = fq.qparams();
+  fq.set_lsq_learning(true);
+  Variable y = fq(Variable(x));
+  EXPECT_TRUE(fq.lsq_learning());
+  EXPECT_EQ(fq.param("lsq_scale").value().data<float>()[0], obs.scale[0]);
+  EXPECT_EQ(fq.qparams().zero_point, obs.zero_point);
+  autograd::sum(y).backward();
+  ASSERT_TRUE(fq.param("lsq_scale").has_grad());
+  EXPECT_NE(fq.param("lsq_scale").grad().item(), 0.0);
+  // A step pushed below zero is projected back to eps in the next forward.
+  fq.param("lsq_scale").value().data<float>()[0] = -1.f;
+  fq(Variable(x));
+  EXPECT_EQ(fq.param("lsq_scale").value().data<float>()[0], kMinScale);
+}
+
+TEST(FakeQuantizeModule, LsqDataInitIsTwiceMeanAbsOverSqrtQp) {
+  QConfig q = lsq_qconfig(4, 4);
+  q.weight.lsq_init = LsqInit::data;
+  FakeQuantize fq(q.weight, 2);
+  Tensor w = Tensor::from_vector<float>({1, -1, 3, -3, 0.5, 0.5, -0.5, 0.5}, {2, 4});
+  fq.set_lsq_learning(true);
+  fq(Variable(w));
+  const float* s = fq.param("lsq_scale").value().data<float>();
+  EXPECT_NEAR(s[0], 2 * 2.0 / std::sqrt(7.0), 1e-6);  // Qp = 7 at 4 bits signed
+  EXPECT_NEAR(s[1], 2 * 0.5 / std::sqrt(7.0), 1e-6);
+}
+
+// ---- fold_conv_bn and the QAT modules -----------------------------------------------
+
+/// A conv + BN pair with non-trivial statistics and affine parameters.
+struct ConvBn {
+  std::shared_ptr<nn::Conv2d> conv;
+  std::shared_ptr<nn::BatchNorm2d> bn;
+};
+
+ConvBn make_conv_bn(bool bias, uint64_t seed) {
+  Generator g(seed);
+  ConvBn r;
+  r.conv = std::make_shared<nn::Conv2d>(3, 4, 3, 1, 1, bias, 1, g);
+  r.bn = std::make_shared<nn::BatchNorm2d>(4);
+  r.bn->running_mean().copy_from(randn({4}, seed + 1, 0.3));
+  Tensor v = randn({4}, seed + 2, 0.5);
+  for (int64_t i = 0; i < 4; ++i) v.data<float>()[i] = 0.2f + std::fabs(v.data<float>()[i]);
+  r.bn->running_var().copy_from(v);
+  r.bn->weight().value().copy_from(randn({4}, seed + 3, 0.5));
+  r.bn->bias().value().copy_from(randn({4}, seed + 4, 0.5));
+  return r;
+}
+
+TEST(Fold, FoldedConvEqualsConvThenEvalBatchNorm) {
+  for (bool bias : {false, true}) {
+    ConvBn cb = make_conv_bn(bias, 10);
+    cb.bn->eval();
+    const Variable x(randn({2, 3, 6, 6}, 11));
+    const Tensor ref = (*cb.bn)((*cb.conv)(x)).value();
+    FoldedConvBn f = fold_conv_bn(cb.conv->weight(), cb.conv->bias(), *cb.bn);
+    const Tensor got = autograd::conv2d(x, f.weight, f.bias, cb.conv->options()).value();
+    EXPECT_LT(max_abs_diff(got, ref), 2e-5) << "bias " << bias;
+  }
+}
+
+TEST(Fold, ZeroGammaFoldsToAZeroChannelAndNoGradientBlowUp) {
+  ConvBn cb = make_conv_bn(false, 20);
+  cb.bn->weight().value().data<float>()[2] = 0.f;
+  auto q = std::make_shared<QATConvBn2d>(*cb.conv, cb.bn, default_qconfig());
+  const Variable x(randn({2, 3, 6, 6}, 21), true);
+  Variable y = (*q)(x);
+  autograd::sum(y).backward();
+  for (int64_t i = 0; i < y.numel(); ++i) ASSERT_TRUE(std::isfinite(y.value().item(i)));
+  for (int64_t i = 0; i < x.numel(); ++i) ASSERT_TRUE(std::isfinite(x.grad().item(i)));
+}
+
+TEST(QATModules, ConvBnReLUWithFakeQuantOffMatchesTheFloatLayersInTrainingAndEval) {
+  ConvBn a = make_conv_bn(true, 30);
+  ConvBn b = make_conv_bn(true, 30);  // same numbers, separate objects
+  auto q = std::make_shared<QATConvBnReLU2d>(*b.conv, b.bn, default_qconfig());
+  enable_fake_quant(*q, false);
+  const Variable x(randn({4, 3, 6, 6}, 31));
+  const Tensor ref = autograd::relu((*a.bn)((*a.conv)(x))).value();
+  const Tensor got = (*q)(x).value();
+  EXPECT_LT(max_abs_diff(got, ref), 1e-4);
+  // Both updated their running statistics the same way.
+  EXPECT_LT(max_abs_diff(a.bn->running_mean(), b.bn->running_mean()), 1e-5);
+  EXPECT_LT(max_abs_diff(a.bn->running_var(), b.bn->running_var()), 1e-5);
+  a.bn->eval();
+  q->eval();
+  const Tensor ref_eval = autograd::relu((*a.bn)((*a.conv)(x))).value();
+  EXPECT_LT(max_abs_diff((*q)(x).value(), ref_eval), 1e-4);
+}
+
+TEST(QATModules, FrozenBnTrainingForwardEqualsTheFoldedEvalForward) {
+  ConvBn cb = make_conv_bn(false, 40);
+  auto q = std::make_shared<QATConvBnReLU2d>(*cb.conv, cb.bn, default_qconfig());
+  const Variable x(randn({4, 3, 6, 6}, 41));
+  (*q)(x);  // observe once
+  q->freeze_bn_stats(true);
+  enable_observer(*q, false);
+  const Tensor mean0 = cb.bn->running_mean().clone();
+  const Tensor train_out = (*q)(x).value();
+  EXPECT_EQ(max_abs_diff(cb.bn->running_mean(), mean0), 0.0);  // frozen
+  q->eval();
+  const Tensor eval_out = (*q)(x).value();
+  // Same fake-quantized weight; the float paths differ only in rounding
+  // (then the output fake-quant can move a value by one step).
+  const double step = q->output_fake_quant().qparams().scale[0];
+  EXPECT_LE(max_abs_diff(train_out, eval_out), step * 1.0001);
+}
+
+TEST(QATModules, GradientsReachTheSharedFloatParameters) {
+  ConvBn cb = make_conv_bn(true, 50);
+  auto q = std::make_shared<QATConvBnReLU2d>(*cb.conv, cb.bn, default_qconfig());
+  EXPECT_TRUE(q->param("weight").same(cb.conv->weight()));
+  EXPECT_TRUE(q->param("bias").same(cb.conv->bias()));
+  Variable y = (*q)(Variable(randn({2, 3, 6, 6}, 51)));
+  autograd::sum(autograd::mul(y, y)).backward();
+  EXPECT_TRUE(cb.conv->weight().has_grad());
+  EXPECT_TRUE(cb.bn->weight().has_grad());
+  EXPECT_TRUE(cb.bn->bias().has_grad());
+}
+
+TEST(QATModules, LinearBn1dAndLinearReLU) {
+  Generator g(60);
+  nn::Linear lin(5, 3, true, g);
+  auto bn = std::make_shared<nn::BatchNorm1d>(3);
+  auto q = std::make_shared<QATLinearBn1d>(lin, bn, default_qconfig(), FusedActivation::relu);
+  EXPECT_EQ(q->type_name(), "QATLinearBnReLU1d");
+  const Variable x(randn({8, 5}, 61));
+  Variable y = (*q)(x);
+  EXPECT_EQ(y.shape(), (Shape{8, 3}));
+  for (int64_t i = 0; i < y.numel(); ++i) EXPECT_GE(y.value().item(i), 0.0);
+  q->eval();
+  EXPECT_EQ((*q)(x).shape(), (Shape{8, 3}));
+  EXPECT_THROW(QATLinearBn1d(lin, std::make_shared<nn::BatchNorm1d>(4), default_qconfig()), ValueError);
+}
+
+// ---- fusion and prepare ------------------------------------------------------------
+
+TEST(Prepare, FindsTheFusionGroupsOfZooModels) {
+  auto m = nn::mnist_cnn();
+  const auto groups = find_fusion_groups(*m);
+  ASSERT_EQ(groups.size(), 3u);
+  EXPECT_EQ(groups[0], (FusionGroup{"conv1", "bn1", "relu1"}));
+  EXPECT_EQ(groups[2], (FusionGroup{"conv3", "bn3", "relu3"}));
+  auto l = nn::lenet5();
+  const auto lg = find_fusion_groups(*l);
+  ASSERT_EQ(lg.size(), 4u);
+  EXPECT_EQ(lg[0], (FusionGroup{"conv1", "relu1"}));
+  EXPECT_EQ(lg[3], (FusionGroup{"fc2", "relu4"}));
+  // Nested Sequentials get dotted names.
+  nn::Sequential outer;
+  outer.push_back("quant", std::make_shared<nn::QuantStub>());
+  outer.push_back("body", nn::mlp(4, {3}, 2));
+  const auto ng = find_fusion_groups(outer);
+  ASSERT_EQ(ng.size(), 1u);
+  EXPECT_EQ(ng[0], (FusionGroup{"body.fc1", "body.relu1"}));
+}
+
+TEST(Prepare, PrepareQatSwapsInPlaceAndKeepsParameterIdentity) {
+  auto m = nn::mnist_cnn();
+  const auto before = m->parameters();
+  auto opt = std::make_shared<nn::Adam>(before, nn::AdamOptions{.lr = 1e-3});
+  prepare_qat(*m);
+  EXPECT_EQ(m->get_module("quant")->type_name(), "QATQuantStub");
+  EXPECT_EQ(m->get_module("conv1")->type_name(), "QATConvBnReLU2d");
+  EXPECT_EQ(m->get_module("bn1")->type_name(), "Identity");
+  EXPECT_EQ(m->get_module("relu1")->type_name(), "Identity");
+  EXPECT_EQ(m->get_module("fc")->type_name(), "QATLinear");
+  EXPECT_EQ(m->get_module("dequant")->type_name(), "DeQuantStub");
+  const auto after = m->parameters();
+  ASSERT_EQ(after.size(), before.size());
+  for (const auto& p : before) {
+    bool found = false;
+    for (const auto& a : after) found = found || a.same(p);
+    EXPECT_TRUE(found);
+  }
+  EXPECT_TRUE(m->get_module("conv1")->param("weight").same(before[0]));
+  EXPECT_EQ(m->state_dict().count("conv1.bn.running_mean"), 1u);
+  // The optimizer built before the swap trains the QAT model.
+  const Tensor w0 = m->get_module("fc")->param("weight").value().clone();
+  Variable loss = autograd::cross_entropy((*m)(Variable(randn({4, 1, 28, 28}, 70))),
+                                          Tensor::from_vector<int32_t>({1, 2, 3, 4}, {4}));
+  opt->zero_grad();
+  loss.backward();
+  opt->step();
+  EXPECT_GT(max_abs_diff(m->get_module("fc")->param("weight").value(), w0), 0.0);
+  // Preparing twice is an error.
+  EXPECT_THROW(prepare_qat(*m), ValueError);
+}
+
+TEST(Prepare, NoneOverridesKeepModulesInFloat) {
+  auto m = nn::mnist_cnn();
+  PrepareOptions o;
+  o.qconfig.set_name("fc", std::nullopt);
+  o.qconfig.set_name("conv1", std::nullopt);
+  prepare_qat(*m, o);
+  EXPECT_EQ(m->get_module("fc")->type_name(), "Linear");
+  EXPECT_EQ(m->get_module("conv1")->type_name(), "Conv2d");
+  EXPECT_EQ(m->get_module("bn1")->type_name(), "BatchNorm2d");
+  EXPECT_EQ(m->get_module("conv2")->type_name(), "QATConvBnReLU2d");
+  EXPECT_EQ((*m)(Variable(randn({2, 1, 28, 28}, 71))).shape(), (Shape{2, 10}));
+}
+
+TEST(Prepare, ErrorsLeaveTheModelUntouched) {
+  auto m = nn::mnist_cnn();
+  auto expect_error = [&](PrepareOptions o, const char* needle) {
+    try {
+      prepare_qat(*m, o);
+      FAIL() << needle;
+    } catch (const ValueError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(m->get_module("conv1")->type_name(), "Conv2d");
+    EXPECT_EQ(m->get_module("quant")->type_name(), "QuantStub");
+  };
+  PrepareOptions o;
+  o.fusion_groups = {{"conv1", "bnX"}};
+  expect_error(o, "bnX");
+  o.fusion_groups = {{"conv2", "pool"}};
+  expect_error(o, "cannot fuse");
+  o.fusion_groups = {{"conv1", "bn1"}, {"bn1", "relu1"}};
+  expect_error(o, "two fusion groups");
+  o = {};
+  o.qconfig.set_name("quant", std::nullopt);
+  expect_error(o, "QuantStub");
+  o = {};
+  QConfig bad = default_qconfig();
+  bad.weight.spec.per_channel = false;  // per-channel observer, per-tensor spec
+  o.qconfig.global = bad;
+  expect_error(o, "per-channel");
+}
+
+TEST(Prepare, ExplicitGroupsAndWithoutAutoFusion) {
+  auto m = nn::mnist_cnn();
+  PrepareOptions o;
+  o.auto_fuse = false;
+  o.fusion_groups = {{"conv2", "bn2"}};
+  prepare_qat(*m, o);
+  EXPECT_EQ(m->get_module("conv1")->type_name(), "QATConv2d");
+  EXPECT_EQ(m->get_module("bn1")->type_name(), "BatchNorm2d");
+  EXPECT_EQ(m->get_module("conv2")->type_name(), "QATConvBn2d");
+  EXPECT_EQ(m->get_module("relu2")->type_name(), "ReLU");
+  EXPECT_EQ((*m)(Variable(randn({2, 1, 28, 28}, 72))).shape(), (Shape{2, 10}));
+}
+
+TEST(Prepare, PtqCalibrationThenFrozenFakeQuantEval) {
+  Generator g(80);
+  auto m = nn::mnist_cnn(g);
+  auto ref = nn::mnist_cnn(*std::make_unique<Generator>(80));
+  m->eval();
+  ref->eval();
+  prepare(*m);
+  EXPECT_FALSE(m->is_training());
+  const Variable x(randn({8, 1, 28, 28}, 81));
+  // Calibration runs in float.
+  EXPECT_LT(max_abs_diff((*m)(x).value(), (*ref)(x).value()), 1e-4);
+  finish_calibration(*m);
+  const auto& stub = static_cast<QATQuantStub&>(*m->get_module("quant"));
+  const auto s0 = stub.output_fake_quant().qparams().scale;
+  const Tensor out = (*m)(x).value();
+  const double diff = max_abs_diff(out, (*ref)(x).value());
+  EXPECT_GT(diff, 0.0);   // quantized now
+  EXPECT_LT(diff, 0.05);  // but close
+  (*m)(Variable(randn({8, 1, 28, 28}, 82, 5.0)));
+  EXPECT_EQ(stub.output_fake_quant().qparams().scale, s0);  // frozen
+}
+
+TEST(Prepare, ObserverStateRoundTrips) {
+  auto a = nn::mnist_cnn(), b = nn::mnist_cnn();
+  prepare_qat(*a);
+  prepare_qat(*b);
+  (*a)(Variable(randn({4, 1, 28, 28}, 90)));
+  (*b)(Variable(randn({4, 1, 28, 28}, 91, 3.0)));
+  const auto st = observer_state(*a);
+  ASSERT_TRUE(st.count("conv1.output_fake_quant/min_val"));
+  load_observer_state(*b, st);
+  EXPECT_EQ(observer_state(*b).size(), st.size());
+  for (const auto& [k, t] : observer_state(*b)) EXPECT_EQ(max_abs_diff(t, st.at(k)), 0.0) << k;
+  std::map<std::string, Tensor> bad = st;
+  bad["nope.output_fake_quant/min_val"] = st.begin()->second;
+  EXPECT_THROW(load_observer_state(*b, bad), FormatError);
+}
+
+// ---- schedule -------------------------------------------------------------------------
+
+TEST(Schedule, MilestonesAndSwitches) {
+  EXPECT_FALSE(Milestone::never().reached(100, 100000));
+  EXPECT_TRUE(Milestone::epoch(2).reached(2, 0));
+  EXPECT_FALSE(Milestone::epoch(2).reached(1, 99999));
+  EXPECT_TRUE(Milestone::step(10).reached(0, 10));
+  EXPECT_FALSE(Milestone::step(10).reached(5, 9));
+  EXPECT_EQ(Milestone::epoch(3).describe(), "epoch 3");
+
+  auto m = nn::mnist_cnn();
+  prepare_qat(*m);
+  QatSchedule s;
+  s.fake_quant = Milestone::step(5);
+  s.freeze_observers = Milestone::epoch(2);
+  s.freeze_bn = Milestone::epoch(1);
+  auto& conv = static_cast<QATConvBase&>(*m->get_module("conv1"));
+  apply_qat_schedule(*m, s, 0, 0);
+  EXPECT_FALSE(conv.output_fake_quant().fake_quant_enabled());
+  EXPECT_TRUE(conv.output_fake_quant().observer_enabled());
+  EXPECT_FALSE(conv.bn()->frozen());
+  apply_qat_schedule(*m, s, 1, 7);
+  EXPECT_TRUE(conv.weight_fake_quant().fake_quant_enabled());
+  EXPECT_TRUE(conv.bn()->frozen());
+  EXPECT_TRUE(conv.output_fake_quant().observer_enabled());
+  apply_qat_schedule(*m, s, 2, 9);
+  EXPECT_FALSE(conv.output_fake_quant().observer_enabled());
+}
+
+TEST(Schedule, LsqLearningSwitchesOnAtItsMilestone) {
+  auto m = nn::mnist_cnn();
+  PrepareOptions o;
+  o.qconfig.set_global(lsq_qconfig(4, 4));
+  prepare_qat(*m, o);
+  QatSchedule s;
+  s.lsq_learn = Milestone::step(2);
+  auto& fc = static_cast<QATLinearBase&>(*m->get_module("fc"));
+  for (int64_t step = 0; step < 4; ++step) {
+    apply_qat_schedule(*m, s, 0, step);
+    (*m)(Variable(randn({2, 1, 28, 28}, 100 + step)));
+    EXPECT_EQ(fc.weight_fake_quant().lsq_learning(), step >= 2) << step;
+  }
+}
+
+}  // namespace
+}  // namespace qforge::quant
