@@ -335,6 +335,20 @@ void Trainer::load_checkpoint(const std::string& path) {
   global_step_ = a.get_int("global_step");
 }
 
+void load_model_from_checkpoint(const std::string& path, nn::Module& model) {
+  const Archive a = load_archive(path);
+  QF_CHECK_FORMAT(a.strings.count("format") && a.get_string("format") == "qforge-checkpoint-1")
+      << path << " is not a qforge training checkpoint";
+  nn::StateDict sd;
+  for (const auto& [k, t] : a.tensors)
+    if (k.rfind("model/", 0) == 0) sd[k.substr(6)] = t;
+  try {
+    model.load_state_dict(sd);
+  } catch (const Error& e) {
+    QF_THROW(FormatError) << path << " does not hold this model's weights: " << e.what();
+  }
+}
+
 std::string Trainer::latest_checkpoint() const {
   if (opt_cfg_.out_dir.empty()) return "";
   const fs::path dir = fs::path(opt_cfg_.out_dir) / "ckpt";

@@ -145,6 +145,11 @@ class Trainer {
   int64_t global_step_ = 0;
 };
 
+/// Loads only the model weights of a Trainer checkpoint into `model` (strict:
+/// every name, shape and dtype must match). For starting a new run (QAT,
+/// PTQ) from a trained float model. Throws FormatError naming the file.
+void load_model_from_checkpoint(const std::string& path, nn::Module& model);
+
 /// Argmax over the last axis of [N, C] logits compared with i32 targets [N]:
 /// the number of correct predictions.
 int64_t count_correct(const Tensor& logits, const Tensor& targets);

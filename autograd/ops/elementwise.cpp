@@ -26,17 +26,6 @@ DType common_float_dtype(std::initializer_list<const Tensor*> ts, const char* wh
 
 namespace {
 
-template <class T>
-inline T apply(BinOp op, T x, T y) {
-  switch (op) {
-    case BinOp::kAdd: return x + y;
-    case BinOp::kSub: return x - y;
-    case BinOp::kMul: return x * y;
-    case BinOp::kDiv: return x / y;
-  }
-  return T(0);
-}
-
 // Element strides of `s` laid against the broadcast shape `out` (0 on axes
 // that broadcast).
 std::vector<int64_t> broadcast_strides(const Shape& s, const Shape& out) {
@@ -52,55 +41,82 @@ std::vector<int64_t> broadcast_strides(const Shape& s, const Shape& out) {
   return st;
 }
 
+/// out[i] = a[i * ia] op b[i * ib] for i < n, with each stride 0 or 1; the
+/// op and stride cases are hoisted out of the loop so that it vectorizes.
+template <class T, class F>
+inline void run_strided(const T* pa, int64_t ia, const T* pb, int64_t ib, T* po, int64_t n, F f) {
+  if (ia == 1 && ib == 1) {
+    for (int64_t i = 0; i < n; ++i) po[i] = f(pa[i], pb[i]);
+  } else if (ia == 1 && ib == 0) {
+    const T y = pb[0];
+    for (int64_t i = 0; i < n; ++i) po[i] = f(pa[i], y);
+  } else if (ia == 0 && ib == 1) {
+    const T x = pa[0];
+    for (int64_t i = 0; i < n; ++i) po[i] = f(x, pb[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) po[i] = f(pa[i * ia], pb[i * ib]);
+  }
+}
+
+template <class T>
+inline void run_op(BinOp op, const T* pa, int64_t ia, const T* pb, int64_t ib, T* po, int64_t n) {
+  switch (op) {
+    case BinOp::kAdd: return run_strided(pa, ia, pb, ib, po, n, [](T x, T y) { return x + y; });
+    case BinOp::kSub: return run_strided(pa, ia, pb, ib, po, n, [](T x, T y) { return x - y; });
+    case BinOp::kMul: return run_strided(pa, ia, pb, ib, po, n, [](T x, T y) { return x * y; });
+    case BinOp::kDiv: return run_strided(pa, ia, pb, ib, po, n, [](T x, T y) { return x / y; });
+  }
+}
+
 template <class T>
 void binary_kernel(const Tensor& a, const Tensor& b, Tensor& out, BinOp op) {
   const T* pa = a.data<T>();
   const T* pb = b.data<T>();
   T* po = out.data<T>();
   const int64_t n = out.numel();
-  if (a.shape() == b.shape()) {
-    parallel_for(0, n, 1 << 16, [&](int64_t s, int64_t e) {
-      switch (op) {
-        case BinOp::kAdd: for (int64_t i = s; i < e; ++i) po[i] = pa[i] + pb[i]; break;
-        case BinOp::kSub: for (int64_t i = s; i < e; ++i) po[i] = pa[i] - pb[i]; break;
-        case BinOp::kMul: for (int64_t i = s; i < e; ++i) po[i] = pa[i] * pb[i]; break;
-        case BinOp::kDiv: for (int64_t i = s; i < e; ++i) po[i] = pa[i] / pb[i]; break;
-      }
+  // Collapse the broadcast to [rows..., inner]: adjacent output axes merge
+  // when both inputs step through them as one axis (contiguous, or both
+  // broadcast). [N,C,H,W] op [1,C,1,1] becomes [N, C, H*W] with b constant
+  // along the inner run.
+  const Shape& os = out.shape();
+  const auto sa0 = broadcast_strides(a.shape(), os);
+  const auto sb0 = broadcast_strides(b.shape(), os);
+  std::vector<int64_t> dims, sa, sb;  // innermost first
+  for (int d = static_cast<int>(os.size()) - 1; d >= 0; --d) {
+    if (os[d] == 1) continue;
+    if (!dims.empty() && sa0[d] == sa.back() * dims.back() && sb0[d] == sb.back() * dims.back()) {
+      dims.back() *= os[d];
+      continue;
+    }
+    dims.push_back(os[d]);
+    sa.push_back(sa0[d]);
+    sb.push_back(sb0[d]);
+  }
+  if (dims.empty()) {  // a single element
+    run_op(op, pa, 0, pb, 0, po, 1);
+    return;
+  }
+  const int64_t inner = dims[0], ia = sa[0], ib = sb[0];
+  const int64_t rows = n / inner;
+  if (rows == 1) {
+    parallel_for(0, n, 1 << 15, [&](int64_t s, int64_t e) {
+      run_op(op, pa + s * ia, ia, pb + s * ib, ib, po + s, e - s);
     });
     return;
   }
-  if (b.numel() == 1) {
-    const T y = pb[0];
-    for (int64_t i = 0; i < n; ++i) po[i] = apply(op, pa[i], y);
-    return;
-  }
-  if (a.numel() == 1) {
-    const T x = pa[0];
-    for (int64_t i = 0; i < n; ++i) po[i] = apply(op, x, pb[i]);
-    return;
-  }
-  // General case: walk the output with a multi-index; the last axis is the
-  // inner loop.
-  const Shape& os = out.shape();
-  const int D = static_cast<int>(os.size());
-  const auto sa = broadcast_strides(a.shape(), os);
-  const auto sb = broadcast_strides(b.shape(), os);
-  const int64_t inner = os[D - 1];
-  const int64_t ia = sa[D - 1], ib = sb[D - 1];
-  std::vector<int64_t> idx(D, 0);
-  int64_t oa = 0, ob = 0;
-  for (int64_t base = 0; base < n; base += inner) {
-    for (int64_t j = 0; j < inner; ++j) po[base + j] = apply(op, pa[oa + j * ia], pb[ob + j * ib]);
-    for (int d = D - 2; d >= 0; --d) {
-      ++idx[d];
-      oa += sa[d];
-      ob += sb[d];
-      if (idx[d] < os[d]) break;
-      oa -= sa[d] * os[d];
-      ob -= sb[d] * os[d];
-      idx[d] = 0;
+  const int64_t grain = std::max<int64_t>(1, (1 << 15) / inner);
+  parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t oa = 0, ob = 0, rem = r;
+      for (size_t k = 1; k < dims.size(); ++k) {
+        const int64_t i = rem % dims[k];
+        rem /= dims[k];
+        oa += i * sa[k];
+        ob += i * sb[k];
+      }
+      run_op(op, pa + oa, ia, pb + ob, ib, po + r * inner, inner);
     }
-  }
+  });
 }
 
 }  // namespace

@@ -2,7 +2,9 @@
 // straight-through estimator (fake_quantize) or LSQ's learnable step size and
 // offset (lsq_fake_quantize). The rounding rule is quant/qparams.h's: round
 // half to even of x * (1 / scale), computed in the tensor's precision.
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "autograd/ops.h"
 #include "autograd/ops/tensor_math.h"
@@ -38,15 +40,71 @@ void check_range(int64_t qmin, int64_t qmax, const char* what) {
       << what << ": need qmin < qmax within +-65536, got [" << qmin << ", " << qmax << "]";
 }
 
-/// Runs fn(c, begin, end) over each contiguous run of one channel, in
-/// parallel over the runs.
+/// Splits x (viewed as [outer, C, inner]) into blocks of at most about
+/// kBlock elements, each inside one channel's contiguous run, and calls
+/// fn(c, begin, end, block) on them in parallel. The split depends on the
+/// shape only, so per-block partial sums reduced in block order are
+/// deterministic at any thread count.
+struct BlockSplit {
+  int64_t per_run = 1, len = 1, count = 0;
+};
+
+constexpr int64_t kBlock = 16384;
+
+BlockSplit block_split(const ChannelView& v) {
+  BlockSplit b;
+  b.per_run = std::max<int64_t>(1, (v.inner + kBlock - 1) / kBlock);
+  b.len = (v.inner + b.per_run - 1) / b.per_run;
+  b.count = v.outer * v.C * b.per_run;
+  return b;
+}
+
 template <class Fn>
-void for_channel_runs(const ChannelView& v, Fn&& fn) {
-  const int64_t runs = v.outer * v.C;
-  const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(v.inner, 1));
-  parallel_for(0, runs, grain, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) fn(r % v.C, r * v.inner, (r + 1) * v.inner);
+void for_channel_blocks(const ChannelView& v, Fn&& fn) {
+  const BlockSplit bs = block_split(v);
+  const int64_t grain = std::max<int64_t>(1, kBlock / std::max<int64_t>(bs.len, 1));
+  parallel_for(0, bs.count, grain, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t run = k / bs.per_run, part = k % bs.per_run;
+      const int64_t begin = run * v.inner + part * bs.len;
+      const int64_t end = std::min(run * v.inner + v.inner, begin + bs.len);
+      fn(run % v.C, begin, end, k);
+    }
   });
+}
+
+// The inner loops, written so that the compiler vectorizes them (clamps as
+// comparisons rather than fmin/fmax, which also lets a NaN input through as
+// NaN), and compiled for AVX-512, AVX2 and the baseline (nearbyint becomes
+// one vrndscaleps/vroundps with the current rounding mode: half to even).
+template <class T>
+[[gnu::always_inline]] inline void qdq_loop(const T* x, T* y, int64_t n, T s, T inv, T z, T lo, T hi) {
+  for (int64_t i = 0; i < n; ++i) {
+    T q = std::nearbyint(x[i] * inv) + z;
+    q = q < lo ? lo : q;
+    q = q > hi ? hi : q;
+    y[i] = (q - z) * s;
+  }
+}
+
+template <class T>
+[[gnu::always_inline]] inline void ste_loop(const T* x, const T* g, T* d, int64_t n, T inv, T z, T lo, T hi) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T q = std::nearbyint(x[i] * inv) + z;
+    d[i] = (q >= lo && q <= hi) ? g[i] : T(0);
+  }
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void qdq_f32(const float* x, float* y, int64_t n,
+                                                                          float s, float inv, float z, float lo,
+                                                                          float hi) {
+  qdq_loop(x, y, n, s, inv, z, lo, hi);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void ste_f32(const float* x, const float* g, float* d,
+                                                                          int64_t n, float inv, float z, float lo,
+                                                                          float hi) {
+  ste_loop(x, g, d, n, inv, z, lo, hi);
 }
 
 /// y = (clamp(round(x * (1/s_c)) + z_c, qmin, qmax) - z_c) * s_c in one pass,
@@ -59,12 +117,13 @@ Tensor quant_dequant(const Tensor& xv, const ChannelView& v, int64_t qmin, int64
     using T = decltype(tag);
     const T* px = xv.data<T>();
     T* py = y.data<T>();
-    for_channel_runs(v, [&](int64_t c, int64_t b, int64_t e) {
+    for_channel_blocks(v, [&](int64_t c, int64_t b, int64_t e, int64_t) {
       const T s = static_cast<T>(scale_of(c)), inv = T(1) / s, z = static_cast<T>(zp_of(c));
       const T lo = static_cast<T>(qmin), hi = static_cast<T>(qmax);
-      for (int64_t i = b; i < e; ++i) {
-        const T q = std::nearbyint(px[i] * inv) + z;
-        py[i] = (std::fmin(std::fmax(q, lo), hi) - z) * s;
+      if constexpr (std::is_same_v<T, float>) {
+        qdq_f32(px + b, py + b, e - b, s, inv, z, lo, hi);
+      } else {
+        qdq_loop(px + b, py + b, e - b, s, inv, z, lo, hi);
       }
     });
   });
@@ -109,12 +168,13 @@ Variable fake_quantize(const Variable& x, const Tensor& scale, const Tensor& zer
       T* pd = dx.data<T>();
       const float* ps = sc.data<float>();
       const int32_t* pz = zp.data<int32_t>();
-      for_channel_runs(v, [&](int64_t c, int64_t b, int64_t e) {
+      for_channel_blocks(v, [&](int64_t c, int64_t b, int64_t e, int64_t) {
         const T inv = T(1) / static_cast<T>(ps[c]), z = static_cast<T>(pz[c]);
         const T lo = static_cast<T>(qmin), hi = static_cast<T>(qmax);
-        for (int64_t i = b; i < e; ++i) {
-          const T q = std::nearbyint(px[i] * inv) + z;
-          pd[i] = (q >= lo && q <= hi) ? pg[i] : T(0);
+        if constexpr (std::is_same_v<T, float>) {
+          ste_f32(px + b, pg + b, pd + b, e - b, inv, z, lo, hi);
+        } else {
+          ste_loop(px + b, pg + b, pd + b, e - b, inv, z, lo, hi);
         }
       });
     });
@@ -169,13 +229,14 @@ Variable lsq_fake_quantize(const Variable& x, const Variable& scale, const Varia
       [xv, v, s_eff, z_eff, s_clamped, qmin, qmax, grad_scale, sshape](const Tensor& g, GradSink& out) {
         const bool need_x = out.needs(0), need_s = out.needs(1), need_z = out.needs(2);
         Tensor dx = need_x ? Tensor::empty(g.shape(), g.dtype()) : Tensor();
-        std::vector<double> ds(v.outer * v.C, 0.0), dz(v.outer * v.C, 0.0);
+        const BlockSplit bs = block_split(v);
+        std::vector<double> ds(bs.count, 0.0), dz(bs.count, 0.0);
         detail::with_float(g, "lsq_fake_quantize backward", [&](auto tag) {
           using T = decltype(tag);
           const T* px = xv.data<T>();
           const T* pg = g.data<T>();
           T* pd = need_x ? dx.data<T>() : nullptr;
-          for_channel_runs(v, [&](int64_t c, int64_t b, int64_t e) {
+          for_channel_blocks(v, [&](int64_t c, int64_t b, int64_t e, int64_t block) {
             const T s = static_cast<T>(s_eff[c]), inv = T(1) / s, z = static_cast<T>(z_eff[c]);
             const T lo = static_cast<T>(qmin), hi = static_cast<T>(qmax);
             double acc_s = 0, acc_z = 0;
@@ -188,19 +249,19 @@ Variable lsq_fake_quantize(const Variable& x, const Variable& scale, const Varia
               acc_s += static_cast<double>(pg[i]) * gs;
               if (below || above) acc_z -= static_cast<double>(pg[i]) * s;
             }
-            // One slot per run, summed in run order below: deterministic.
-            const int64_t run = b / std::max<int64_t>(v.inner, 1);
-            ds[run] = acc_s;
-            dz[run] = acc_z;
+            // One slot per block, summed in block order below: deterministic.
+            ds[block] = acc_s;
+            dz[block] = acc_z;
           });
         });
         if (need_x) out.add(0, dx);
         if (need_s || need_z) {
           Tensor gs = Tensor::zeros(sshape, g.dtype()), gz = Tensor::zeros(sshape, g.dtype());
           std::vector<double> sum_s(v.C, 0.0), sum_z(v.C, 0.0);
-          for (int64_t r = 0; r < v.outer * v.C; ++r) {
-            sum_s[r % v.C] += ds[r];
-            sum_z[r % v.C] += dz[r];
+          for (int64_t k = 0; k < bs.count; ++k) {
+            const int64_t c = (k / bs.per_run) % v.C;
+            sum_s[c] += ds[k];
+            sum_z[c] += dz[k];
           }
           detail::with_float(g, "lsq_fake_quantize backward", [&](auto tag) {
             using T = decltype(tag);

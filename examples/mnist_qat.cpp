@@ -1,0 +1,230 @@
+// Quantization-aware training of mnist_cnn on MNIST:
+//   1. an FP32 pretrain (or --from a mnist_train checkpoint),
+//   2. prepare_qat: Conv-BN-ReLU fusion with simulated BN folding, int8
+//      per-channel weights and uint8 activations (or LSQ at --wbits/--abits),
+//   3. QAT fine-tuning under a schedule (BN statistics and observers freeze
+//      part-way through),
+//   4. evaluation of the fake-quantized (int8-simulated) model.
+// With --ptq it instead calibrates the float model on 1,000 training images
+// with MinMax, Histogram and Percentile activation observers and prints the
+// accuracy of each.
+#include <cstdio>
+#include <cxxopts.hpp>
+#include <filesystem>
+
+#include "core/parallel.h"
+#include "data/mnist.h"
+#include "nn/zoo.h"
+#include "quant/prepare.h"
+#include "trainers/qat_hooks.h"
+#include "trainers/trainer.h"
+
+using namespace qforge;
+
+namespace {
+
+std::string default_mnist_dir() {
+  for (const std::string& d : {std::string("data/mnist"), std::string(QFORGE_SOURCE_DIR) + "/data/mnist"})
+    if (std::filesystem::exists(d + "/t10k-labels-idx1-ubyte.gz") || std::filesystem::exists(d + "/t10k-labels-idx1-ubyte"))
+      return d;
+  return "data/mnist";
+}
+
+struct Loaders {
+  std::shared_ptr<data::DataLoader> train, test;
+};
+
+Loaders make_loaders(const std::string& dir, int64_t batch, uint64_t seed) {
+  data::LoaderOptions lo;
+  lo.batch_size = batch;
+  lo.seed = seed;
+  lo.mean = {0.1307f};
+  lo.std = {0.3081f};
+  Loaders l;
+  l.train = std::make_shared<data::DataLoader>(data::load_mnist(dir, data::Split::train), lo);
+  lo.shuffle = false;
+  lo.batch_size = std::max<int64_t>(batch, 256);
+  l.test = std::make_shared<data::DataLoader>(data::load_mnist(dir, data::Split::test), lo);
+  return l;
+}
+
+int64_t steps_per_epoch(const data::DataLoader& d, int64_t max_steps) {
+  return max_steps > 0 ? std::min(max_steps, d.batches_per_epoch()) : d.batches_per_epoch();
+}
+
+/// FP32 pretraining with mnist_train's recipe (Adam, cosine).
+void pretrain(nn::ModulePtr model, const Loaders& l, int64_t epochs, double lr, int64_t max_steps,
+              const std::string& out, bool resume) {
+  auto opt = std::make_shared<nn::Adam>(model->parameters(), nn::AdamOptions{.lr = lr});
+  auto sched = std::make_shared<nn::CosineLr>(lr, epochs * steps_per_epoch(*l.train, max_steps));
+  trainers::TrainerOptions to;
+  to.epochs = epochs;
+  to.out_dir = out;
+  to.max_steps_per_epoch = max_steps;
+  to.resume = resume;
+  std::printf("== FP32 pretrain: %lld epochs, %s\n", static_cast<long long>(epochs), sched->describe().c_str());
+  trainers::Trainer t(model, opt, sched, l.train, l.test, to);
+  t.fit();
+}
+
+/// Post-training quantization with each activation observer, on `images`
+/// training images; prints one row per observer.
+void run_ptq(const nn::StateDict& float_weights, const Loaders& l, int64_t images, uint64_t seed) {
+  std::printf("== PTQ: calibration on %lld training images, int8 per-channel weights (per-channel min/max), uint8 "
+              "activations\n",
+              static_cast<long long>(images));
+  std::printf("%-12s %10s\n", "observer", "accuracy");
+  for (const char* kind : {"minmax", "histogram", "percentile"}) {
+    Generator g(seed);
+    auto model = nn::make_model("mnist_cnn", {}, g);
+    model->load_state_dict(float_weights);
+    model->eval();
+    quant::PrepareOptions po;
+    quant::QConfig q = quant::default_qconfig();
+    q.activation.observer = kind;
+    q.weight.observer = "per_channel_minmax";
+    po.qconfig.set_global(q);
+    quant::prepare(*model, po);
+    data::Batch b;
+    l.train->start_epoch(0);
+    int64_t seen = 0;
+    {
+      autograd::NoGradGuard ng;
+      while (seen < images && l.train->next(b)) {
+        (*model)(autograd::Variable(b.x));
+        seen += b.y.numel();
+      }
+    }
+    quant::finish_calibration(*model);
+    // Evaluate through a trainer-free loop (the model is in eval mode).
+    int64_t correct = 0, count = 0;
+    autograd::NoGradGuard ng;
+    l.test->start_epoch(0);
+    while (l.test->next(b)) {
+      correct += trainers::count_correct((*model)(autograd::Variable(b.x)).value(), b.y);
+      count += b.y.numel();
+    }
+    std::printf("%-12s %9.2f%%  (%lld/%lld)\n", kind, 100.0 * correct / count, static_cast<long long>(correct),
+                static_cast<long long>(count));
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  cxxopts::Options options("mnist_qat", "Quantization-aware training of mnist_cnn on MNIST");
+  options.add_options()("fp32-epochs", "FP32 pretraining epochs (ignored with --from)",
+                        cxxopts::value<int64_t>()->default_value("2"))(
+      "qat-epochs", "QAT fine-tuning epochs", cxxopts::value<int64_t>()->default_value("1"))(
+      "from", "start from this mnist_train checkpoint instead of pretraining", cxxopts::value<std::string>())(
+      "batch-size", "batch size", cxxopts::value<int64_t>()->default_value("64"))(
+      "lr", "FP32 peak learning rate (Adam, cosine)", cxxopts::value<double>()->default_value("0.002"))(
+      "qat-lr", "QAT peak learning rate (Adam, cosine)", cxxopts::value<double>()->default_value("0.0005"))(
+      "method", "fake quant: ste (observers) or lsq (learned step size)",
+      cxxopts::value<std::string>()->default_value("ste"))(
+      "wbits", "weight bits (2-8)", cxxopts::value<int>()->default_value("8"))(
+      "abits", "activation bits (2-8)", cxxopts::value<int>()->default_value("8"))(
+      "freeze-bn", "freeze BN statistics after this fraction of the QAT steps (1 = never)",
+      cxxopts::value<double>()->default_value("0.5"))(
+      "freeze-observers", "freeze observers after this fraction of the QAT steps (1 = never)",
+      cxxopts::value<double>()->default_value("0.7"))(
+      "ptq", "instead of QAT: post-training quantization with three observers")(
+      "calib-images", "PTQ calibration images", cxxopts::value<int64_t>()->default_value("1000"))(
+      "threads", "worker threads (0 = all cores)", cxxopts::value<int>()->default_value("0"))(
+      "data-dir", "directory with the MNIST IDX files", cxxopts::value<std::string>()->default_value(default_mnist_dir()))(
+      "out", "output directory", cxxopts::value<std::string>()->default_value("out/mnist_qat"))(
+      "seed", "seed for weights and data order", cxxopts::value<uint64_t>()->default_value("0"))(
+      "resume", "continue an interrupted run from its newest checkpoints in --out")(
+      "max-steps", "stop each epoch after this many steps (0 = full epochs)",
+      cxxopts::value<int64_t>()->default_value("0"))("h,help", "show help");
+  cxxopts::ParseResult args;
+  try {
+    args = options.parse(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mnist_qat: %s (see --help)\n", e.what());
+    return 2;
+  }
+  if (args.count("help")) {
+    std::puts(options.help().c_str());
+    return 0;
+  }
+  try {
+    const int64_t fp32_epochs = args["fp32-epochs"].as<int64_t>(), qat_epochs = args["qat-epochs"].as<int64_t>();
+    const int64_t batch = args["batch-size"].as<int64_t>(), max_steps = args["max-steps"].as<int64_t>();
+    const double lr = args["lr"].as<double>(), qat_lr = args["qat-lr"].as<double>();
+    const double freeze_bn = args["freeze-bn"].as<double>(), freeze_obs = args["freeze-observers"].as<double>();
+    const std::string method = args["method"].as<std::string>();
+    const int wbits = args["wbits"].as<int>(), abits = args["abits"].as<int>(), threads = args["threads"].as<int>();
+    const bool ptq = args.count("ptq") > 0;
+    const std::string from = args.count("from") ? args["from"].as<std::string>() : "";
+    QF_CHECK(fp32_epochs >= 0 && qat_epochs >= 1) << "need --fp32-epochs >= 0 and --qat-epochs >= 1";
+    QF_CHECK(from.empty() || std::filesystem::exists(from)) << "--from: no such file '" << from << "'";
+    QF_CHECK(batch >= 1 && lr > 0 && qat_lr > 0) << "need --batch-size >= 1, --lr > 0 and --qat-lr > 0";
+    QF_CHECK(method == "ste" || method == "lsq") << "--method must be ste or lsq, got '" << method << "'";
+    QF_CHECK(wbits >= 2 && wbits <= 8 && abits >= 2 && abits <= 8)
+        << "--wbits and --abits must be in 2..8, got " << wbits << " and " << abits;
+    QF_CHECK(freeze_bn >= 0 && freeze_bn <= 1 && freeze_obs >= 0 && freeze_obs <= 1)
+        << "--freeze-bn and --freeze-observers are fractions in [0, 1]";
+    QF_CHECK(threads >= 0) << "--threads must be >= 0, got " << threads;
+    if (threads > 0) set_num_threads(threads);
+    const uint64_t seed = args["seed"].as<uint64_t>();
+    const std::string out = args["out"].as<std::string>();
+    const Loaders l = make_loaders(args["data-dir"].as<std::string>(), batch, seed);
+
+    Generator init(seed);
+    manual_seed(seed + 1);
+    auto model = nn::make_model("mnist_cnn", {}, init);
+    if (!from.empty()) {
+      trainers::load_model_from_checkpoint(from, *model);
+      std::printf("== FP32 weights from %s\n", from.c_str());
+    } else if (fp32_epochs > 0) {
+      // With --resume an interrupted pretrain continues (a finished one just
+      // reloads its last checkpoint).
+      pretrain(model, l, fp32_epochs, lr, max_steps, out + "/fp32", args.count("resume") > 0);
+    }
+    if (ptq) {
+      nn::StateDict w;
+      for (const auto& [k, t] : model->state_dict()) w[k] = t.clone();
+      run_ptq(w, l, args["calib-images"].as<int64_t>(), seed);
+      return 0;
+    }
+
+    quant::PrepareOptions po;
+    if (method == "lsq") {
+      po.qconfig.set_global(quant::lsq_qconfig(wbits, abits));
+    } else {
+      quant::QConfig q = quant::default_qconfig();
+      q.weight.spec.bits = wbits;
+      q.activation.spec.bits = abits;
+      po.qconfig.set_global(q);
+    }
+    quant::prepare_qat(*model, po);
+    const int64_t qat_steps = qat_epochs * steps_per_epoch(*l.train, max_steps);
+    quant::QatSchedule sched;
+    if (freeze_bn < 1) sched.freeze_bn = quant::Milestone::step(static_cast<int64_t>(freeze_bn * qat_steps));
+    if (freeze_obs < 1)
+      sched.freeze_observers = quant::Milestone::step(static_cast<int64_t>(freeze_obs * qat_steps));
+    auto opt = std::make_shared<nn::Adam>(model->parameters(), nn::AdamOptions{.lr = qat_lr});
+    auto lr_sched = std::make_shared<nn::CosineLr>(qat_lr, qat_steps);
+    trainers::TrainerOptions to;
+    to.epochs = qat_epochs;
+    to.out_dir = out + "/qat";
+    to.resume = args.count("resume") > 0;
+    to.max_steps_per_epoch = max_steps;
+    std::printf("== QAT: %lld epochs of %lld steps, weights %s, activations %s\n   schedule: %s; %s\n",
+                static_cast<long long>(qat_epochs), static_cast<long long>(steps_per_epoch(*l.train, max_steps)),
+                po.qconfig.global->weight.describe().c_str(), po.qconfig.global->activation.describe().c_str(),
+                sched.describe().c_str(), lr_sched->describe().c_str());
+    trainers::Trainer trainer(model, opt, lr_sched, l.train, l.test, to);
+    trainers::attach_qat_schedule(trainer, sched);
+    auto results = trainer.fit();
+    const auto final_eval = results.empty() ? trainer.evaluate(*l.test) : results.back().test;
+    std::printf("int8-simulated (fake-quant) test accuracy: %.2f%% (%lld/%lld)\n", final_eval.accuracy,
+                static_cast<long long>(final_eval.correct), static_cast<long long>(final_eval.count));
+    std::printf("checkpoints and metrics in %s\n", to.out_dir.c_str());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mnist_qat: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
