@@ -7,6 +7,8 @@
 #include <limits>
 #include <sstream>
 
+#include "core/parallel.h"
+
 namespace qforge::quant {
 
 namespace {
@@ -322,8 +324,26 @@ void RangeObserver::observe(const Tensor& x) {
     if (x.numel() == 0) return;
     finite = dispatch_floating(x.dtype(), "observe", [&](auto tag) {
       using T = decltype(tag);
+      // Fixed chunks reduced in order: the same answer at any thread count
+      // (min and max are exact anyway).
+      constexpr int64_t kChunk = 1 << 16;
+      const int64_t n = x.numel(), chunks = (n + kChunk - 1) / kChunk;
+      std::vector<T> los(chunks, std::numeric_limits<T>::infinity()), his(chunks, -std::numeric_limits<T>::infinity());
+      std::vector<char> oks(chunks, 1);
+      const T* px = x.data<T>();
+      parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          const int64_t b = c * kChunk;
+          oks[c] = minmax_block<T>(px + b, std::min(kChunk, n - b), los[c], his[c]);
+        }
+      });
       T lo = std::numeric_limits<T>::infinity(), hi = -std::numeric_limits<T>::infinity();
-      const bool ok = minmax_block<T>(x.data<T>(), x.numel(), lo, hi);
+      bool ok = true;
+      for (int64_t c = 0; c < chunks; ++c) {
+        lo = los[c] < lo ? los[c] : lo;
+        hi = his[c] > hi ? his[c] : hi;
+        ok = ok && oks[c];
+      }
       bmin.assign(1, lo);
       bmax.assign(1, hi);
       return ok;
