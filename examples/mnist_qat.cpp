@@ -34,35 +34,52 @@ struct Loaders {
   std::shared_ptr<data::DataLoader> train, test;
 };
 
-Loaders make_loaders(const std::string& dir, int64_t batch, uint64_t seed) {
+Loaders make_loaders(const std::string& dir, int64_t batch, uint64_t seed, int64_t shift) {
   data::LoaderOptions lo;
   lo.batch_size = batch;
   lo.seed = seed;
+  lo.random_crop = shift > 0;
+  lo.crop_padding = shift;
   lo.mean = {0.1307f};
   lo.std = {0.3081f};
   Loaders l;
   l.train = std::make_shared<data::DataLoader>(data::load_mnist(dir, data::Split::train), lo);
   lo.shuffle = false;
+  lo.random_crop = false;
+  lo.crop_padding = 0;
   lo.batch_size = std::max<int64_t>(batch, 256);
   l.test = std::make_shared<data::DataLoader>(data::load_mnist(dir, data::Split::test), lo);
   return l;
 }
 
+/// Another schedule continued from step `offset`: the QAT stage picks up the
+/// FP32 stage's cosine where it left off, so the two stages form one run.
+class ContinuedLr : public nn::LrSchedule {
+ public:
+  ContinuedLr(std::shared_ptr<nn::LrSchedule> base, int64_t offset) : base_(std::move(base)), offset_(offset) {}
+  double lr_at(int64_t step) const override { return base_->lr_at(step + offset_); }
+  std::string describe() const override { return base_->describe() + ", from step " + std::to_string(offset_); }
+
+ private:
+  std::shared_ptr<nn::LrSchedule> base_;
+  int64_t offset_;
+};
+
 int64_t steps_per_epoch(const data::DataLoader& d, int64_t max_steps) {
   return max_steps > 0 ? std::min(max_steps, d.batches_per_epoch()) : d.batches_per_epoch();
 }
 
-/// FP32 pretraining with mnist_train's recipe (Adam, cosine).
-void pretrain(nn::ModulePtr model, const Loaders& l, int64_t epochs, double lr, int64_t max_steps,
-              const std::string& out, bool resume) {
-  auto opt = std::make_shared<nn::Adam>(model->parameters(), nn::AdamOptions{.lr = lr});
-  auto sched = std::make_shared<nn::CosineLr>(lr, epochs * steps_per_epoch(*l.train, max_steps));
+/// FP32 pretraining with Adam and `sched` (a cosine over both stages).
+void pretrain(nn::ModulePtr model, const Loaders& l, int64_t epochs, std::shared_ptr<nn::LrSchedule> sched,
+              int64_t max_steps, const std::string& out, bool resume) {
+  auto opt = std::make_shared<nn::Adam>(model->parameters(), nn::AdamOptions{.lr = sched->lr_at(0)});
   trainers::TrainerOptions to;
   to.epochs = epochs;
   to.out_dir = out;
   to.max_steps_per_epoch = max_steps;
   to.resume = resume;
-  std::printf("== FP32 pretrain: %lld epochs, %s\n", static_cast<long long>(epochs), sched->describe().c_str());
+  std::printf("== FP32 pretrain: %lld epochs, %s (FP32 and QAT stages)\n", static_cast<long long>(epochs),
+              sched->describe().c_str());
   trainers::Trainer t(model, opt, sched, l.train, l.test, to);
   t.fit();
 }
@@ -119,7 +136,9 @@ int main(int argc, char** argv) {
       "from", "start from this mnist_train checkpoint instead of pretraining", cxxopts::value<std::string>())(
       "batch-size", "batch size", cxxopts::value<int64_t>()->default_value("64"))(
       "lr", "FP32 peak learning rate (Adam, cosine)", cxxopts::value<double>()->default_value("0.002"))(
-      "qat-lr", "QAT peak learning rate (Adam, cosine)", cxxopts::value<double>()->default_value("0.0005"))(
+      "qat-lr", "QAT learning rate (Adam, cosine to 0); 0 continues the FP32 stage's cosine, which then spans "
+      "both stages (with --from: 0.0001)",
+      cxxopts::value<double>()->default_value("0"))(
       "method", "fake quant: ste (observers) or lsq (learned step size)",
       cxxopts::value<std::string>()->default_value("ste"))(
       "wbits", "weight bits (2-8)", cxxopts::value<int>()->default_value("8"))(
@@ -130,6 +149,8 @@ int main(int argc, char** argv) {
       cxxopts::value<double>()->default_value("0.7"))(
       "ptq", "instead of QAT: post-training quantization with three observers")(
       "calib-images", "PTQ calibration images", cxxopts::value<int64_t>()->default_value("1000"))(
+      "shift", "augmentation: random shifts of up to this many pixels (0 = none)",
+      cxxopts::value<int64_t>()->default_value("0"))(
       "threads", "worker threads (0 = all cores)", cxxopts::value<int>()->default_value("0"))(
       "data-dir", "directory with the MNIST IDX files", cxxopts::value<std::string>()->default_value(default_mnist_dir()))(
       "out", "output directory", cxxopts::value<std::string>()->default_value("out/mnist_qat"))(
@@ -159,7 +180,7 @@ int main(int argc, char** argv) {
     const std::string from = args.count("from") ? args["from"].as<std::string>() : "";
     QF_CHECK(fp32_epochs >= 0 && qat_epochs >= 1) << "need --fp32-epochs >= 0 and --qat-epochs >= 1";
     QF_CHECK(from.empty() || std::filesystem::exists(from)) << "--from: no such file '" << from << "'";
-    QF_CHECK(batch >= 1 && lr > 0 && qat_lr > 0) << "need --batch-size >= 1, --lr > 0 and --qat-lr > 0";
+    QF_CHECK(batch >= 1 && lr > 0 && qat_lr >= 0) << "need --batch-size >= 1, --lr > 0 and --qat-lr >= 0";
     QF_CHECK(method == "ste" || method == "lsq") << "--method must be ste or lsq, got '" << method << "'";
     QF_CHECK(wbits >= 2 && wbits <= 8 && abits >= 2 && abits <= 8)
         << "--wbits and --abits must be in 2..8, got " << wbits << " and " << abits;
@@ -169,7 +190,9 @@ int main(int argc, char** argv) {
     if (threads > 0) set_num_threads(threads);
     const uint64_t seed = args["seed"].as<uint64_t>();
     const std::string out = args["out"].as<std::string>();
-    const Loaders l = make_loaders(args["data-dir"].as<std::string>(), batch, seed);
+    const int64_t shift = args["shift"].as<int64_t>();
+    QF_CHECK(shift >= 0 && shift <= 8) << "--shift must be in 0..8, got " << shift;
+    const Loaders l = make_loaders(args["data-dir"].as<std::string>(), batch, seed, shift);
 
     Generator init(seed);
     manual_seed(seed + 1);
@@ -177,10 +200,14 @@ int main(int argc, char** argv) {
     if (!from.empty()) {
       trainers::load_model_from_checkpoint(from, *model);
       std::printf("== FP32 weights from %s\n", from.c_str());
-    } else if (fp32_epochs > 0) {
+    }
+    const int64_t per_epoch = steps_per_epoch(*l.train, max_steps);
+    const int64_t fp32_steps = from.empty() ? fp32_epochs * per_epoch : 0, qat_steps = qat_epochs * per_epoch;
+    auto whole_run = std::make_shared<nn::CosineLr>(lr, fp32_steps + qat_steps);
+    if (from.empty() && fp32_epochs > 0) {
       // With --resume an interrupted pretrain continues (a finished one just
       // reloads its last checkpoint).
-      pretrain(model, l, fp32_epochs, lr, max_steps, out + "/fp32", args.count("resume") > 0);
+      pretrain(model, l, fp32_epochs, whole_run, max_steps, out + "/fp32", args.count("resume") > 0);
     }
     if (ptq) {
       nn::StateDict w;
@@ -199,20 +226,23 @@ int main(int argc, char** argv) {
       po.qconfig.set_global(q);
     }
     quant::prepare_qat(*model, po);
-    const int64_t qat_steps = qat_epochs * steps_per_epoch(*l.train, max_steps);
     quant::QatSchedule sched;
     if (freeze_bn < 1) sched.freeze_bn = quant::Milestone::step(static_cast<int64_t>(freeze_bn * qat_steps));
     if (freeze_obs < 1)
       sched.freeze_observers = quant::Milestone::step(static_cast<int64_t>(freeze_obs * qat_steps));
-    auto opt = std::make_shared<nn::Adam>(model->parameters(), nn::AdamOptions{.lr = qat_lr});
-    auto lr_sched = std::make_shared<nn::CosineLr>(qat_lr, qat_steps);
+    std::shared_ptr<nn::LrSchedule> lr_sched;
+    if (qat_lr > 0 || fp32_steps == 0)
+      lr_sched = std::make_shared<nn::CosineLr>(qat_lr > 0 ? qat_lr : 1e-4, qat_steps);
+    else
+      lr_sched = std::make_shared<ContinuedLr>(whole_run, fp32_steps);
+    auto opt = std::make_shared<nn::Adam>(model->parameters(), nn::AdamOptions{.lr = lr_sched->lr_at(0)});
     trainers::TrainerOptions to;
     to.epochs = qat_epochs;
     to.out_dir = out + "/qat";
     to.resume = args.count("resume") > 0;
     to.max_steps_per_epoch = max_steps;
     std::printf("== QAT: %lld epochs of %lld steps, weights %s, activations %s\n   schedule: %s; %s\n",
-                static_cast<long long>(qat_epochs), static_cast<long long>(steps_per_epoch(*l.train, max_steps)),
+                static_cast<long long>(qat_epochs), static_cast<long long>(per_epoch),
                 po.qconfig.global->weight.describe().c_str(), po.qconfig.global->activation.describe().c_str(),
                 sched.describe().c_str(), lr_sched->describe().c_str());
     trainers::Trainer trainer(model, opt, lr_sched, l.train, l.test, to);

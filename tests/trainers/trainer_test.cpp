@@ -4,6 +4,8 @@
 #include <fstream>
 
 #include "nn/zoo.h"
+#include "quant/qat_modules.h"
+#include "trainers/qat_hooks.h"
 #include "trainers/trainer.h"
 
 namespace qforge::trainers {
@@ -150,6 +152,49 @@ TEST_F(TrainerTest, ResumeIsBitIdenticalToAnUninterruptedRun) {
     EXPECT_EQ(std::memcmp(t.raw(), b[k].raw(), t.nbytes()), 0) << k << " differs after resume";
   }
   auto oa = full.trainer->optimizer().state_dict(), ob = second.trainer->optimizer().state_dict();
+  for (const auto& [k, t] : oa) EXPECT_EQ(t.to_vector(), ob[k].to_vector()) << k;
+}
+
+TEST_F(TrainerTest, QatScheduleRunsFromHooksAndResumesBitIdentically) {
+  // QAT with a schedule whose milestones fall in both halves of the run:
+  // fake quant from step 5, BN frozen from step 25, observers from epoch 3.
+  quant::QatSchedule sched;
+  sched.fake_quant = quant::Milestone::step(5);
+  sched.freeze_bn = quant::Milestone::step(25);
+  sched.freeze_observers = quant::Milestone::epoch(3);
+  quant::PrepareOptions po;
+  po.require_quant_stub = false;
+  auto qat_run = [&](const std::string& out, int64_t epochs, bool resume, uint64_t init) {
+    TrainRun r = make_run(out, epochs, resume, init);
+    quant::prepare_qat(*r.model, po);
+    trainers::attach_qat_schedule(*r.trainer, sched);
+    return r;
+  };
+  manual_seed(11);
+  TrainRun full = qat_run(sub("full"), 4, false, 5);
+  auto full_res = full.trainer->fit();
+  EXPECT_GT(full_res.back().test.accuracy, 60.0);
+  auto& conv = static_cast<quant::QATConvBase&>(*full.model->get_module("conv"));
+  EXPECT_TRUE(conv.bn()->frozen());
+  EXPECT_FALSE(conv.output_fake_quant().observer_enabled());
+  EXPECT_TRUE(conv.output_fake_quant().fake_quant_enabled());
+
+  manual_seed(11);
+  TrainRun first = qat_run(sub("split"), 2, false, 5);
+  first.trainer->fit();
+  manual_seed(999);
+  TrainRun second = qat_run(sub("split"), 4, true, 77);
+  ASSERT_EQ(second.trainer->fit().size(), 2u);
+
+  auto a = full.model->state_dict(), b = second.model->state_dict();
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [k, t] : a) {
+    ASSERT_TRUE(b.count(k)) << k;
+    ASSERT_EQ(t.nbytes(), b[k].nbytes());
+    EXPECT_EQ(std::memcmp(t.raw(), b[k].raw(), t.nbytes()), 0) << k << " differs after resume";
+  }
+  auto oa = quant::observer_state(*full.model), ob = quant::observer_state(*second.model);
+  ASSERT_EQ(oa.size(), ob.size());
   for (const auto& [k, t] : oa) EXPECT_EQ(t.to_vector(), ob[k].to_vector()) << k;
 }
 
