@@ -8,6 +8,7 @@
 // With --ptq it instead calibrates the float model on 1,000 training images
 // with MinMax, Histogram and Percentile activation observers and prints the
 // accuracy of each.
+#include <algorithm>
 #include <cstdio>
 #include <cxxopts.hpp>
 #include <filesystem>
@@ -16,6 +17,7 @@
 #include "data/mnist.h"
 #include "nn/zoo.h"
 #include "quant/prepare.h"
+#include "quant/qat_modules.h"
 #include "trainers/qat_hooks.h"
 #include "trainers/trainer.h"
 
@@ -84,45 +86,87 @@ void pretrain(nn::ModulePtr model, const Loaders& l, int64_t epochs, std::shared
   t.fit();
 }
 
-/// Post-training quantization with each activation observer, on `images`
-/// training images; prints one row per observer.
-void run_ptq(const nn::StateDict& float_weights, const Loaders& l, int64_t images, uint64_t seed) {
-  std::printf("== PTQ: calibration on %lld training images, int8 per-channel weights (per-channel min/max), uint8 "
-              "activations\n",
-              static_cast<long long>(images));
-  std::printf("%-12s %10s\n", "observer", "accuracy");
-  for (const char* kind : {"minmax", "histogram", "percentile"}) {
+/// Predictions of `model` (eval mode) on the whole test set.
+std::vector<int32_t> predict(nn::Module& model, data::DataLoader& test) {
+  autograd::NoGradGuard ng;
+  std::vector<int32_t> out;
+  data::Batch b;
+  test.start_epoch(0);
+  while (test.next(b)) {
+    const Tensor logits = model(autograd::Variable(b.x)).value();
+    const int64_t n = logits.size(0), k = logits.size(1);
+    for (int64_t i = 0; i < n; ++i) {
+      const float* row = logits.data<float>() + i * k;
+      out.push_back(static_cast<int32_t>(std::max_element(row, row + k) - row));
+    }
+  }
+  return out;
+}
+
+/// Post-training quantization with each activation observer, calibrated on
+/// `images` training images; prints one row per observer.
+void run_ptq(const nn::StateDict& float_weights, const Loaders& l, int64_t images, int wbits, int abits,
+             uint64_t seed) {
+  auto fresh = [&] {
     Generator g(seed);
     auto model = nn::make_model("mnist_cnn", {}, g);
     model->load_state_dict(float_weights);
     model->eval();
+    return model;
+  };
+  std::vector<int32_t> labels;
+  {
+    data::Batch b;
+    l.test->start_epoch(0);
+    while (l.test->next(b)) labels.insert(labels.end(), b.y.data<int32_t>(), b.y.data<int32_t>() + b.y.numel());
+  }
+  auto accuracy = [&](const std::vector<int32_t>& pred) {
+    int64_t correct = 0;
+    for (size_t i = 0; i < pred.size(); ++i) correct += pred[i] == labels[i];
+    return correct;
+  };
+  auto float_model = fresh();
+  const auto float_pred = predict(*float_model, *l.test);
+  std::printf("== PTQ: calibration on %lld training images; int%d per-channel weights (per-channel min/max), "
+              "uint%d per-tensor activations\n",
+              static_cast<long long>(images), wbits, abits);
+  std::printf("%-12s %22s %16s %14s %14s\n", "observer", "accuracy", "argmax != fp32", "conv2 out step",
+              "fc out step");
+  std::printf("%-12s %8.2f%% (%lld/%zu) %16s %14s %14s\n", "fp32", 100.0 * accuracy(float_pred) / labels.size(),
+              static_cast<long long>(accuracy(float_pred)), labels.size(), "-", "-", "-");
+  for (const char* kind : {"minmax", "histogram", "percentile"}) {
+    auto model = fresh();
     quant::PrepareOptions po;
     quant::QConfig q = quant::default_qconfig();
     q.activation.observer = kind;
+    q.activation.spec.bits = abits;
     q.weight.observer = "per_channel_minmax";
+    q.weight.spec.bits = wbits;
     po.qconfig.set_global(q);
     quant::prepare(*model, po);
-    data::Batch b;
-    l.train->start_epoch(0);
-    int64_t seen = 0;
     {
       autograd::NoGradGuard ng;
-      while (seen < images && l.train->next(b)) {
-        (*model)(autograd::Variable(b.x));
-        seen += b.y.numel();
+      data::Batch b;
+      l.train->start_epoch(0);
+      for (int64_t seen = 0; seen < images && l.train->next(b); seen += b.y.numel()) {
+        // The last batch is cut so that exactly `images` images are seen.
+        const int64_t take = std::min<int64_t>(b.y.numel(), images - seen);
+        Tensor x = b.x;
+        if (take < b.y.numel()) x = autograd::slice(autograd::Variable(b.x), 0, 0, take).value();
+        (*model)(autograd::Variable(x));
       }
     }
     quant::finish_calibration(*model);
-    // Evaluate through a trainer-free loop (the model is in eval mode).
-    int64_t correct = 0, count = 0;
-    autograd::NoGradGuard ng;
-    l.test->start_epoch(0);
-    while (l.test->next(b)) {
-      correct += trainers::count_correct((*model)(autograd::Variable(b.x)).value(), b.y);
-      count += b.y.numel();
-    }
-    std::printf("%-12s %9.2f%%  (%lld/%lld)\n", kind, 100.0 * correct / count, static_cast<long long>(correct),
-                static_cast<long long>(count));
+    const auto pred = predict(*model, *l.test);
+    int64_t differ = 0;
+    for (size_t i = 0; i < pred.size(); ++i) differ += pred[i] != float_pred[i];
+    const float conv2_step =
+        static_cast<quant::QATConvBase&>(*model->get_module("conv2")).output_fake_quant().qparams().scale[0];
+    const float fc_step =
+        static_cast<quant::QATLinearBase&>(*model->get_module("fc")).output_fake_quant().qparams().scale[0];
+    std::printf("%-12s %8.2f%% (%lld/%zu) %16lld %14.5f %14.5f\n", kind, 100.0 * accuracy(pred) / labels.size(),
+                static_cast<long long>(accuracy(pred)), labels.size(), static_cast<long long>(differ), conv2_step,
+                fc_step);
   }
 }
 
@@ -135,7 +179,7 @@ int main(int argc, char** argv) {
       "qat-epochs", "QAT fine-tuning epochs", cxxopts::value<int64_t>()->default_value("1"))(
       "from", "start from this mnist_train checkpoint instead of pretraining", cxxopts::value<std::string>())(
       "batch-size", "batch size", cxxopts::value<int64_t>()->default_value("64"))(
-      "lr", "FP32 peak learning rate (Adam, cosine)", cxxopts::value<double>()->default_value("0.002"))(
+      "lr", "FP32 peak learning rate (Adam, cosine)", cxxopts::value<double>()->default_value("0.003"))(
       "qat-lr", "QAT learning rate (Adam, cosine to 0); 0 continues the FP32 stage's cosine, which then spans "
       "both stages (with --from: 0.0001)",
       cxxopts::value<double>()->default_value("0"))(
@@ -150,7 +194,7 @@ int main(int argc, char** argv) {
       "ptq", "instead of QAT: post-training quantization with three observers")(
       "calib-images", "PTQ calibration images", cxxopts::value<int64_t>()->default_value("1000"))(
       "shift", "augmentation: random shifts of up to this many pixels (0 = none)",
-      cxxopts::value<int64_t>()->default_value("0"))(
+      cxxopts::value<int64_t>()->default_value("2"))(
       "threads", "worker threads (0 = all cores)", cxxopts::value<int>()->default_value("0"))(
       "data-dir", "directory with the MNIST IDX files", cxxopts::value<std::string>()->default_value(default_mnist_dir()))(
       "out", "output directory", cxxopts::value<std::string>()->default_value("out/mnist_qat"))(
@@ -212,7 +256,7 @@ int main(int argc, char** argv) {
     if (ptq) {
       nn::StateDict w;
       for (const auto& [k, t] : model->state_dict()) w[k] = t.clone();
-      run_ptq(w, l, args["calib-images"].as<int64_t>(), seed);
+      run_ptq(w, l, args["calib-images"].as<int64_t>(), wbits, abits, seed);
       return 0;
     }
 
