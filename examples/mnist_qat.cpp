@@ -293,7 +293,7 @@ int main(int argc, char** argv) {
     trainers::attach_qat_schedule(trainer, sched);
     auto results = trainer.fit();
     const auto final_eval = results.empty() ? trainer.evaluate(*l.test) : results.back().test;
-    std::printf("int8-simulated (fake-quant) test accuracy: %.2f%% (%lld/%lld)\n", final_eval.accuracy,
+    std::printf("fake-quant (W%dA%d-simulated) test accuracy: %.2f%% (%lld/%lld)\n", wbits, abits, final_eval.accuracy,
                 static_cast<long long>(final_eval.correct), static_cast<long long>(final_eval.count));
     std::printf("checkpoints and metrics in %s\n", to.out_dir.c_str());
   } catch (const std::exception& e) {

@@ -48,7 +48,19 @@ FakeQuantize::FakeQuantize(const TensorQConfig& cfg, int64_t channels)
   }
 }
 
-void FakeQuantize::enable_observer(bool on) { observer_->set_enabled(on); }
+void FakeQuantize::enable_observer(bool on) {
+  if (!on) sync();  // freezing: the buffers hold the final qparams from now on
+  observer_->set_enabled(on);
+}
+
+void FakeQuantize::sync() {
+  if (observer_->has_data() && (dirty_ || scalar_i32(buffer("ready")) != 1)) refresh_from_observer();
+}
+
+void FakeQuantize::load_observer_state(const std::map<std::string, Tensor>& state) {
+  observer_->load_state(state);
+  dirty_ = observer_->has_data();
+}
 
 void FakeQuantize::set_lsq_learning(bool on) {
   QF_CHECK(is_lsq()) << "set_lsq_learning: this FakeQuantize uses the STE method, not LSQ";
@@ -57,7 +69,7 @@ void FakeQuantize::set_lsq_learning(bool on) {
     lsq_pending_ = false;
     return;
   }
-  if (!lsq_learning()) lsq_pending_ = true;
+  lsq_pending_ = !lsq_learning();
 }
 
 bool FakeQuantize::lsq_learning() const {
@@ -78,7 +90,7 @@ void FakeQuantize::init_lsq(const Tensor& x) {
   float* s = param("lsq_scale").value().data<float>();
   float* z = cfg_.lsq_learn_offset ? param("lsq_offset").value().data<float>()
                                    : buffer("lsq_zero_point").data<float>();
-  if (dirty_ && observer_->has_data()) refresh_from_observer();
+  sync();
   const bool have_obs = scalar_i32(buffer("ready")) == 1;
   // The zero point: the observer's when it has seen data, else the scheme's
   // default (what an empty range gives).
@@ -128,7 +140,9 @@ Variable FakeQuantize::forward(const Variable& x) {
     observer_->observe(x.value());
     dirty_ = observer_->has_data();
   }
-  if (is_lsq() && lsq_pending_ && records) init_lsq(x.value());
+  // LSQ starts learning at the first recording forward with fake quant on
+  // (until then its observer keeps recording, as for the STE).
+  if (lsq_pending_ && !lsq_learning() && records && fake_quant_on_) init_lsq(x.value());
   if (!fake_quant_on_) return x;
 
   if (lsq_learning()) {
@@ -144,14 +158,16 @@ Variable FakeQuantize::forward(const Variable& x) {
     const double gs = cfg_.lsq_grad_scale ? 1.0 / std::sqrt(std::max(1.0, n) * qmax_) : 1.0;
     return autograd::lsq_fake_quantize(x, scale, offset, qmin_, qmax_, axis(), gs);
   }
-  if (dirty_) refresh_from_observer();
+  sync();
   QF_CHECK(scalar_i32(buffer("ready")) == 1)
       << "FakeQuantize: no quantization parameters yet; the observer has seen no data (train or calibrate the "
          "model before evaluating it with fake quant on)";
   return autograd::fake_quantize(x, buffer("scale"), buffer("zero_point"), qmin_, qmax_, axis());
 }
 
-bool FakeQuantize::has_qparams() { return lsq_learning() || dirty_ || scalar_i32(buffer("ready")) == 1; }
+bool FakeQuantize::has_qparams() {
+  return lsq_learning() || observer_->has_data() || scalar_i32(buffer("ready")) == 1;
+}
 
 QParams FakeQuantize::qparams() {
   QParams p;
@@ -169,7 +185,7 @@ QParams FakeQuantize::qparams() {
     }
     return p;
   }
-  if (dirty_) refresh_from_observer();
+  sync();
   QF_CHECK(scalar_i32(buffer("ready")) == 1) << "FakeQuantize: no quantization parameters yet (nothing observed)";
   const float* s = buffer("scale").data<float>();
   const int32_t* z = buffer("zero_point").data<int32_t>();

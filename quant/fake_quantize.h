@@ -22,6 +22,7 @@
 // up front); observer_state()/load_observer_state() in quant/prepare.h carry
 // them through checkpoints.
 
+#include <map>
 #include <memory>
 #include <string>
 
@@ -64,6 +65,17 @@ class FakeQuantize : public nn::Module {
   /// True once qparams() has something to return.
   bool has_qparams();
 
+  /// Brings the scale/zero_point buffers up to date with the observer (a
+  /// no-op when they are, or when it has no data). The forward does this
+  /// lazily; freezing the observer, finish_calibration() and the Trainer
+  /// hook's epoch end call it so that state dicts hold current qparams.
+  void sync();
+  /// Restores observer statistics (Observer::load_state) and marks the
+  /// buffers for a refresh.
+  void load_observer_state(const std::map<std::string, Tensor>& state);
+
+  /// The observer, for reading. Restore its state through
+  /// load_observer_state() so the buffers follow.
   Observer& observer() { return *observer_; }
   const TensorQConfig& config() const { return cfg_; }
   int64_t channels() const { return channels_; }

@@ -106,6 +106,29 @@ void prepare_impl(nn::Module& root, const PrepareOptions& o, const char* who) {
       mods.push_back(m);
       types.push_back(m->type_name());
     }
+    // Members must be siblings, and consecutive in order under a Sequential.
+    const auto parent_of = [](const std::string& n) {
+      const size_t dot = n.rfind('.');
+      return dot == std::string::npos ? std::string() : n.substr(0, dot);
+    };
+    const std::string parent = parent_of(g[0]);
+    for (const auto& n : g)
+      QF_CHECK(parent_of(n) == parent) << who << ": fusion group " << join(g)
+                                       << " spans different parent modules; members must be siblings";
+    const nn::ModulePtr parent_mod = parent.empty() ? nullptr : root.get_module(parent);
+    const nn::Module& pm = parent.empty() ? root : *parent_mod;
+    if (pm.type_name() == "Sequential") {
+      const auto& kids = pm.named_children();
+      std::vector<size_t> pos;
+      for (const auto& n : g) {
+        const std::string leaf = n.substr(parent.empty() ? 0 : parent.size() + 1);
+        for (size_t k = 0; k < kids.size(); ++k)
+          if (kids[k].first == leaf) pos.push_back(k);
+      }
+      for (size_t k = 1; k < pos.size(); ++k)
+        QF_CHECK(pos[k] == pos[k - 1] + 1) << who << ": fusion group " << join(g)
+                                           << " is not a run of consecutive modules of its Sequential, in order";
+    }
     bool known = false;
     for (const auto& p : patterns()) known = known || p == types;
     if (!known) {
@@ -249,7 +272,21 @@ void load_observer_state(nn::Module& root, const std::map<std::string, Tensor>& 
     QF_CHECK_FORMAT(fq) << "load_observer_state: '" << path << "' is a " << m->type_name() << ", not a FakeQuantize";
     targets.emplace_back(fq, &s);
   }
-  for (auto& [fq, s] : targets) fq->observer().load_state(*s);
+  // All or nothing: on an error, the quantizers loaded so far get their old
+  // statistics back.
+  std::vector<std::map<std::string, Tensor>> old;
+  for (auto& [fq, s] : targets) old.push_back(fq->observer().state());
+  size_t done = 0;
+  try {
+    for (; done < targets.size(); ++done) targets[done].first->load_observer_state(*targets[done].second);
+  } catch (...) {
+    for (size_t i = 0; i < done; ++i) targets[i].first->load_observer_state(old[i]);
+    throw;
+  }
+}
+
+void sync_qparams(nn::Module& root) {
+  for_each_quantizer(root, [](FakeQuantize& fq) { fq.sync(); });
 }
 
 // ---- schedule ------------------------------------------------------------------

@@ -38,6 +38,7 @@ struct PrepareOptions {
   /// Find fusion groups in every Sequential (find_fusion_groups()).
   bool auto_fuse = true;
   /// Explicit groups, fused in addition to (and before) the automatic ones.
+  /// Members must be siblings; under a Sequential, consecutive and in order.
   std::vector<FusionGroup> fusion_groups;
   /// Require an nn::QuantStub in the model (the int8 model's input
   /// boundary). Turn off only for experiments that never export.
@@ -71,11 +72,17 @@ void freeze_bn_stats(nn::Module& root, bool frozen = true);
 /// LSQ quantizers switch from their observer's estimate to learning.
 void set_lsq_learning(nn::Module& root, bool on = true);
 
+/// Brings every quantizer's qparam buffers up to date with its observer
+/// (FakeQuantize::sync), e.g. before saving a state dict.
+void sync_qparams(nn::Module& root);
+
 /// Every quantizer's observer statistics, keyed "<module path>/<key>", for
 /// checkpoints (the state dict holds the qparams themselves).
 std::map<std::string, Tensor> observer_state(nn::Module& root);
-/// Restores what observer_state() returned. Keys of quantizers that do not
-/// exist are an error (FormatError); quantizers without keys keep their state.
+/// Restores what observer_state() returned, all or nothing. Keys of
+/// quantizers that do not exist are an error (FormatError); invalid
+/// statistics throw as Observer::load_state does; quantizers without keys
+/// keep their state.
 void load_observer_state(nn::Module& root, const std::map<std::string, Tensor>& state);
 
 // ---- the QAT schedule ----------------------------------------------------------------

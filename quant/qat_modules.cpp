@@ -1,5 +1,6 @@
 #include "quant/qat_modules.h"
 
+#include <cmath>
 #include <sstream>
 
 #include "autograd/ops.h"
@@ -35,8 +36,23 @@ Tensor inverse_factor(const Tensor& factor, const Shape& shape) {
   Tensor inv = Tensor::empty(factor.shape());
   const float* pf = factor.data<float>();
   float* pi = inv.data<float>();
-  for (int64_t c = 0; c < factor.numel(); ++c) pi[c] = pf[c] != 0.f ? 1.f / pf[c] : 0.f;
+  for (int64_t c = 0; c < factor.numel(); ++c) {
+    const float inv = 1.f / pf[c];
+    pi[c] = std::isfinite(inv) ? inv : 0.f;  // 0 or subnormal factors
+  }
   return inv.reshape(shape);
+}
+
+/// Weights are per output channel (axis 0) or per tensor; activations per
+/// tensor or per channel along axis 1 (NCHW channels, or a linear output's
+/// features).
+void check_axes(const QConfig& q, const char* who) {
+  QF_CHECK(!q.weight.spec.per_channel || q.weight.spec.axis == 0)
+      << who << ": per-channel weights are quantized along axis 0 (output channels), the config says axis "
+      << q.weight.spec.axis;
+  QF_CHECK(!q.activation.spec.per_channel || q.activation.spec.axis == 1)
+      << who << ": per-channel activations are quantized along axis 1 (channels), the config says axis "
+      << q.activation.spec.axis;
 }
 
 void check_bn(const std::shared_ptr<nn::BatchNorm>& bn, int64_t channels, const char* who) {
@@ -66,6 +82,7 @@ QATConvBase::QATConvBase(const char* type_name, const nn::Conv2d& conv, std::sha
                          FusedActivation act, const QConfig& qconfig)
     : nn::Module(type_name), spec_(conv.spec()), act_(act), qconfig_(qconfig) {
   qconfig_.validate(type_name);
+  check_axes(qconfig_, type_name);
   check_bn(bn, spec_.out_channels, type_name);
   register_parameter("weight", conv.param("weight"));
   if (conv.has_param("bias")) register_parameter("bias", conv.param("bias"));
@@ -140,6 +157,7 @@ QATLinearBase::QATLinearBase(const char* type_name, const nn::Linear& linear, st
                              FusedActivation act, const QConfig& qconfig)
     : nn::Module(type_name), in_(linear.in_features()), out_(linear.out_features()), act_(act), qconfig_(qconfig) {
   qconfig_.validate(type_name);
+  check_axes(qconfig_, type_name);
   check_bn(bn, out_, type_name);
   register_parameter("weight", linear.param("weight"));
   if (linear.has_param("bias")) register_parameter("bias", linear.param("bias"));

@@ -120,7 +120,10 @@ class QATLinearBn1d : public QATLinearBase {
  public:
   QATLinearBn1d(const nn::Linear& l, std::shared_ptr<nn::BatchNorm> bn, const QConfig& q,
                 FusedActivation act = FusedActivation::none)
-      : QATLinearBase(act == FusedActivation::none ? "QATLinearBn1d" : "QATLinearBnReLU1d", l, std::move(bn), act, q) {}
+      : QATLinearBase(act == FusedActivation::none    ? "QATLinearBn1d"
+                      : act == FusedActivation::relu ? "QATLinearBnReLU1d"
+                                                     : "QATLinearBnReLU61d",
+                      l, std::move(bn), act, q) {}
 };
 
 /// The input boundary: fake-quantizes the model's input with the activation

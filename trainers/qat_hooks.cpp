@@ -13,6 +13,7 @@ void attach_qat_schedule(Trainer& trainer, const quant::QatSchedule& schedule) {
     quant::apply_qat_schedule(t.model(), schedule, info.epoch, info.global_step);
   });
   trainer.on_epoch_end([](Trainer& t, int64_t) {
+    quant::sync_qparams(t.model());  // the checkpoint's state dict gets current qparams
     auto& extra = t.extra_state();
     for (auto it = extra.begin(); it != extra.end();)
       it = it->first.rfind(kPrefix, 0) == 0 ? extra.erase(it) : std::next(it);

@@ -158,7 +158,9 @@ Variable fake_quantize(const Variable& x, const Tensor& scale, const Tensor& zer
   if (!any_requires_grad({&x})) return Variable(y);
   // STE with the clipping mask: the gradient passes where the rounded value
   // lies inside [qmin, qmax] and is 0 elsewhere.
-  Tensor sc = scale, zp = zero_point;
+  // Copies (C values): the caller may overwrite its qparam buffers before
+  // this graph's backward runs.
+  Tensor sc = scale.clone(), zp = zero_point.clone();
   return Variable::make(y, {&x}, what, [xv, sc, zp, v, qmin, qmax](const Tensor& g, GradSink& out) {
     Tensor dx = Tensor::empty(g.shape(), g.dtype());
     detail::with_float(g, "fake_quantize backward", [&](auto tag) {
@@ -223,10 +225,10 @@ Variable lsq_fake_quantize(const Variable& x, const Variable& scale, const Varia
   //   ds = g * ((q - z) - x/s) inside, g * (qmin - z) below, g * (qmax - z) above;
   //   dz = 0 inside, -g * s outside;
   // ds and dz are scaled by grad_scale.
-  const Shape sshape = scale.shape();
+  const Shape sshape = scale.shape(), zshape = zero_point.defined() ? zero_point.shape() : scale.shape();
   return Variable::make(
       y, {&x, &scale, &zero_point}, what,
-      [xv, v, s_eff, z_eff, s_clamped, qmin, qmax, grad_scale, sshape](const Tensor& g, GradSink& out) {
+      [xv, v, s_eff, z_eff, s_clamped, qmin, qmax, grad_scale, sshape, zshape](const Tensor& g, GradSink& out) {
         const bool need_x = out.needs(0), need_s = out.needs(1), need_z = out.needs(2);
         Tensor dx = need_x ? Tensor::empty(g.shape(), g.dtype()) : Tensor();
         const BlockSplit bs = block_split(v);
@@ -256,7 +258,7 @@ Variable lsq_fake_quantize(const Variable& x, const Variable& scale, const Varia
         });
         if (need_x) out.add(0, dx);
         if (need_s || need_z) {
-          Tensor gs = Tensor::zeros(sshape, g.dtype()), gz = Tensor::zeros(sshape, g.dtype());
+          Tensor gs = Tensor::zeros(sshape, g.dtype()), gz = Tensor::zeros(zshape, g.dtype());
           std::vector<double> sum_s(v.C, 0.0), sum_z(v.C, 0.0);
           for (int64_t k = 0; k < bs.count; ++k) {
             const int64_t c = (k / bs.per_run) % v.C;

@@ -377,8 +377,12 @@ TEST(Prepare, ErrorsLeaveTheModelUntouched) {
   PrepareOptions o;
   o.fusion_groups = {{"conv1", "bnX"}};
   expect_error(o, "bnX");
-  o.fusion_groups = {{"conv2", "pool"}};
+  o.fusion_groups = {{"relu2", "pool"}};
   expect_error(o, "cannot fuse");
+  o.fusion_groups = {{"conv1", "relu1"}};  // skips bn1
+  expect_error(o, "consecutive");
+  o.fusion_groups = {{"bn1", "conv1"}};  // out of order
+  expect_error(o, "consecutive");
   o.fusion_groups = {{"conv1", "bn1"}, {"bn1", "relu1"}};
   expect_error(o, "two fusion groups");
   o = {};
@@ -440,6 +444,57 @@ TEST(Prepare, ObserverStateRoundTrips) {
   std::map<std::string, Tensor> bad = st;
   bad["nope.output_fake_quant/min_val"] = st.begin()->second;
   EXPECT_THROW(load_observer_state(*b, bad), FormatError);
+}
+
+TEST(Prepare, FrozenOrCalibratedQparamsAreInTheStateDict) {
+  auto m = nn::mnist_cnn();
+  m->eval();
+  prepare(*m);
+  (*m)(Variable(randn({4, 1, 28, 28}, 95)));
+  finish_calibration(*m);
+  auto& stub = static_cast<QATQuantStub&>(*m->get_module("quant"));
+  const auto sd = m->state_dict();
+  EXPECT_EQ(sd.at("quant.output_fake_quant.ready").item(), 1.0);
+  EXPECT_EQ(static_cast<float>(sd.at("quant.output_fake_quant.scale").item()),
+            stub.output_fake_quant().observer().qparams().scale[0]);
+  // A model restored from that state dict alone evaluates with the same qparams.
+  auto fresh = nn::mnist_cnn();
+  fresh->eval();
+  prepare(*fresh);
+  finish_calibration(*fresh);
+  fresh->load_state_dict(sd);
+  const Variable x(randn({4, 1, 28, 28}, 96));
+  EXPECT_EQ(max_abs_diff((*fresh)(x).value(), (*m)(x).value()), 0.0);
+}
+
+TEST(FakeQuantizeModule, LsqWaitsForFakeQuantAndKeepsALearnedStepOnReload) {
+  QConfig q = lsq_qconfig(4, 4);
+  FakeQuantize fq(q.activation);
+  fq.enable_fake_quant(false);
+  fq.set_lsq_learning(true);
+  fq(Variable(randn({64}, 7)));
+  EXPECT_FALSE(fq.lsq_learning());  // pending until fake quant is on; the observer records meanwhile
+  fq(Variable(randn({64}, 8, 3.0)));
+  fq.enable_fake_quant(true);
+  fq(Variable(randn({64}, 9)));
+  EXPECT_TRUE(fq.lsq_learning());
+  fq.param("lsq_scale").value().data<float>()[0] = 0.123f;  // "learned"
+  const auto sd = fq.state_dict();
+  FakeQuantize other(q.activation);
+  other.set_lsq_learning(true);  // pending
+  other.load_state_dict(sd);     // restores lsq_active = 1
+  other(Variable(randn({64}, 10)));
+  EXPECT_EQ(other.param("lsq_scale").value().data<float>()[0], 0.123f);
+}
+
+TEST(FakeQuantizeOp, BackwardUsesTheQparamsOfItsForward) {
+  Tensor scale = Tensor::full({1}, 0.1), zp = Tensor::zeros({1}, DType::i32);
+  Variable x(Tensor::from_vector<float>({0.5f, 5.0f}, {2}), true);
+  Variable y = autograd::fake_quantize(x, scale, zp, -8, 7);  // 5.0 clips at 0.1 * 7
+  scale.data<float>()[0] = 10.f;                              // a later refresh of the buffer
+  autograd::sum(y).backward();
+  EXPECT_EQ(x.grad().item(0), 1.0);
+  EXPECT_EQ(x.grad().item(1), 0.0);
 }
 
 // ---- schedule -------------------------------------------------------------------------
