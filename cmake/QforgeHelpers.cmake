@@ -26,7 +26,8 @@ endfunction()
 # case with CTest, labelled with the folder name.
 function(qforge_add_test_folder folder)
   cmake_parse_arguments(ARG "" "" "DEPS;LABELS" ${ARGN})
-  file(GLOB_RECURSE srcs CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${folder}/*.cpp)
+  # Not recursive: a subfolder (tests/quant/runtime) is a folder of its own.
+  file(GLOB srcs CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${folder}/*.cpp)
   if(NOT srcs)
     return()
   endif()

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "quant/runtime/qmath.h"
 
 namespace qforge::quant {
 
@@ -72,18 +73,7 @@ constexpr float kMinScale = 1.1920928955078125e-07f;
 /// channel). The range is widened to contain 0.
 QParams qparams_from_range(const std::vector<float>& mins, const std::vector<float>& maxs, const QuantSpec& spec);
 
-/// Rounds half to even (the quantization rounding rule).
-inline float round_half_even(float v) { return std::nearbyint(v); }
-
-/// q = clamp(round(x * inv_scale) + zero_point, qmin, qmax).
-inline int32_t quantize_value(float x, float inv_scale, int32_t zero_point, int32_t qmin, int32_t qmax) {
-  const float r = round_half_even(x * inv_scale) + static_cast<float>(zero_point);
-  return static_cast<int32_t>(std::fmin(std::fmax(r, static_cast<float>(qmin)), static_cast<float>(qmax)));
-}
-
-/// x = (q - zero_point) * scale.
-inline float dequantize_value(int32_t q, float scale, int32_t zero_point) {
-  return static_cast<float>(q - zero_point) * scale;
-}
+// round_half_even(), quantize_value() and dequantize_value() come from
+// quant/runtime/qmath.h, the one header of the integer arithmetic.
 
 }  // namespace qforge::quant

@@ -1,0 +1,58 @@
+#include "quant/runtime/qmath.h"
+
+#include <limits>
+
+#include "core/error.h"
+
+namespace qforge::quant {
+
+QuantMultiplier quantize_multiplier(double real) {
+  QF_CHECK(std::isfinite(real) && real >= std::ldexp(1.0, -31) && real < std::ldexp(1.0, 30))
+      << "requantization multiplier " << real
+      << " is outside [2^-31, 2^30) (input scale x weight scale / output scale); the output scale is far from "
+         "the input and weight scales";
+  int exp = 0;
+  const double frac = std::frexp(real, &exp);  // real = frac * 2^exp, frac in [0.5, 1)
+  double mant = std::nearbyint(std::ldexp(frac, 31));  // in [2^30, 2^31]
+  if (mant == std::ldexp(1.0, 31)) {
+    mant = std::ldexp(1.0, 30);
+    ++exp;
+  }
+  QuantMultiplier m;
+  m.multiplier = static_cast<int32_t>(mant);
+  m.shift = 31 - exp;
+  QF_DCHECK(m.shift >= 1 && m.shift <= 62);
+  return m;
+}
+
+QuantMultiplier requant_multiplier(float input_scale, float weight_scale, float output_scale) {
+  QF_CHECK(input_scale > 0 && weight_scale > 0 && output_scale > 0 && std::isfinite(input_scale) &&
+           std::isfinite(weight_scale) && std::isfinite(output_scale))
+      << "requant_multiplier: scales must be finite and > 0, got input " << input_scale << ", weight "
+      << weight_scale << ", output " << output_scale;
+  return quantize_multiplier(static_cast<double>(input_scale) * static_cast<double>(weight_scale) /
+                             static_cast<double>(output_scale));
+}
+
+int32_t quantize_bias(float bias, float input_scale, float weight_scale) {
+  QF_CHECK(std::isfinite(bias)) << "quantize_bias: bias is " << bias;
+  QF_CHECK(input_scale > 0 && weight_scale > 0) << "quantize_bias: scales must be > 0, got " << input_scale << " and "
+                                                << weight_scale;
+  const double q = std::nearbyint(static_cast<double>(bias) /
+                                  (static_cast<double>(input_scale) * static_cast<double>(weight_scale)));
+  constexpr double lo = std::numeric_limits<int32_t>::min(), hi = std::numeric_limits<int32_t>::max();
+  return static_cast<int32_t>(q < lo ? lo : q > hi ? hi : q);
+}
+
+ClampBounds activation_bounds(Activation act, float output_scale, int32_t zero_point, int32_t qmin, int32_t qmax) {
+  QF_CHECK(qmin <= zero_point && zero_point <= qmax)
+      << "activation_bounds: zero point " << zero_point << " outside [" << qmin << ", " << qmax << "]";
+  QF_CHECK(output_scale > 0 && std::isfinite(output_scale))
+      << "activation_bounds: output scale must be finite and > 0, got " << output_scale;
+  ClampBounds b{qmin, qmax};
+  if (act == Activation::relu || act == Activation::relu6) b.lo = zero_point;
+  if (act == Activation::relu6) b.hi = quantize_value(6.0f, 1.0f / output_scale, zero_point, qmin, qmax);
+  return b;
+}
+
+}  // namespace qforge::quant
