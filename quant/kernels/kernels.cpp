@@ -1,0 +1,113 @@
+#include "quant/kernels/kernels.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "core/error.h"
+
+namespace qforge::quant::kernels {
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::ref: return "ref";
+    case Isa::avx2: return "avx2";
+    case Isa::avx512vnni: return "avx512vnni";
+    case Isa::neon: return "neon";
+  }
+  return "?";
+}
+
+bool cpu_has(Isa isa) {
+  switch (isa) {
+    case Isa::ref:
+      return true;
+#if defined(__x86_64__) || defined(__i386__)
+    case Isa::avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::avx512vnni:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    case Isa::neon:
+      return false;
+#else
+    case Isa::avx2:
+    case Isa::avx512vnni:
+      return false;
+    case Isa::neon:
+      return true;  // every AArch64 CPU has Advanced SIMD
+#endif
+  }
+  return false;
+}
+
+namespace {
+
+/// Whether this build has any kernel of the level.
+bool build_has(Isa level) {
+  bool any = false;
+#define QF_KERNEL(op, isa, fn) any = any || Isa::isa == level;
+#include "quant/kernels/kernel_list.inc"
+#undef QF_KERNEL
+  return any;
+}
+
+/// Levels from best to worst, for detection.
+constexpr Isa kPreference[] = {Isa::avx512vnni, Isa::avx2, Isa::neon, Isa::ref};
+
+/// Whether a table for `level` may use a kernel of level `k`: the reference
+/// always, the level itself, and AVX2 under AVX-512 VNNI (a CPU with VNNI
+/// has AVX2).
+bool allowed(Isa k, Isa level) { return k == Isa::ref || k == level || (level == Isa::avx512vnni && k == Isa::avx2); }
+
+Isa parse_isa(const char* s) {
+  for (Isa i : {Isa::ref, Isa::avx2, Isa::avx512vnni, Isa::neon})
+    if (std::strcmp(s, isa_name(i)) == 0) return i;
+  QF_THROW(ValueError) << "QFORGE_KERNELS='" << s << "' is not one of ref, avx2, avx512vnni, neon";
+  __builtin_unreachable();
+}
+
+}  // namespace
+
+KernelTable kernels_for(Isa level) {
+  QF_CHECK(cpu_has(level)) << "int8 kernels '" << isa_name(level) << "' need an instruction set this CPU lacks";
+  QF_CHECK(build_has(level)) << "this build has no '" << isa_name(level) << "' int8 kernels";
+  KernelTable t;
+  t.isa = level;
+  // Entries are ordered by level within each op: the last one the CPU and
+  // the level allow wins. The reference is always allowed.
+#define QF_KERNEL(op, isa, fn) \
+  if (allowed(Isa::isa, level)) t.op = &fn;
+#include "quant/kernels/kernel_list.inc"
+#undef QF_KERNEL
+  return t;
+}
+
+const KernelTable& kernels() {
+  static const KernelTable table = [] {
+    if (const char* forced = std::getenv("QFORGE_KERNELS"); forced && *forced) return kernels_for(parse_isa(forced));
+    for (Isa i : kPreference)
+      if (cpu_has(i) && build_has(i)) return kernels_for(i);
+    return kernels_for(Isa::ref);
+  }();
+  return table;
+}
+
+void check(const QGemmParams& p) {
+  QF_CHECK(p.M >= 0 && p.N >= 0 && p.K >= 0) << "qgemm: negative size M=" << p.M << " N=" << p.N << " K=" << p.K;
+  QF_CHECK(p.K < (int64_t{1} << 31) / (255 * 128)) << "qgemm: K=" << p.K << " could overflow the int32 accumulator";
+  if (p.M == 0 || p.N == 0) return;
+  QF_CHECK(p.a && p.b && p.c && p.requant) << "qgemm: null operand";
+  QF_CHECK(p.lda >= p.K && p.ldb >= p.K && p.ldc >= p.N)
+      << "qgemm: leading dimensions lda=" << p.lda << " ldb=" << p.ldb << " ldc=" << p.ldc << " are too small for K="
+      << p.K << ", N=" << p.N;
+  QF_CHECK(p.a_zero_point >= 0 && p.a_zero_point <= 255) << "qgemm: input zero point " << p.a_zero_point
+                                                         << " is outside [0, 255]";
+  QF_CHECK(0 <= p.out_lo && p.out_lo <= p.out_hi && p.out_hi <= 255)
+      << "qgemm: output bounds [" << p.out_lo << ", " << p.out_hi << "] are not within [0, 255]";
+  for (int64_t n = 0; n < p.N; ++n)
+    QF_CHECK(p.requant[n].multiplier >= (1 << 30) && p.requant[n].shift >= 1 && p.requant[n].shift <= 62)
+        << "qgemm: requant multiplier of channel " << n << " is not normalized (" << p.requant[n].multiplier
+        << ", shift " << p.requant[n].shift << ")";
+}
+
+}  // namespace qforge::quant::kernels

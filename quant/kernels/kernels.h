@@ -1,0 +1,67 @@
+#pragma once
+// int8 kernels of the runtime, chosen once at run time. Every kernel has a
+// scalar reference (always compiled, the fallback and the test oracle) and,
+// later, AVX2, AVX-512 VNNI and NEON versions that must equal it bit for bit.
+// kernel_list.inc is the one list of kernels: the dispatch table, the tests
+// and the benchmarks all include it, so no kernel goes untested.
+//
+// Depends on core alone (through quant/runtime/qmath.h, the arithmetic).
+
+#include <cstdint>
+#include <string>
+
+#include "quant/runtime/qmath.h"
+
+namespace qforge::quant::kernels {
+
+/// C = requant(A_u8 * B_s8^T): for each row m < M and output channel n < N,
+///   acc = sum_k (a[m*lda + k] - a_zero_point) * b[n*ldb + k] + bias[n]
+///   c[m*ldc + n] = requantize(acc, requant[n], out_zero_point, out_lo, out_hi)
+/// A holds activations (a linear layer's input, or im2col rows), B one row of
+/// K weights per output channel, zero point 0 (symmetric weights). bias may
+/// be null (0). out_lo/out_hi carry the fused activation (activation_bounds).
+/// The int32 sum cannot overflow for K < 2^31 / (255 * 128).
+struct QGemmParams {
+  int64_t M = 0, N = 0, K = 0;
+  const uint8_t* a = nullptr;
+  int64_t lda = 0;
+  int32_t a_zero_point = 0;
+  const int8_t* b = nullptr;
+  int64_t ldb = 0;
+  const int32_t* bias = nullptr;
+  const QuantMultiplier* requant = nullptr;
+  int32_t out_zero_point = 0, out_lo = 0, out_hi = 255;
+  uint8_t* c = nullptr;
+  int64_t ldc = 0;
+};
+
+/// Throws ValueError naming the problem when the sizes, strides, pointers,
+/// zero points or bounds do not fit the contract above.
+void check(const QGemmParams& p);
+
+using QGemmFn = void (*)(const QGemmParams&);
+
+/// Instruction-set levels a kernel can need.
+enum class Isa { ref, avx2, avx512vnni, neon };
+const char* isa_name(Isa isa);
+/// True when this CPU can run kernels of that level.
+bool cpu_has(Isa isa);
+
+/// The kernels in use: the best the CPU supports, or what QFORGE_KERNELS
+/// (ref|avx2|avx512vnni|neon) forces. Forcing a level the CPU lacks, or that
+/// this build has no kernels for, throws ValueError with the reason.
+struct KernelTable {
+  Isa isa = Isa::ref;
+  QGemmFn qgemm = nullptr;
+};
+const KernelTable& kernels();
+/// The table for one level, bypassing detection (tests and benchmarks): each
+/// op gets its kernel of that level, or of the best lower level the build
+/// has. Throws ValueError when the CPU lacks the level or the build has no
+/// kernel of that level at all.
+KernelTable kernels_for(Isa isa);
+
+// ---- the kernels (kernel_list.inc names them) -------------------------------------
+void qu8s8_gemm_requant__ref(const QGemmParams& p);
+
+}  // namespace qforge::quant::kernels

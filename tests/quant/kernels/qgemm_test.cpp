@@ -1,0 +1,148 @@
+// The requantizing int8 GEMM: the reference against an independent
+// computation, and every kernel in kernel_list.inc against the reference on
+// sizes 1-10, tile multiples and powers of two +-1, with random zero points,
+// multipliers, biases, clamps and padded strides.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <vector>
+
+#include "core/error.h"
+#include "quant/kernels/kernels.h"
+
+namespace qforge::quant::kernels {
+namespace {
+
+struct Problem {
+  std::vector<uint8_t> a;
+  std::vector<int8_t> b;
+  std::vector<int32_t> bias;
+  std::vector<QuantMultiplier> requant;
+  QGemmParams p;
+};
+
+Problem make_problem(int64_t M, int64_t N, int64_t K, std::mt19937& rng, bool pad = false) {
+  Problem pr;
+  auto& p = pr.p;
+  p.M = M;
+  p.N = N;
+  p.K = K;
+  p.lda = K + (pad ? 3 : 0);
+  p.ldb = K + (pad ? 5 : 0);
+  p.ldc = N + (pad ? 2 : 0);
+  std::uniform_int_distribution<int> u8(0, 255), s8(-128, 127), zp(0, 255), bias(-20000, 20000);
+  pr.a.resize(std::max<int64_t>(1, M * p.lda));
+  pr.b.resize(std::max<int64_t>(1, N * p.ldb));
+  for (auto& v : pr.a) v = static_cast<uint8_t>(u8(rng));
+  for (auto& v : pr.b) v = static_cast<int8_t>(s8(rng));
+  std::uniform_real_distribution<double> e(-14, -4);
+  for (int64_t n = 0; n < N; ++n) {
+    pr.bias.push_back(bias(rng));
+    pr.requant.push_back(quantize_multiplier(std::exp2(e(rng))));
+  }
+  p.a = pr.a.data();
+  p.b = pr.b.data();
+  p.bias = (rng() % 4) ? pr.bias.data() : nullptr;
+  p.requant = pr.requant.data();
+  p.a_zero_point = zp(rng);
+  p.out_zero_point = zp(rng);
+  p.out_lo = std::uniform_int_distribution<int>(0, 40)(rng);
+  p.out_hi = std::uniform_int_distribution<int>(200, 255)(rng);
+  return pr;
+}
+
+std::vector<uint8_t> run(QGemmFn fn, const QGemmParams& p0) {
+  QGemmParams p = p0;
+  std::vector<uint8_t> c(std::max<int64_t>(1, p.M * p.ldc), 0xAB);  // padding must stay untouched
+  p.c = c.data();
+  fn(p);
+  return c;
+}
+
+TEST(QGemm, ReferenceMatchesAnIndependentComputation) {
+  std::mt19937 rng(1);
+  for (int iter = 0; iter < 60; ++iter) {
+    const int64_t M = 1 + rng() % 9, N = 1 + rng() % 17, K = 1 + rng() % 70;
+    Problem pr = make_problem(M, N, K, rng, iter % 2);
+    const auto c = run(&qu8s8_gemm_requant__ref, pr.p);
+    const auto& p = pr.p;
+    // Sum in int64, k outermost, then the qmath rule.
+    std::vector<int64_t> acc(M * N, 0);
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n)
+          acc[m * N + n] += (int64_t{pr.a[m * p.lda + k]} - p.a_zero_point) * pr.b[n * p.ldb + k];
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t full = acc[m * N + n] + (p.bias ? p.bias[n] : 0);
+        ASSERT_EQ(c[m * p.ldc + n],
+                  requantize(static_cast<int32_t>(full), p.requant[n], p.out_zero_point, p.out_lo, p.out_hi));
+        // And within half a level of the real-valued result, before clamping.
+        const double real = static_cast<double>(full) * p.requant[n].value() + p.out_zero_point;
+        const double clamped = std::min<double>(std::max<double>(real, p.out_lo), p.out_hi);
+        ASSERT_LE(std::fabs(c[m * p.ldc + n] - clamped), 0.5 + 1e-6);
+      }
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t j = N; j < p.ldc; ++j) ASSERT_EQ(c[m * p.ldc + j], 0xAB) << "wrote into the padding";
+  }
+}
+
+TEST(QGemm, EveryKernelEqualsTheReference) {
+  const std::vector<int64_t> sizes = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 16, 17, 31, 32, 33, 48, 63, 64, 65};
+  int kernels_run = 0;
+#define QF_KERNEL(op, isa, fn)                                                                      \
+  if (cpu_has(Isa::isa)) {                                                                          \
+    ++kernels_run;                                                                                  \
+    std::mt19937 rng(7);                                                                            \
+    for (int iter = 0; iter < 120; ++iter) {                                                        \
+      const int64_t M = sizes[rng() % sizes.size()], N = sizes[rng() % sizes.size()];               \
+      const int64_t K = sizes[rng() % sizes.size()] * (1 + rng() % 8);                              \
+      Problem pr = make_problem(M, N, K, rng, iter % 3 == 0);                                       \
+      ASSERT_EQ(run(&fn, pr.p), run(&qu8s8_gemm_requant__ref, pr.p)) << #fn << " M=" << M << " N=" << N \
+                                                                       << " K=" << K;               \
+    }                                                                                               \
+  } else {                                                                                          \
+    std::printf("# %s skipped: this CPU lacks %s\n", #fn, isa_name(Isa::isa));                     \
+  }
+#include "quant/kernels/kernel_list.inc"
+#undef QF_KERNEL
+  EXPECT_GE(kernels_run, 1);
+}
+
+TEST(QGemm, ChecksTheContract) {
+  std::mt19937 rng(3);
+  Problem pr = make_problem(4, 4, 8, rng);
+  std::vector<uint8_t> c(16);
+  pr.p.c = c.data();
+  EXPECT_NO_THROW(check(pr.p));
+  QGemmParams bad = pr.p;
+  bad.lda = 7;
+  EXPECT_THROW(check(bad), ValueError);
+  bad = pr.p;
+  bad.a_zero_point = 256;
+  EXPECT_THROW(check(bad), ValueError);
+  bad = pr.p;
+  bad.out_lo = 10;
+  bad.out_hi = 5;
+  EXPECT_THROW(check(bad), ValueError);
+  bad = pr.p;
+  bad.K = int64_t{1} << 20;
+  bad.lda = bad.ldb = bad.K;
+  EXPECT_THROW(check(bad), ValueError);
+  std::vector<QuantMultiplier> rq(4, QuantMultiplier{5, 3});
+  bad = pr.p;
+  bad.requant = rq.data();
+  EXPECT_THROW(check(bad), ValueError);
+}
+
+TEST(QGemm, DispatchTable) {
+  EXPECT_TRUE(cpu_has(Isa::ref));
+  const KernelTable ref = kernels_for(Isa::ref);
+  EXPECT_EQ(ref.qgemm, &qu8s8_gemm_requant__ref);
+  EXPECT_NE(kernels().qgemm, nullptr);
+  // A level the CPU lacks or the build has no kernels for is refused.
+  EXPECT_THROW(kernels_for(Isa::neon), ValueError);
+}
+
+}  // namespace
+}  // namespace qforge::quant::kernels
