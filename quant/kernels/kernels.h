@@ -14,13 +14,18 @@
 
 namespace qforge::quant::kernels {
 
+inline int32_t saturate_i32(int64_t v) {
+  return static_cast<int32_t>(v < INT32_MIN ? INT32_MIN : v > INT32_MAX ? INT32_MAX : v);
+}
+
 /// C = requant(A_u8 * B_s8^T): for each row m < M and output channel n < N,
 ///   acc = sum_k (a[m*lda + k] - a_zero_point) * b[n*ldb + k] + bias[n]
-///   c[m*ldc + n] = requantize(acc, requant[n], out_zero_point, out_lo, out_hi)
+///   c[m*ldc + n] = requantize(saturate_i32(acc), requant[n], out_zero_point, out_lo, out_hi)
+/// (the sum is exact; only a bias near the int32 limits can saturate).
 /// A holds activations (a linear layer's input, or im2col rows), B one row of
 /// K weights per output channel, zero point 0 (symmetric weights). bias may
 /// be null (0). out_lo/out_hi carry the fused activation (activation_bounds).
-/// The int32 sum cannot overflow for K < 2^31 / (255 * 128).
+/// The dot product itself stays within int32 for K < 2^31 / (255 * 128).
 struct QGemmParams {
   int64_t M = 0, N = 0, K = 0;
   const uint8_t* a = nullptr;
@@ -63,5 +68,6 @@ KernelTable kernels_for(Isa isa);
 
 // ---- the kernels (kernel_list.inc names them) -------------------------------------
 void qu8s8_gemm_requant__ref(const QGemmParams& p);
+void qu8s8_gemm_requant__avx512vnni_4x16(const QGemmParams& p);
 
 }  // namespace qforge::quant::kernels

@@ -75,8 +75,7 @@ TEST(QGemm, ReferenceMatchesAnIndependentComputation) {
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < N; ++n) {
         const int64_t full = acc[m * N + n] + (p.bias ? p.bias[n] : 0);
-        ASSERT_EQ(c[m * p.ldc + n],
-                  requantize(static_cast<int32_t>(full), p.requant[n], p.out_zero_point, p.out_lo, p.out_hi));
+        ASSERT_EQ(c[m * p.ldc + n], requantize(saturate_i32(full), p.requant[n], p.out_zero_point, p.out_lo, p.out_hi));
         // And within half a level of the real-valued result, before clamping.
         const double real = static_cast<double>(full) * p.requant[n].value() + p.out_zero_point;
         const double clamped = std::min<double>(std::max<double>(real, p.out_lo), p.out_hi);

@@ -1,0 +1,226 @@
+#include "quant/runtime/ops.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/parallel.h"
+#include "quant/kernels/kernels.h"
+
+namespace qforge::quant::runtime {
+
+void ActQParams::check(const char* what) const {
+  QF_CHECK(std::isfinite(scale) && scale > 0) << what << ": activation scale must be finite and > 0, got " << scale;
+  QF_CHECK(0 <= qmin && qmin <= zero_point && zero_point <= qmax && qmax <= 255)
+      << what << ": activation qparams need 0 <= qmin <= zero_point <= qmax <= 255, got qmin " << qmin
+      << ", zero_point " << zero_point << ", qmax " << qmax;
+}
+
+namespace {
+
+int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) { return (in + 2 * p - d * (k - 1) - 1) / s + 1; }
+
+}  // namespace
+
+QLayer make_qlayer(const Tensor& weight, const Tensor& bias, const WeightQParams& wq, const ActQParams& in,
+                   const ActQParams& out, Activation act, std::array<int64_t, 2> stride,
+                   std::array<int64_t, 2> padding, std::array<int64_t, 2> dilation, int64_t groups) {
+  in.check("make_qlayer input");
+  out.check("make_qlayer output");
+  QF_CHECK_DTYPE(weight.dtype() == DType::f32) << "make_qlayer: weight must be f32, got " << weight.desc();
+  QF_CHECK_SHAPE(weight.ndim() == 4 || weight.ndim() == 2)
+      << "make_qlayer: weight must be [OC, IC/groups, KH, KW] or [OC, IC], got " << weight.desc();
+  QF_CHECK(groups >= 1) << "make_qlayer: groups must be >= 1";
+  QLayer L;
+  L.out_channels = weight.size(0);
+  const int64_t icg = weight.size(1);
+  L.in_channels = icg * groups;
+  L.kernel = weight.ndim() == 4 ? std::array<int64_t, 2>{weight.size(2), weight.size(3)} : std::array<int64_t, 2>{1, 1};
+  L.stride = stride;
+  L.padding = padding;
+  L.dilation = dilation;
+  L.groups = groups;
+  L.input = in;
+  L.output = out;
+  L.activation = act;
+  QF_CHECK(L.out_channels % groups == 0) << "make_qlayer: " << L.out_channels << " output channels are not divisible by "
+                                         << groups << " groups";
+  QF_CHECK_SHAPE(static_cast<int64_t>(wq.scale.size()) == L.out_channels)
+      << "make_qlayer: " << wq.scale.size() << " weight scales for " << L.out_channels << " output channels";
+  QF_CHECK(-128 <= wq.qmin && wq.qmin < 0 && 0 < wq.qmax && wq.qmax <= 127)
+      << "make_qlayer: weight codes must be signed within int8, got [" << wq.qmin << ", " << wq.qmax << "]";
+  QF_CHECK_SHAPE(!bias.defined() || (bias.dtype() == DType::f32 && bias.numel() == L.out_channels))
+      << "make_qlayer: bias must be f32 [" << L.out_channels << "], got " << bias.desc();
+  const int64_t K = L.k_per_group();
+  L.weight.resize(L.out_channels * K);
+  const float* pw = weight.data<float>();
+  for (int64_t o = 0; o < L.out_channels; ++o) {
+    const float s = wq.scale[o];
+    QF_CHECK(std::isfinite(s) && s > 0) << "make_qlayer: weight scale of channel " << o << " is " << s;
+    const float inv = 1.0f / s;
+    for (int64_t k = 0; k < K; ++k)
+      L.weight[o * K + k] = static_cast<int8_t>(quantize_value(pw[o * K + k], inv, 0, wq.qmin, wq.qmax));
+    L.weight_scale.push_back(s);
+    L.bias.push_back(bias.defined() ? quantize_bias(bias.data<float>()[o], in.scale, s) : 0);
+    L.requant.push_back(requant_multiplier(in.scale, s, out.scale));
+  }
+  L.bounds = activation_bounds(act, out.scale, out.zero_point, out.qmin, out.qmax);
+  return L;
+}
+
+Tensor quantize(const Tensor& x, const ActQParams& q) {
+  q.check("quantize");
+  QF_CHECK_DTYPE(x.dtype() == DType::f32) << "quantize: expects f32, got " << x.desc();
+  Tensor out = Tensor::empty(x.shape(), DType::u8);
+  const float* px = x.data<float>();
+  uint8_t* po = out.data<uint8_t>();
+  const float inv = 1.0f / q.scale;
+  parallel_for(0, x.numel(), 1 << 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) po[i] = static_cast<uint8_t>(quantize_value(px[i], inv, q.zero_point, q.qmin, q.qmax));
+  });
+  return out;
+}
+
+Tensor dequantize(const Tensor& codes, const ActQParams& q) {
+  q.check("dequantize");
+  QF_CHECK_DTYPE(codes.dtype() == DType::u8) << "dequantize: expects u8 codes, got " << codes.desc();
+  Tensor out = Tensor::empty(codes.shape());
+  const uint8_t* pc = codes.data<uint8_t>();
+  float* po = out.data<float>();
+  for (int64_t i = 0; i < codes.numel(); ++i) po[i] = dequantize_value(pc[i], q.scale, q.zero_point);
+  return out;
+}
+
+Tensor qconv2d(const QLayer& L, const Tensor& x) {
+  QF_CHECK_DTYPE(x.dtype() == DType::u8) << "qconv2d: expects u8 codes, got " << x.desc();
+  QF_CHECK_SHAPE(x.ndim() == 4 && x.size(1) == L.in_channels)
+      << "qconv2d: input must be [N, " << L.in_channels << ", H, W], got " << x.desc();
+  const int64_t N = x.size(0), H = x.size(2), W = x.size(3);
+  const int64_t OH = out_size(H, L.kernel[0], L.stride[0], L.padding[0], L.dilation[0]);
+  const int64_t OW = out_size(W, L.kernel[1], L.stride[1], L.padding[1], L.dilation[1]);
+  QF_CHECK_SHAPE(OH >= 1 && OW >= 1) << "qconv2d: input " << x.desc() << " is smaller than the kernel";
+  const int64_t G = L.groups, icg = L.in_channels / G, ocg = L.out_channels / G, K = L.k_per_group();
+  const int64_t P = OH * OW;
+  Tensor y = Tensor::empty({N, L.out_channels, OH, OW}, DType::u8);
+  const uint8_t* px = x.data<uint8_t>();
+  uint8_t* py = y.data<uint8_t>();
+  const kernels::QGemmFn gemm = kernels::kernels().qgemm;
+  const uint8_t pad = static_cast<uint8_t>(L.input.zero_point);
+  parallel_for(0, N * G, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<uint8_t> cols(P * K), out(P * ocg);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / G, g = t % G;
+      // im2col: one row of K codes per output pixel; padding is the zero point.
+      for (int64_t oh = 0; oh < OH; ++oh)
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          uint8_t* row = cols.data() + (oh * OW + ow) * K;
+          for (int64_t c = 0; c < icg; ++c) {
+            const uint8_t* plane = px + ((n * L.in_channels) + g * icg + c) * H * W;
+            for (int64_t i = 0; i < L.kernel[0]; ++i) {
+              const int64_t ih = oh * L.stride[0] - L.padding[0] + i * L.dilation[0];
+              for (int64_t j = 0; j < L.kernel[1]; ++j) {
+                const int64_t iw = ow * L.stride[1] - L.padding[1] + j * L.dilation[1];
+                *row++ = (ih >= 0 && ih < H && iw >= 0 && iw < W) ? plane[ih * W + iw] : pad;
+              }
+            }
+          }
+        }
+      kernels::QGemmParams p;
+      p.M = P;
+      p.N = ocg;
+      p.K = K;
+      p.a = cols.data();
+      p.lda = K;
+      p.a_zero_point = L.input.zero_point;
+      p.b = L.weight.data() + g * ocg * K;
+      p.ldb = K;
+      p.bias = L.bias.data() + g * ocg;
+      p.requant = L.requant.data() + g * ocg;
+      p.out_zero_point = L.output.zero_point;
+      p.out_lo = L.bounds.lo;
+      p.out_hi = L.bounds.hi;
+      p.c = out.data();
+      p.ldc = ocg;
+      gemm(p);
+      // [P, ocg] -> NCHW planes.
+      for (int64_t o = 0; o < ocg; ++o) {
+        uint8_t* plane = py + (n * L.out_channels + g * ocg + o) * P;
+        for (int64_t q = 0; q < P; ++q) plane[q] = out[q * ocg + o];
+      }
+    }
+  });
+  return y;
+}
+
+Tensor qlinear(const QLayer& L, const Tensor& x) {
+  QF_CHECK_DTYPE(x.dtype() == DType::u8) << "qlinear: expects u8 codes, got " << x.desc();
+  QF_CHECK_SHAPE(x.ndim() == 2 && x.size(1) == L.in_channels && L.groups == 1 && L.kernel[0] == 1 &&
+                 L.kernel[1] == 1)
+      << "qlinear: input must be [N, " << L.in_channels << "], got " << x.desc();
+  const int64_t N = x.size(0);
+  Tensor y = Tensor::empty({N, L.out_channels}, DType::u8);
+  const kernels::QGemmFn gemm = kernels::kernels().qgemm;
+  const int64_t rows = std::max<int64_t>(1, (N + 7) / 8);
+  parallel_for(0, (N + rows - 1) / rows, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t m0 = b * rows, m1 = std::min(N, m0 + rows);
+      kernels::QGemmParams p;
+      p.M = m1 - m0;
+      p.N = L.out_channels;
+      p.K = L.in_channels;
+      p.a = x.data<uint8_t>() + m0 * L.in_channels;
+      p.lda = L.in_channels;
+      p.a_zero_point = L.input.zero_point;
+      p.b = L.weight.data();
+      p.ldb = L.in_channels;
+      p.bias = L.bias.data();
+      p.requant = L.requant.data();
+      p.out_zero_point = L.output.zero_point;
+      p.out_lo = L.bounds.lo;
+      p.out_hi = L.bounds.hi;
+      p.c = y.data<uint8_t>() + m0 * L.out_channels;
+      p.ldc = L.out_channels;
+      gemm(p);
+    }
+  });
+  return y;
+}
+
+Tensor qmax_pool2d(const Tensor& x, std::array<int64_t, 2> kernel, std::array<int64_t, 2> stride,
+                   std::array<int64_t, 2> padding) {
+  QF_CHECK_DTYPE(x.dtype() == DType::u8) << "qmax_pool2d: expects u8 codes, got " << x.desc();
+  QF_CHECK_SHAPE(x.ndim() == 4) << "qmax_pool2d: input must be [N, C, H, W], got " << x.desc();
+  for (int d = 0; d < 2; ++d) {
+    if (stride[d] == 0) stride[d] = kernel[d];
+    QF_CHECK(kernel[d] >= 1 && stride[d] >= 1 && padding[d] >= 0 && 2 * padding[d] <= kernel[d])
+        << "qmax_pool2d: bad kernel/stride/padding";
+  }
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t OH = out_size(H, kernel[0], stride[0], padding[0], 1), OW = out_size(W, kernel[1], stride[1], padding[1], 1);
+  QF_CHECK_SHAPE(OH >= 1 && OW >= 1) << "qmax_pool2d: input " << x.desc() << " is smaller than the window";
+  Tensor y = Tensor::empty({N, C, OH, OW}, DType::u8);
+  const uint8_t* px = x.data<uint8_t>();
+  uint8_t* py = y.data<uint8_t>();
+  parallel_for(0, N * C, 4, [&](int64_t p0, int64_t p1) {
+    for (int64_t pl = p0; pl < p1; ++pl) {
+      const uint8_t* in = px + pl * H * W;
+      uint8_t* out = py + pl * OH * OW;
+      for (int64_t oh = 0; oh < OH; ++oh)
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          int m = -1;
+          for (int64_t i = 0; i < kernel[0]; ++i) {
+            const int64_t ih = oh * stride[0] - padding[0] + i;
+            if (ih < 0 || ih >= H) continue;
+            for (int64_t j = 0; j < kernel[1]; ++j) {
+              const int64_t iw = ow * stride[1] - padding[1] + j;
+              if (iw >= 0 && iw < W) m = std::max<int>(m, in[ih * W + iw]);
+            }
+          }
+          out[oh * OW + ow] = static_cast<uint8_t>(m);
+        }
+    }
+  });
+  return y;
+}
+
+}  // namespace qforge::quant::runtime

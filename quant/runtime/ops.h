@@ -1,0 +1,78 @@
+#pragma once
+// The int8 runtime's ops on quantized tensors (uint8 activation codes, NCHW),
+// built from float weights once and run through the dispatched kernels
+// (quant/kernels). The QAT modules' eval path calls these same ops, which is
+// what makes the QAT model in eval mode and the exported int8 model give
+// identical outputs.
+//
+// Activations are unsigned (codes in [qmin, qmax] within [0, 255]) and per
+// tensor; weights are signed, symmetric (zero point 0), per output channel,
+// at most 8 bits. Every rule of the arithmetic is in quant/runtime/qmath.h.
+
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+#include "quant/runtime/qmath.h"
+
+namespace qforge::quant::runtime {
+
+/// Per-tensor activation qparams: code = clamp(round(x / scale) + zero_point,
+/// qmin, qmax), with 0 <= qmin <= zero_point <= qmax <= 255.
+struct ActQParams {
+  float scale = 1.f;
+  int32_t zero_point = 0;
+  int32_t qmin = 0, qmax = 255;
+  /// Throws ValueError naming `what` unless the fields fit the contract.
+  void check(const char* what) const;
+};
+
+/// Per-output-channel symmetric weight qparams.
+struct WeightQParams {
+  std::vector<float> scale;  // [OC], > 0
+  int32_t qmin = -128, qmax = 127;
+};
+
+/// A quantized conv2d or linear layer (linear is a 1x1 conv on [N, in, 1, 1]).
+struct QLayer {
+  int64_t in_channels = 0, out_channels = 0;
+  std::array<int64_t, 2> kernel{1, 1}, stride{1, 1}, padding{0, 0}, dilation{1, 1};
+  int64_t groups = 1;
+  ActQParams input, output;
+  Activation activation = Activation::none;
+  /// int8 weight codes [OC, IC/groups * KH * KW], row per output channel.
+  std::vector<int8_t> weight;
+  std::vector<float> weight_scale;          // [OC]
+  std::vector<int32_t> bias;                // [OC], at scale input.scale * weight_scale
+  std::vector<QuantMultiplier> requant;     // [OC]
+  ClampBounds bounds{0, 255};
+
+  int64_t k_per_group() const { return in_channels / groups * kernel[0] * kernel[1]; }
+};
+
+/// Quantizes a float layer: weight f32 [OC, IC/groups, KH, KW] (already
+/// BN-folded), bias f32 [OC] or undefined. Weight codes use the same rule as
+/// fake quant (round half to even of w * (1/scale), clamped); the bias goes to
+/// int32 at scale s_in * s_w; one requant multiplier per channel. Throws
+/// ValueError/ShapeError on any inconsistency.
+QLayer make_qlayer(const Tensor& weight, const Tensor& bias, const WeightQParams& wq, const ActQParams& in,
+                   const ActQParams& out, Activation act, std::array<int64_t, 2> stride = {1, 1},
+                   std::array<int64_t, 2> padding = {0, 0}, std::array<int64_t, 2> dilation = {1, 1},
+                   int64_t groups = 1);
+
+/// float -> codes (u8, same shape) with the quantize rule.
+Tensor quantize(const Tensor& x, const ActQParams& q);
+/// codes -> float: (code - zero_point) * scale.
+Tensor dequantize(const Tensor& codes, const ActQParams& q);
+/// Conv over u8 codes [N, IC, H, W] -> [N, OC, OH, OW] (padding is real 0,
+/// the input zero point). Batches run in parallel.
+Tensor qconv2d(const QLayer& layer, const Tensor& x);
+/// Linear over u8 codes [N, in] -> [N, out].
+Tensor qlinear(const QLayer& layer, const Tensor& x);
+/// Max pooling over u8 codes (codes are monotonic in the real value, so this
+/// equals pooling the dequantized values). stride 0 means the kernel size.
+Tensor qmax_pool2d(const Tensor& x, std::array<int64_t, 2> kernel, std::array<int64_t, 2> stride,
+                   std::array<int64_t, 2> padding);
+
+}  // namespace qforge::quant::runtime
