@@ -167,9 +167,51 @@ void prepare_impl(nn::Module& root, const PrepareOptions& o, const char* who) {
 
   // ---- apply (nothing above changed the model) ---------------------------------------
   for (auto& [name, m] : swaps) root.replace_module(name, m);
+  link_quantizers(root);
+}
+
+/// Walks one Sequential's children in order; returns the quantizer current
+/// after them.
+std::shared_ptr<FakeQuantize> link_chain(const nn::Module& seq, std::shared_ptr<FakeQuantize> current) {
+  for (const auto& [name, child] : seq.named_children()) {
+    const std::string& type = child->type_name();
+    if (type == "QATQuantStub") {
+      current = std::dynamic_pointer_cast<FakeQuantize>(child->get_module("output_fake_quant"));
+    } else if (auto* layer = dynamic_cast<QATLayer*>(child.get())) {
+      layer->set_input_quantizer(current);
+      current = std::dynamic_pointer_cast<FakeQuantize>(child->get_module("output_fake_quant"));
+    } else if (type == "Sequential") {
+      current = link_chain(*child, current);
+    } else if (type == "Identity" || type == "MaxPool2d" || type == "Flatten" || type == "Dropout" ||
+               type == "ReLU") {
+      // values stay on the grid of `current`
+    } else {
+      current = nullptr;
+    }
+  }
+  return current;
 }
 
 }  // namespace
+
+void link_quantizers(nn::Module& root) {
+  // Unlink everything first, so that layers outside any chain have no stale link.
+  root.apply([](nn::Module& m) {
+    if (auto* layer = dynamic_cast<QATLayer*>(&m)) layer->set_input_quantizer(nullptr);
+  });
+  if (root.type_name() == "Sequential") {
+    link_chain(root, nullptr);
+    return;
+  }
+  for (const auto& [path, m] : root.named_modules())
+    if (!path.empty() && m->type_name() == "Sequential") link_chain(*m, nullptr);
+}
+
+void set_int8_eval(nn::Module& root, bool on) {
+  root.apply([&](nn::Module& m) {
+    if (auto* layer = dynamic_cast<QATLayer*>(&m)) layer->set_int8_eval(on);
+  });
+}
 
 std::vector<FusionGroup> find_fusion_groups(const nn::Module& root) {
   std::vector<FusionGroup> out;

@@ -57,6 +57,16 @@ std::vector<FusionGroup> find_fusion_groups(const nn::Module& root);
 /// leave the model untouched. Leaves the model in training mode, with fake
 /// quant and observers on.
 void prepare_qat(nn::Module& root, const PrepareOptions& options = {});
+/// Links every QAT layer to the quantizer whose codes feed it, along each
+/// Sequential chain: a QATQuantStub or a QAT layer sets the current
+/// quantizer; Identity, MaxPool2d, Flatten, Dropout and ReLU keep it (they
+/// keep values on the quantization grid); nested Sequentials continue the
+/// chain; anything else (and DeQuantStub) ends it. prepare_qat() and
+/// prepare() call it; with the link, eval mode runs the int8 arithmetic.
+void link_quantizers(nn::Module& root);
+/// Turns the int8 eval path of every QAT layer on (the default) or off (eval
+/// then runs the float fake-quant simulation).
+void set_int8_eval(nn::Module& root, bool on);
 /// PTQ preparation: prepare_qat()'s swap, then eval mode, observers
 /// recording in eval (calibrating) and fake quant off.
 void prepare(nn::Module& root, const PrepareOptions& options = {});

@@ -74,13 +74,66 @@ std::pair<Tensor, Tensor> folded_pair(nn::Module& m, nn::BatchNorm* bn) {
   return {f.weight.value(), f.bias.value()};
 }
 
+/// Why an activation quantizer cannot feed the int8 runtime ("" if it can).
+std::string act_blocker(const FakeQuantize& fq, const char* which) {
+  const QuantSpec& s = fq.config().spec;
+  if (s.per_channel) return std::string(which) + " activations are per channel (the runtime takes per tensor)";
+  if (fq.qmin() < 0 || fq.qmax() > 255)
+    return std::string(which) + " activations are " + s.describe() + " (the runtime takes unsigned codes)";
+  return "";
+}
+
+runtime::ActQParams act_qparams(FakeQuantize& fq) {
+  const QParams p = fq.qparams();
+  runtime::ActQParams a;
+  a.scale = p.scale[0];
+  a.zero_point = p.zero_point[0];
+  a.qmin = p.qmin;
+  a.qmax = p.qmax;
+  return a;
+}
+
+runtime::WeightQParams weight_qparams(FakeQuantize& fq, int64_t channels) {
+  const QParams p = fq.qparams();
+  runtime::WeightQParams w;
+  w.qmin = p.qmin;
+  w.qmax = p.qmax;
+  for (int64_t c = 0; c < channels; ++c) {
+    const size_t i = p.per_channel() ? static_cast<size_t>(c) : 0;
+    QF_CHECK(p.zero_point[i] == 0) << "int8 layer: weight zero point " << p.zero_point[i] << " of channel " << c
+                                   << " is not 0 (the runtime takes symmetric weights)";
+    w.scale.push_back(p.scale[i]);
+  }
+  return w;
+}
+
 }  // namespace
+
+// ---- int8 eval ---------------------------------------------------------------
+
+std::string QATLayer::int8_blocker() {
+  const auto in = input_quantizer();
+  if (!in)
+    return "no input quantizer is linked (the layer is not in a Sequential chain of quantized layers that starts "
+           "at a QuantStub)";
+  for (FakeQuantize* fq : {in.get(), &weight_fake_quant(), &output_fake_quant()}) {
+    if (!fq->fake_quant_enabled()) return "fake quant is off";
+    if (fq->calibrating()) return "a quantizer is calibrating";
+    if (!fq->has_qparams()) return "a quantizer has no qparams yet";
+  }
+  if (auto why = act_blocker(*in, "input"); !why.empty()) return why;
+  if (auto why = act_blocker(output_fake_quant(), "output"); !why.empty()) return why;
+  const QuantSpec& ws = weight_fake_quant().config().spec;
+  if (!ws.is_signed || ws.scheme != QScheme::symmetric)
+    return "weights are " + ws.describe() + " (the runtime takes signed symmetric weights)";
+  return "";
+}
 
 // ---- conv ------------------------------------------------------------------
 
 QATConvBase::QATConvBase(const char* type_name, const nn::Conv2d& conv, std::shared_ptr<nn::BatchNorm> bn,
                          FusedActivation act, const QConfig& qconfig)
-    : nn::Module(type_name), spec_(conv.spec()), act_(act), qconfig_(qconfig) {
+    : QATLayer(type_name), spec_(conv.spec()), act_(act), qconfig_(qconfig) {
   qconfig_.validate(type_name);
   check_axes(qconfig_, type_name);
   check_bn(bn, spec_.out_channels, type_name);
@@ -110,10 +163,24 @@ void QATConvBase::freeze_bn_stats(bool frozen) {
 
 std::pair<Tensor, Tensor> QATConvBase::folded_weight_and_bias() { return folded_pair(*this, bn()); }
 
+runtime::QLayer QATConvBase::to_qlayer() {
+  const std::string why = int8_blocker();
+  QF_CHECK(why.empty()) << type_name() << ": no int8 layer: " << why;
+  auto [w, b] = folded_weight_and_bias();
+  return runtime::make_qlayer(w, b, weight_qparams(weight_fake_quant(), spec_.out_channels),
+                              act_qparams(*input_quantizer()), act_qparams(output_fake_quant()), act_,
+                              spec_.stride, spec_.padding, spec_.dilation, spec_.groups);
+}
+
 Variable QATConvBase::forward(const Variable& x) {
   QF_CHECK_SHAPE(x.ndim() == 4 && x.size(1) == spec_.in_channels)
       << type_name() << "(" << extra_repr() << "): input must be [N, " << spec_.in_channels << ", H, W], got "
       << x.value().desc();
+  if (use_int8_eval()) {
+    const runtime::QLayer L = to_qlayer();
+    const Tensor codes = runtime::qconv2d(L, runtime::quantize(x.value(), L.input));
+    return Variable(runtime::dequantize(codes, L.output));
+  }
   autograd::Conv2dOptions opt;
   opt.stride = spec_.stride;
   opt.padding = spec_.padding;
@@ -155,7 +222,7 @@ std::string QATConvBase::extra_repr() const {
 
 QATLinearBase::QATLinearBase(const char* type_name, const nn::Linear& linear, std::shared_ptr<nn::BatchNorm> bn,
                              FusedActivation act, const QConfig& qconfig)
-    : nn::Module(type_name), in_(linear.in_features()), out_(linear.out_features()), act_(act), qconfig_(qconfig) {
+    : QATLayer(type_name), in_(linear.in_features()), out_(linear.out_features()), act_(act), qconfig_(qconfig) {
   qconfig_.validate(type_name);
   check_axes(qconfig_, type_name);
   check_bn(bn, out_, type_name);
@@ -185,9 +252,25 @@ void QATLinearBase::freeze_bn_stats(bool frozen) {
 
 std::pair<Tensor, Tensor> QATLinearBase::folded_weight_and_bias() { return folded_pair(*this, bn()); }
 
+runtime::QLayer QATLinearBase::to_qlayer() {
+  const std::string why = int8_blocker();
+  QF_CHECK(why.empty()) << type_name() << ": no int8 layer: " << why;
+  auto [w, b] = folded_weight_and_bias();
+  return runtime::make_qlayer(w, b, weight_qparams(weight_fake_quant(), out_), act_qparams(*input_quantizer()),
+                              act_qparams(output_fake_quant()), act_);
+}
+
 Variable QATLinearBase::forward(const Variable& x) {
   QF_CHECK_SHAPE(x.ndim() >= 1 && x.size(-1) == in_)
       << type_name() << "(" << in_ << ", " << out_ << "): input " << x.value().desc() << " must end in " << in_;
+  if (use_int8_eval()) {
+    const runtime::QLayer L = to_qlayer();
+    Shape out_shape = x.shape();
+    out_shape.back() = out_;
+    const Tensor x2 = x.value().reshape({x.numel() / in_, in_});
+    const Tensor codes = runtime::qlinear(L, runtime::quantize(x2, L.input));
+    return Variable(runtime::dequantize(codes, L.output).reshape(out_shape));
+  }
   const Variable& w = param("weight");
   const Variable b = has_param("bias") ? param("bias") : Variable();
   nn::BatchNorm* norm = bn();

@@ -14,7 +14,14 @@
 //    norm normalizes with batch statistics and updates its running
 //    statistics. With frozen BN statistics (freeze_bn_stats) it normalizes
 //    with the running statistics instead, which equals the folded layer.
-//  - eval: the folded layer itself, conv(x, fq(w_fold)) + b_fold.
+//  - eval: the int8 layer itself (to_qlayer()): the input codes, the folded
+//    and quantized weights, the int32 bias and the requantization of
+//    quant/runtime/qmath.h, run by the runtime's ops, then dequantized. This
+//    is exactly what the exported model computes. It needs the quantizer that
+//    feeds the layer (prepare_qat links it along Sequential chains), unsigned
+//    per-tensor activations and symmetric signed weights of at most 8 bits;
+//    otherwise (or with set_int8_eval(false)) eval runs the float simulation
+//    conv(x, fq(w_fold)) + b_fold.
 
 #include <memory>
 #include <string>
@@ -22,15 +29,43 @@
 #include "nn/layers.h"
 #include "quant/fake_quantize.h"
 #include "quant/qconfig.h"
+#include "quant/runtime/ops.h"
 
 namespace qforge::quant {
 
 /// The activation fused into a QAT module (applied before the output
-/// fake-quant; the int8 runtime turns it into clamp bounds).
-enum class FusedActivation { none, relu, relu6 };
+/// fake-quant; the int8 runtime turns it into clamp bounds): qmath's
+/// Activation.
+using FusedActivation = Activation;
+
+/// What conv and linear QAT modules share: the link to the quantizer that
+/// feeds them and the int8 eval switch.
+class QATLayer : public nn::Module {
+ public:
+  using nn::Module::Module;
+  /// The quantizer whose codes this layer consumes (null: unknown).
+  void set_input_quantizer(const std::shared_ptr<FakeQuantize>& q) { input_q_ = q; }
+  std::shared_ptr<FakeQuantize> input_quantizer() const { return input_q_.lock(); }
+  /// Eval through the int8 arithmetic when possible (the default).
+  void set_int8_eval(bool on) { int8_eval_ = on; }
+  /// "" when eval mode runs the int8 layer, else the reason it cannot.
+  std::string int8_blocker();
+  /// The int8 layer with the current weights and qparams (ValueError with
+  /// int8_blocker()'s reason when there is none).
+  virtual runtime::QLayer to_qlayer() = 0;
+  virtual FakeQuantize& weight_fake_quant() const = 0;
+  virtual FakeQuantize& output_fake_quant() const = 0;
+
+ protected:
+  bool use_int8_eval() { return !is_training() && int8_eval_ && int8_blocker().empty(); }
+
+ private:
+  std::weak_ptr<FakeQuantize> input_q_;
+  bool int8_eval_ = true;
+};
 
 /// Conv2d (+ BatchNorm2d) (+ ReLU/ReLU6) under QAT. Input [N, C, H, W].
-class QATConvBase : public nn::Module {
+class QATConvBase : public QATLayer {
  public:
   autograd::Variable forward(const autograd::Variable& x) override;
   std::string extra_repr() const override;
@@ -40,8 +75,9 @@ class QATConvBase : public nn::Module {
   const QConfig& qconfig() const { return qconfig_; }
   /// The float batch norm, or null for the variants without one.
   nn::BatchNorm* bn() const;
-  FakeQuantize& weight_fake_quant() const;
-  FakeQuantize& output_fake_quant() const;
+  FakeQuantize& weight_fake_quant() const override;
+  FakeQuantize& output_fake_quant() const override;
+  runtime::QLayer to_qlayer() override;
   /// Stops (or resumes) updates of the batch norm's running statistics.
   void freeze_bn_stats(bool frozen = true);
   /// The weight as the int8 layer will see it (folded with the running
@@ -82,7 +118,7 @@ class QATConvBnReLU2d : public QATConvBase {
 };
 
 /// Linear (+ BatchNorm1d) (+ ReLU/ReLU6) under QAT. Input [..., in].
-class QATLinearBase : public nn::Module {
+class QATLinearBase : public QATLayer {
  public:
   autograd::Variable forward(const autograd::Variable& x) override;
   std::string extra_repr() const override;
@@ -92,8 +128,9 @@ class QATLinearBase : public nn::Module {
   FusedActivation activation() const { return act_; }
   const QConfig& qconfig() const { return qconfig_; }
   nn::BatchNorm* bn() const;
-  FakeQuantize& weight_fake_quant() const;
-  FakeQuantize& output_fake_quant() const;
+  FakeQuantize& weight_fake_quant() const override;
+  FakeQuantize& output_fake_quant() const override;
+  runtime::QLayer to_qlayer() override;
   void freeze_bn_stats(bool frozen = true);
   std::pair<Tensor, Tensor> folded_weight_and_bias();
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "autograd/ops.h"
 #include "nn/optim.h"
@@ -495,6 +496,71 @@ TEST(FakeQuantizeOp, BackwardUsesTheQparamsOfItsForward) {
   autograd::sum(y).backward();
   EXPECT_EQ(x.grad().item(0), 1.0);
   EXPECT_EQ(x.grad().item(1), 0.0);
+}
+
+// ---- int8 eval -------------------------------------------------------------------------
+
+TEST(Int8Eval, QatEvalEqualsTheRuntimePipelineBitForBit) {
+  Generator g(120);
+  auto m = nn::mnist_cnn(g);
+  prepare_qat(*m);
+  nn::Adam opt(m->parameters(), {.lr = 1e-3});
+  for (int step = 0; step < 3; ++step) {
+    Variable loss = autograd::cross_entropy((*m)(Variable(randn({8, 1, 28, 28}, 121 + step))),
+                                            Tensor::from_vector<int32_t>({0, 1, 2, 3, 4, 5, 6, 7}, {8}));
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+  }
+  m->eval();
+  const Tensor x = randn({8, 1, 28, 28}, 130);
+  const Tensor qat_out = (*m)(Variable(x)).value();
+
+  // The same computation assembled by hand from the runtime's ops: what an
+  // exported model runs.
+  auto layer = [&](const char* name) { return std::dynamic_pointer_cast<QATLayer>(m->get_module(name))->to_qlayer(); };
+  auto& stub = static_cast<QATQuantStub&>(*m->get_module("quant"));
+  const QParams sp = stub.output_fake_quant().qparams();
+  const runtime::ActQParams in{sp.scale[0], sp.zero_point[0], sp.qmin, sp.qmax};
+  Tensor codes = runtime::quantize(x, in);
+  codes = runtime::qconv2d(layer("conv1"), codes);
+  codes = runtime::qconv2d(layer("conv2"), codes);
+  codes = runtime::qmax_pool2d(codes, {2, 2}, {0, 0}, {0, 0});
+  codes = runtime::qconv2d(layer("conv3"), codes);
+  const runtime::QLayer fc = layer("fc");
+  codes = runtime::qlinear(fc, codes.reshape({8, 6400}));
+  const Tensor rt_out = runtime::dequantize(codes, fc.output);
+  ASSERT_EQ(qat_out.shape(), rt_out.shape());
+  EXPECT_EQ(std::memcmp(qat_out.raw(), rt_out.raw(), qat_out.nbytes()), 0);
+
+  // And it stays close to the float simulation of the same model.
+  set_int8_eval(*m, false);
+  const Tensor sim_out = (*m)(Variable(x)).value();
+  EXPECT_LE(max_abs_diff(qat_out, sim_out), 4 * fc.output.scale);
+}
+
+TEST(Int8Eval, BlockersAreReported) {
+  auto m = nn::mnist_cnn();
+  prepare_qat(*m);
+  auto& conv1 = static_cast<QATLayer&>(*m->get_module("conv1"));
+  EXPECT_NE(conv1.int8_blocker().find("no qparams"), std::string::npos) << conv1.int8_blocker();
+  (*m)(Variable(randn({2, 1, 28, 28}, 140)));
+  EXPECT_EQ(conv1.int8_blocker(), "");
+  enable_fake_quant(*m, false);
+  EXPECT_EQ(conv1.int8_blocker(), "fake quant is off");
+  enable_fake_quant(*m, true);
+  // A layer outside a chain from a QuantStub has no input quantizer.
+  auto n = nn::mnist_cnn();
+  PrepareOptions o;
+  o.qconfig.set_name("quant", std::nullopt);
+  o.require_quant_stub = false;
+  prepare_qat(*n, o);
+  auto& c1 = static_cast<QATLayer&>(*n->get_module("conv1"));
+  EXPECT_NE(c1.int8_blocker().find("no input quantizer"), std::string::npos);
+  EXPECT_THROW(c1.to_qlayer(), ValueError);
+  // conv2 is fed by conv1's output quantizer.
+  auto& c2 = static_cast<QATLayer&>(*n->get_module("conv2"));
+  EXPECT_TRUE(c2.input_quantizer() != nullptr);
 }
 
 // ---- schedule -------------------------------------------------------------------------
