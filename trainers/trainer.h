@@ -20,7 +20,7 @@
 #include "data/loader.h"
 #include "nn/module.h"
 #include "nn/optim.h"
-#include "trainers/archive.h"
+#include "core/archive.h"
 
 namespace qforge::trainers {
 

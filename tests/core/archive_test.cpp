@@ -1,4 +1,4 @@
-#include "trainers/archive.h"
+#include "core/archive.h"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -16,7 +16,6 @@
 #include <vector>
 
 using namespace qforge;
-using namespace qforge::trainers;
 namespace fs = std::filesystem;
 
 namespace {

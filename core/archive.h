@@ -1,5 +1,7 @@
 #pragma once
-// HDF5 archives of named tensors and scalars: the storage under training checkpoints.
+// HDF5 archives of named tensors and scalars: the storage under training
+// checkpoints and exported int8 models (in core, so that the int8 runtime can
+// read them without the trainers).
 
 #include <cstdint>
 #include <map>
@@ -7,7 +9,7 @@
 
 #include "core/tensor.h"
 
-namespace qforge::trainers {
+namespace qforge {
 
 /// A named collection of tensors and scalars stored as one HDF5 file. Names are
 /// '/'-separated paths ("model/conv1.weight") whose parts are non-empty and not
@@ -43,4 +45,4 @@ void save_archive(const std::string& path, const Archive& a);
 /// dataset. Tensors come back with their saved shape, dtype and bits. Thread-safe.
 Archive load_archive(const std::string& path);
 
-}  // namespace qforge::trainers
+}  // namespace qforge

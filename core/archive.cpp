@@ -1,4 +1,4 @@
-#include "trainers/archive.h"
+#include "core/archive.h"
 
 #include <fcntl.h>
 #include <hdf5.h>
@@ -19,7 +19,7 @@
 #include <utility>
 #include <vector>
 
-namespace qforge::trainers {
+namespace qforge {
 namespace {
 
 // File layout: one group per map ("/tensors", "/ints", "/floats", "/strings"),
@@ -526,4 +526,4 @@ Archive load_archive(const std::string& path) {
   return a;
 }
 
-}  // namespace qforge::trainers
+}  // namespace qforge
