@@ -180,6 +180,8 @@ class Flatten : public Module {
  public:
   explicit Flatten(int start_axis = 1, int end_axis = -1) : Module("Flatten"), start_(start_axis), end_(end_axis) {}
   Variable forward(const Variable& x) override { return autograd::flatten(x, start_, end_); }
+  int start_axis() const { return start_; }
+  int end_axis() const { return end_; }
 
  private:
   int start_, end_;

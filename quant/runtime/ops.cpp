@@ -16,11 +16,10 @@ void ActQParams::check(const char* what) const {
       << ", zero_point " << zero_point << ", qmax " << qmax;
 }
 
-namespace {
-
-int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) { return (in + 2 * p - d * (k - 1) - 1) / s + 1; }
-
-}  // namespace
+int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
+  const int64_t span = in + 2 * p - d * (k - 1) - 1;
+  return span < 0 ? 0 : span / s + 1;  // 0: the input is smaller than the window
+}
 
 QLayer make_qlayer(const Tensor& weight, const Tensor& bias, const WeightQParams& wq, const ActQParams& in,
                    const ActQParams& out, Activation act, std::array<int64_t, 2> stride,

@@ -61,6 +61,10 @@ QLayer make_qlayer(const Tensor& weight, const Tensor& bias, const WeightQParams
                    std::array<int64_t, 2> padding = {0, 0}, std::array<int64_t, 2> dilation = {1, 1},
                    int64_t groups = 1);
 
+/// Output size of a conv or pooling window along one axis (0 when the input,
+/// padded, is smaller than the window).
+int64_t out_size(int64_t in, int64_t kernel, int64_t stride, int64_t padding, int64_t dilation);
+
 /// float -> codes (u8, same shape) with the quantize rule.
 Tensor quantize(const Tensor& x, const ActQParams& q);
 /// codes -> float: (code - zero_point) * scale.

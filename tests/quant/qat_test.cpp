@@ -4,10 +4,14 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <unistd.h>
 
 #include "autograd/ops.h"
 #include "nn/optim.h"
 #include "nn/zoo.h"
+#include "core/archive.h"
+#include "quant/convert.h"
 #include "quant/fake_quantize.h"
 #include "quant/fold.h"
 #include "quant/prepare.h"
@@ -537,6 +541,51 @@ TEST(Int8Eval, QatEvalEqualsTheRuntimePipelineBitForBit) {
   set_int8_eval(*m, false);
   const Tensor sim_out = (*m)(Variable(x)).value();
   EXPECT_LE(max_abs_diff(qat_out, sim_out), 4 * fc.output.scale);
+}
+
+TEST(Int8Eval, ConvertedAndExportedModelsEqualTheQatEvalBitForBit) {
+  Generator g(150);
+  auto m = nn::mnist_cnn(g);
+  // The float checkpoint's size, for the export's.
+  const std::string dir = (std::filesystem::temp_directory_path() / ("qforge_convert_" + std::to_string(::getpid()))).string();
+  std::filesystem::create_directories(dir);
+  Archive fp32;
+  for (const auto& [k, t] : m->state_dict()) fp32.tensors["model/" + k] = t;
+  save_archive(dir + "/fp32.h5", fp32);
+  prepare_qat(*m);
+  for (int step = 0; step < 2; ++step) (*m)(Variable(randn({8, 1, 28, 28}, 151 + step)));
+  m->eval();
+  const Tensor x = randn({16, 1, 28, 28}, 160);
+  const Tensor qat_out = (*m)(Variable(x)).value();
+
+  const runtime::Model rt = convert(*m, {1, 28, 28});
+  ASSERT_EQ(rt.ops.size(), 8u);  // quantize conv conv pool conv flatten linear dequantize
+  const Tensor rt_out = rt.run(x);
+  ASSERT_EQ(rt_out.shape(), qat_out.shape());
+  EXPECT_EQ(std::memcmp(rt_out.raw(), qat_out.raw(), qat_out.nbytes()), 0);
+
+  runtime::save_model(dir + "/int8.h5", rt);
+  const runtime::Model back = runtime::load_model(dir + "/int8.h5");
+  const Tensor back_out = back.run(x);
+  EXPECT_EQ(std::memcmp(back_out.raw(), qat_out.raw(), qat_out.nbytes()), 0);
+  const double ratio = static_cast<double>(std::filesystem::file_size(dir + "/fp32.h5")) /
+                       static_cast<double>(std::filesystem::file_size(dir + "/int8.h5"));
+  EXPECT_GT(ratio, 3.0) << "int8 file is only " << ratio << "x smaller";
+  std::filesystem::remove_all(dir);
+
+  // A float layer inside the quantized region has no int8 form.
+  auto f = nn::mnist_cnn();
+  PrepareOptions o;
+  o.qconfig.set_name("fc", std::nullopt);
+  prepare_qat(*f, o);
+  (*f)(Variable(randn({2, 1, 28, 28}, 170)));
+  f->eval();
+  try {
+    convert(*f, {1, 28, 28});
+    FAIL();
+  } catch (const ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("'fc' (Linear)"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Int8Eval, BlockersAreReported) {

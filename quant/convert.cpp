@@ -1,0 +1,105 @@
+#include "quant/convert.h"
+
+#include "core/error.h"
+#include "nn/layers.h"
+#include "quant/qat_modules.h"
+
+namespace qforge::quant {
+
+namespace {
+
+runtime::ActQParams act_of(FakeQuantize& fq, const std::string& where) {
+  QF_CHECK(fq.has_qparams()) << "convert: the quantizer of '" << where << "' has no qparams (train or calibrate first)";
+  const QParams p = fq.qparams();
+  QF_CHECK(!p.per_channel() && p.qmin >= 0 && p.qmax <= 255)
+      << "convert: '" << where << "' produces " << fq.config().spec.describe()
+      << " activations; the runtime takes unsigned per-tensor ones";
+  runtime::ActQParams a;
+  a.scale = p.scale[0];
+  a.zero_point = p.zero_point[0];
+  a.qmin = p.qmin;
+  a.qmax = p.qmax;
+  return a;
+}
+
+struct Walker {
+  runtime::Model model;
+  bool have_q = false;
+  runtime::ActQParams cur;
+
+  void walk(nn::Module& seq, const std::string& prefix) {
+    for (const auto& [name, child] : seq.named_children()) {
+      const std::string path = prefix.empty() ? name : prefix + "." + name;
+      const std::string& type = child->type_name();
+      runtime::Op op;
+      op.name = path;
+      if (type == "Sequential") {
+        walk(*child, path);
+        continue;
+      }
+      if (type == "Identity" || type == "Dropout") continue;
+      if (type == "QATQuantStub") {
+        QF_CHECK(!have_q) << "convert: a second QuantStub at '" << path << "' (the chain is already quantized)";
+        op.kind = runtime::OpKind::quantize;
+        op.q = act_of(static_cast<QATQuantStub&>(*child).output_fake_quant(), path);
+        cur = op.q;
+        have_q = true;
+      } else if (type == "DeQuantStub") {
+        QF_CHECK(have_q) << "convert: DeQuantStub '" << path << "' before any QuantStub";
+        op.kind = runtime::OpKind::dequantize;
+        op.q = cur;
+        have_q = false;
+      } else {
+        QF_CHECK(have_q) << "convert: '" << path << "' (" << type
+                         << ") lies outside the quantized region (no QuantStub before it); the runtime has no float "
+                            "layers";
+        if (auto* layer = dynamic_cast<QATLayer*>(child.get())) {
+          const std::string why = layer->int8_blocker();
+          QF_CHECK(why.empty()) << "convert: '" << path << "' (" << type << ") has no int8 form: " << why;
+          op.kind = dynamic_cast<QATConvBase*>(layer) ? runtime::OpKind::conv2d : runtime::OpKind::linear;
+          op.layer = layer->to_qlayer();
+          cur = op.layer.output;
+        } else if (type == "MaxPool2d") {
+          const auto& o = static_cast<nn::MaxPool2d&>(*child).options();
+          op.kind = runtime::OpKind::max_pool2d;
+          op.kernel = o.kernel;
+          op.stride = o.stride;
+          op.padding = o.padding;
+        } else if (type == "Flatten") {
+          const auto& f = static_cast<nn::Flatten&>(*child);
+          QF_CHECK(f.start_axis() == 1 && f.end_axis() == -1)
+              << "convert: Flatten '" << path << "' must flatten axes 1 to the end";
+          op.kind = runtime::OpKind::flatten;
+        } else if (type == "ReLU") {
+          op.kind = runtime::OpKind::relu;
+          op.q = cur;
+        } else {
+          QF_THROW(ValueError) << "convert: '" << path << "' (" << type
+                               << ") has no int8 op (quantized layers must be prepared with prepare_qat/prepare; "
+                                  "float layers cannot sit inside the quantized region)";
+        }
+      }
+      model.ops.push_back(std::move(op));
+    }
+  }
+};
+
+}  // namespace
+
+runtime::Model convert(nn::Module& model, std::array<int64_t, 3> input_shape) {
+  QF_CHECK(model.type_name() == "Sequential") << "convert: needs a Sequential model, got " << model.type_name();
+  Walker w;
+  w.model.input_shape = input_shape;
+  w.walk(model, "");
+  QF_CHECK(!w.model.ops.empty() && w.model.ops.front().kind == runtime::OpKind::quantize)
+      << "convert: the model must start with a QuantStub";
+  QF_CHECK(w.model.ops.back().kind == runtime::OpKind::dequantize) << "convert: the model must end with a DeQuantStub";
+  try {
+    w.model.validate();
+  } catch (const Error& e) {
+    QF_THROW(ValueError) << "convert: " << e.what();
+  }
+  return w.model;
+}
+
+}  // namespace qforge::quant

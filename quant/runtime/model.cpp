@@ -1,0 +1,395 @@
+#include "quant/runtime/model.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <sstream>
+
+#include "core/archive.h"
+#include "core/error.h"
+
+namespace qforge::quant::runtime {
+
+const char* op_kind_name(OpKind k) {
+  switch (k) {
+    case OpKind::quantize:
+      return "quantize";
+    case OpKind::conv2d:
+      return "conv2d";
+    case OpKind::linear:
+      return "linear";
+    case OpKind::max_pool2d:
+      return "max_pool2d";
+    case OpKind::flatten:
+      return "flatten";
+    case OpKind::relu:
+      return "relu";
+    case OpKind::dequantize:
+      return "dequantize";
+  }
+  return "?";
+}
+
+namespace {
+
+constexpr const char* kFormat = "qforge-int8-model";
+constexpr int64_t kVersion = 1;
+
+bool same_q(const ActQParams& a, const ActQParams& b) {
+  return a.scale == b.scale && a.zero_point == b.zero_point && a.qmin == b.qmin && a.qmax == b.qmax;
+}
+
+std::string op_label(size_t i, const Op& op) {
+  std::ostringstream s;
+  s << "op " << i << " (" << op_kind_name(op.kind) << (op.name.empty() ? "" : " '" + op.name + "'") << ")";
+  return s.str();
+}
+
+
+/// Recomputes a layer's requant multipliers and bounds from its scales (the
+/// loader's half of make_qlayer()).
+void finish_layer(QLayer& L) {
+  L.requant.clear();
+  for (float s : L.weight_scale) L.requant.push_back(requant_multiplier(L.input.scale, s, L.output.scale));
+  L.bounds = activation_bounds(L.activation, L.output.scale, L.output.zero_point, L.output.qmin, L.output.qmax);
+}
+
+}  // namespace
+
+std::vector<int64_t> Model::validate() const {
+  QF_CHECK_FORMAT(ops.size() >= 2 && ops.front().kind == OpKind::quantize && ops.back().kind == OpKind::dequantize)
+      << "int8 model: the ops must start with quantize and end with dequantize";
+  for (int64_t d : input_shape) QF_CHECK_FORMAT(d >= 1 && d <= (1 << 20)) << "int8 model: bad input shape";
+  std::vector<int64_t> shape(input_shape.begin(), input_shape.end());
+  ActQParams cur;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const Op& op = ops[i];
+    const std::string at = op_label(i, op);
+    try {
+      switch (op.kind) {
+        case OpKind::quantize:
+          QF_CHECK_FORMAT(i == 0) << at << ": quantize may only come first";
+          op.q.check("quantize");
+          cur = op.q;
+          break;
+        case OpKind::conv2d:
+        case OpKind::linear: {
+          const QLayer& L = op.layer;
+          L.input.check("layer input");
+          L.output.check("layer output");
+          QF_CHECK_FORMAT(same_q(L.input, cur)) << at << ": its input qparams differ from what the op before produces";
+          QF_CHECK_FORMAT(L.in_channels >= 1 && L.out_channels >= 1 && L.groups >= 1 && L.in_channels % L.groups == 0 &&
+                          L.out_channels % L.groups == 0)
+              << at << ": bad channel counts " << L.in_channels << " -> " << L.out_channels << " in " << L.groups
+              << " groups";
+          for (int d = 0; d < 2; ++d)
+            QF_CHECK_FORMAT(L.kernel[d] >= 1 && L.stride[d] >= 1 && L.padding[d] >= 0 && L.dilation[d] >= 1 &&
+                            L.kernel[d] <= 64 && L.padding[d] <= 64)
+                << at << ": bad geometry";
+          const size_t oc = static_cast<size_t>(L.out_channels);
+          QF_CHECK_FORMAT(L.weight.size() == oc * static_cast<size_t>(L.k_per_group()) && L.weight_scale.size() == oc &&
+                          L.bias.size() == oc && L.requant.size() == oc)
+              << at << ": weight, scale, bias or requant arrays do not match " << oc << " channels";
+          QF_CHECK_FORMAT(L.k_per_group() < (int64_t{1} << 31) / (255 * 128)) << at << ": K is too large";
+          for (float s : L.weight_scale) QF_CHECK_FORMAT(std::isfinite(s) && s > 0) << at << ": bad weight scale " << s;
+          if (op.kind == OpKind::linear) {
+            QF_CHECK_FORMAT(L.groups == 1 && L.kernel[0] == 1 && L.kernel[1] == 1) << at << ": a linear op is 1x1";
+            int64_t features = 1;
+            for (int64_t d : shape) features *= d;
+            QF_CHECK_FORMAT(shape.size() == 1 && features == L.in_channels)
+                << at << ": takes " << L.in_channels << " features, gets a tensor of shape with " << features
+                << " elements" << (shape.size() == 1 ? "" : " (not flattened)");
+            shape = {L.out_channels};
+          } else {
+            QF_CHECK_FORMAT(shape.size() == 3 && shape[0] == L.in_channels)
+                << at << ": takes " << L.in_channels << " channels, gets " << (shape.size() == 3 ? shape[0] : -1);
+            const int64_t oh = out_size(shape[1], L.kernel[0], L.stride[0], L.padding[0], L.dilation[0]);
+            const int64_t ow = out_size(shape[2], L.kernel[1], L.stride[1], L.padding[1], L.dilation[1]);
+            QF_CHECK_FORMAT(oh >= 1 && ow >= 1) << at << ": the input is smaller than the kernel";
+            shape = {L.out_channels, oh, ow};
+          }
+          cur = L.output;
+          break;
+        }
+        case OpKind::max_pool2d: {
+          QF_CHECK_FORMAT(shape.size() == 3) << at << ": needs a [C, H, W] input";
+          std::vector<int64_t> next = shape;
+          for (int d = 0; d < 2; ++d) {
+            const int64_t s = op.stride[d] ? op.stride[d] : op.kernel[d];
+            QF_CHECK_FORMAT(op.kernel[d] >= 1 && op.kernel[d] <= 64 && s >= 1 && op.padding[d] >= 0 &&
+                            2 * op.padding[d] <= op.kernel[d])
+                << at << ": bad window";
+            next[1 + d] = out_size(shape[1 + d], op.kernel[d], s, op.padding[d], 1);
+            QF_CHECK_FORMAT(next[1 + d] >= 1) << at << ": the input is smaller than the window";
+          }
+          shape = next;
+          break;
+        }
+        case OpKind::flatten: {
+          int64_t n = 1;
+          for (int64_t d : shape) n *= d;
+          shape = {n};
+          break;
+        }
+        case OpKind::relu:
+          QF_CHECK_FORMAT(same_q(op.q, cur)) << at << ": its qparams differ from what the op before produces";
+          break;
+        case OpKind::dequantize:
+          QF_CHECK_FORMAT(i + 1 == ops.size()) << at << ": dequantize may only come last";
+          QF_CHECK_FORMAT(same_q(op.q, cur)) << at << ": its qparams differ from what the op before produces";
+          break;
+      }
+    } catch (const FormatError&) {
+      throw;
+    } catch (const Error& e) {
+      QF_THROW(FormatError) << at << ": " << e.what();
+    }
+  }
+  return shape;
+}
+
+Tensor Model::run(const Tensor& x) const {
+  QF_CHECK_DTYPE(x.dtype() == DType::f32) << "int8 model: input must be f32, got " << x.desc();
+  const int64_t per = input_shape[0] * input_shape[1] * input_shape[2];
+  QF_CHECK_SHAPE(x.ndim() >= 2 && x.numel() == x.size(0) * per)
+      << "int8 model: input must be [N, " << input_shape[0] << ", " << input_shape[1] << ", " << input_shape[2]
+      << "], got " << x.desc();
+  const int64_t N = x.size(0);
+  Tensor t = x.reshape({N, input_shape[0], input_shape[1], input_shape[2]});
+  for (const Op& op : ops) {
+    switch (op.kind) {
+      case OpKind::quantize:
+        t = quantize(t, op.q);
+        break;
+      case OpKind::conv2d:
+        t = qconv2d(op.layer, t);
+        break;
+      case OpKind::linear:
+        t = qlinear(op.layer, t.reshape({N, t.numel() / N}));
+        break;
+      case OpKind::max_pool2d:
+        t = qmax_pool2d(t, op.kernel, op.stride, op.padding);
+        break;
+      case OpKind::flatten:
+        t = t.reshape({N, t.numel() / N});
+        break;
+      case OpKind::relu: {
+        Tensor r = t.clone();
+        uint8_t* p = r.data<uint8_t>();
+        const uint8_t zp = static_cast<uint8_t>(op.q.zero_point);
+        for (int64_t i = 0; i < r.numel(); ++i) p[i] = std::max(p[i], zp);
+        t = r;
+        break;
+      }
+      case OpKind::dequantize:
+        t = dequantize(t, op.q);
+        break;
+    }
+  }
+  return t;
+}
+
+// ---- export ----------------------------------------------------------------------
+
+namespace {
+
+std::string key(size_t i, const char* field) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "op/%04zu/%s", i, field);
+  return buf;
+}
+
+// Each op stores its integers in one i64 tensor "params" and its activation
+// scales in one f32 tensor "scales" (few HDF5 datasets keep the file small):
+//   quantize, relu, dequantize: params [zp, qmin, qmax], scales [scale]
+//   max_pool2d: params [k0, k1, s0, s1, p0, p1]
+//   conv2d, linear: params [in_channels, out_channels, groups, activation,
+//     k0, k1, s0, s1, p0, p1, d0, d1, in_zp, in_qmin, in_qmax, out_zp,
+//     out_qmin, out_qmax], scales [in_scale, out_scale]
+constexpr int64_t kQParams = 3, kPoolParams = 6, kLayerParams = 18;
+
+void put_q(std::vector<int64_t>& ints, std::vector<float>& scales, const ActQParams& q) {
+  ints.insert(ints.end(), {q.zero_point, q.qmin, q.qmax});
+  scales.push_back(q.scale);
+}
+
+ActQParams get_q(const int64_t* ints, float scale) {
+  ActQParams q;
+  q.scale = scale;
+  for (int j = 0; j < 3; ++j)
+    QF_CHECK_FORMAT(ints[j] >= INT32_MIN && ints[j] <= INT32_MAX) << "qparam " << ints[j] << " is out of range";
+  q.zero_point = static_cast<int32_t>(ints[0]);
+  q.qmin = static_cast<int32_t>(ints[1]);
+  q.qmax = static_cast<int32_t>(ints[2]);
+  return q;
+}
+
+template <class T>
+std::vector<T> get_vec(const Archive& a, const std::string& k, DType dt, int64_t n) {
+  const Tensor& t = a.tensor(k);
+  QF_CHECK_FORMAT(t.dtype() == dt && t.ndim() >= 1 && t.numel() == n)
+      << k << " must be " << dtype_name(dt) << " with " << n << " elements, got " << t.desc();
+  return std::vector<T>(t.data<T>(), t.data<T>() + n);
+}
+
+}  // namespace
+
+void save_model(const std::string& path, const Model& m, const std::string& producer) {
+  m.validate();
+  Archive a;
+  a.strings["format"] = kFormat;
+  a.strings["producer"] = producer;
+  a.ints["format_version"] = kVersion;
+  a.ints["num_ops"] = static_cast<int64_t>(m.ops.size());
+  a.tensors["input_shape"] =
+      Tensor::from_vector<int32_t>({static_cast<int32_t>(m.input_shape[0]), static_cast<int32_t>(m.input_shape[1]),
+                                    static_cast<int32_t>(m.input_shape[2])},
+                                   {3});
+  for (size_t i = 0; i < m.ops.size(); ++i) {
+    const Op& op = m.ops[i];
+    a.strings[key(i, "kind")] = op_kind_name(op.kind);
+    a.strings[key(i, "name")] = op.name;
+    std::vector<int64_t> ints;
+    std::vector<float> scales;
+    switch (op.kind) {
+      case OpKind::quantize:
+      case OpKind::relu:
+      case OpKind::dequantize:
+        put_q(ints, scales, op.q);
+        break;
+      case OpKind::max_pool2d:
+        ints = {op.kernel[0], op.kernel[1], op.stride[0], op.stride[1], op.padding[0], op.padding[1]};
+        break;
+      case OpKind::flatten:
+        break;
+      case OpKind::conv2d:
+      case OpKind::linear: {
+        const QLayer& L = op.layer;
+        ints = {L.in_channels, L.out_channels, L.groups, static_cast<int64_t>(L.activation), L.kernel[0], L.kernel[1],
+                L.stride[0],   L.stride[1],    L.padding[0], L.padding[1], L.dilation[0], L.dilation[1]};
+        put_q(ints, scales, L.input);
+        put_q(ints, scales, L.output);
+        const int64_t oc = L.out_channels, k = L.k_per_group();
+        a.tensors[key(i, "weight")] = Tensor::from_vector<int8_t>(L.weight, {oc, k});
+        a.tensors[key(i, "weight_scale")] = Tensor::from_vector<float>(L.weight_scale, {oc});
+        a.tensors[key(i, "bias")] = Tensor::from_vector<int32_t>(L.bias, {oc});
+        break;
+      }
+    }
+    if (!ints.empty()) {
+      std::vector<int32_t> i32;
+      for (int64_t v : ints) {
+        QF_CHECK(v >= INT32_MIN && v <= INT32_MAX) << "save_model: " << op_label(i, op) << " holds " << v;
+        i32.push_back(static_cast<int32_t>(v));
+      }
+      a.tensors[key(i, "params")] = Tensor::from_vector<int32_t>(i32, {static_cast<int64_t>(i32.size())});
+    }
+    if (!scales.empty()) a.tensors[key(i, "scales")] = Tensor::from_vector<float>(scales, {static_cast<int64_t>(scales.size())});
+  }
+  save_archive(path, a);
+}
+
+Model load_model(const std::string& path) {
+  const Archive a = load_archive(path);
+  try {
+    QF_CHECK_FORMAT(a.strings.count("format") && a.get_string("format") == kFormat)
+        << "not a qforge int8 model (no format '" << kFormat << "')";
+    const int64_t version = a.get_int("format_version");
+    QF_CHECK_FORMAT(version == kVersion) << "format version " << version << " (this build reads version " << kVersion
+                                         << ")";
+    Model m;
+    const auto shape = get_vec<int32_t>(a, "input_shape", DType::i32, 3);
+    for (int d = 0; d < 3; ++d) m.input_shape[d] = shape[d];
+    const int64_t n = a.get_int("num_ops");
+    QF_CHECK_FORMAT(n >= 2 && n <= 100000) << "num_ops = " << n;
+    for (int64_t i = 0; i < n; ++i) {
+      try {
+        Op op;
+        const std::string kind = a.get_string(key(i, "kind"));
+        bool known = false;
+        for (OpKind k : {OpKind::quantize, OpKind::conv2d, OpKind::linear, OpKind::max_pool2d, OpKind::flatten,
+                         OpKind::relu, OpKind::dequantize})
+          if (kind == op_kind_name(k)) {
+            op.kind = k;
+            known = true;
+          }
+        QF_CHECK_FORMAT(known) << key(i, "kind") << " = '" << kind << "' is not an op this build knows";
+        op.name = a.get_string(key(i, "name"));
+        auto params = [&](int64_t count) {
+          const auto v = get_vec<int32_t>(a, key(i, "params"), DType::i32, count);
+          return std::vector<int64_t>(v.begin(), v.end());
+        };
+        auto scales = [&](int64_t count) { return get_vec<float>(a, key(i, "scales"), DType::f32, count); };
+        auto geo = [&](int64_t v, const char* what) {
+          QF_CHECK_FORMAT(v >= 0 && v <= 4096) << key(i, "params") << ": " << what << " = " << v << " is out of range";
+          return v;
+        };
+        switch (op.kind) {
+          case OpKind::quantize:
+          case OpKind::relu:
+          case OpKind::dequantize: {
+            const auto p = params(kQParams);
+            op.q = get_q(p.data(), scales(1)[0]);
+            break;
+          }
+          case OpKind::max_pool2d: {
+            const auto p = params(kPoolParams);
+            for (int d = 0; d < 2; ++d) {
+              op.kernel[d] = geo(p[d], "kernel");
+              op.stride[d] = geo(p[2 + d], "stride");
+              op.padding[d] = geo(p[4 + d], "padding");
+            }
+            break;
+          }
+          case OpKind::flatten:
+            break;
+          case OpKind::conv2d:
+          case OpKind::linear: {
+            const auto p = params(kLayerParams);
+            const auto sc = scales(2);
+            QLayer& L = op.layer;
+            for (int j = 0; j < 3; ++j)
+              QF_CHECK_FORMAT(p[j] >= 1 && p[j] <= (1 << 20))
+                  << key(i, "params") << ": channel count or groups " << p[j] << " is out of range";
+            L.in_channels = p[0];
+            L.out_channels = p[1];
+            L.groups = p[2];
+            QF_CHECK_FORMAT(p[3] >= 0 && p[3] <= 2) << key(i, "params") << ": " << p[3] << " is not an activation";
+            L.activation = static_cast<Activation>(p[3]);
+            for (int d = 0; d < 2; ++d) {
+              L.kernel[d] = geo(p[4 + d], "kernel");
+              L.stride[d] = geo(p[6 + d], "stride");
+              L.padding[d] = geo(p[8 + d], "padding");
+              L.dilation[d] = geo(p[10 + d], "dilation");
+            }
+            L.input = get_q(p.data() + 12, sc[0]);
+            L.output = get_q(p.data() + 15, sc[1]);
+            QF_CHECK_FORMAT(L.in_channels % L.groups == 0 && L.kernel[0] >= 1 && L.kernel[1] >= 1)
+                << key(i, "params") << ": bad geometry";
+            const int64_t oc = L.out_channels, k = L.k_per_group();
+            L.weight = get_vec<int8_t>(a, key(i, "weight"), DType::i8, oc * k);
+            QF_CHECK_FORMAT(a.tensor(key(i, "weight")).shape() == (Shape{oc, k}))
+                << key(i, "weight") << " must be [" << oc << ", " << k << "], got " << a.tensor(key(i, "weight")).desc();
+            L.weight_scale = get_vec<float>(a, key(i, "weight_scale"), DType::f32, oc);
+            L.bias = get_vec<int32_t>(a, key(i, "bias"), DType::i32, oc);
+            for (float s : L.weight_scale)
+              QF_CHECK_FORMAT(std::isfinite(s) && s > 0) << key(i, "weight_scale") << " holds " << s;
+            L.input.check("layer input");
+            L.output.check("layer output");
+            finish_layer(L);
+            break;
+          }
+        }
+        m.ops.push_back(std::move(op));
+      } catch (const Error& e) {
+        QF_THROW(FormatError) << key(static_cast<size_t>(i), "") << " " << e.what();
+      }
+    }
+    m.validate();
+    return m;
+  } catch (const Error& e) {
+    QF_THROW(FormatError) << path << ": " << e.what();
+  }
+  __builtin_unreachable();
+}
+
+}  // namespace qforge::quant::runtime

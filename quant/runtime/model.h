@@ -1,0 +1,66 @@
+#pragma once
+// The int8 model: a chain of runtime ops from a float input to float outputs
+// (the dequantized output codes), its HDF5 export and its validating loader.
+// Depends on core alone.
+//
+// File format (an Archive, core/archive.h), version 1:
+//   strings  format = "qforge-int8-model", producer
+//   ints     format_version = 1, num_ops
+//   tensor   input_shape (i32 [3]: C, H, W)
+//   per op i, under "op/NNNN/": strings kind and name; tensors params (i32:
+//   qparams and geometry, laid out in model.cpp) and scales (f32: activation
+//   scales); for conv2d and linear also weight (i8 [OC, K]), weight_scale
+//   (f32 [OC]) and bias (i32 [OC]).
+// Requantization multipliers and clamp bounds are not stored: the loader
+// recomputes them from the stored scales with quant/runtime/qmath.h, exactly
+// as the QAT eval path does, so a file cannot carry inconsistent ones.
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "quant/runtime/ops.h"
+
+namespace qforge::quant::runtime {
+
+enum class OpKind { quantize, conv2d, linear, max_pool2d, flatten, relu, dequantize };
+const char* op_kind_name(OpKind k);
+
+struct Op {
+  OpKind kind = OpKind::quantize;
+  /// The source module's path (messages and inspection).
+  std::string name;
+  /// conv2d and linear.
+  QLayer layer;
+  /// quantize: the codes it produces; relu and dequantize: the codes they take.
+  ActQParams q;
+  /// max_pool2d (stride 0 = kernel).
+  std::array<int64_t, 2> kernel{2, 2}, stride{0, 0}, padding{0, 0};
+};
+
+class Model {
+ public:
+  std::vector<Op> ops;
+  /// The input the model takes, without the batch: {C, H, W}.
+  std::array<int64_t, 3> input_shape{1, 1, 1};
+
+  /// Checks the chain: it starts with quantize and ends with dequantize; every
+  /// op takes the qparams the op before it produced; shapes infer from
+  /// input_shape through every op (channels, spatial sizes, linear widths);
+  /// every layer's arrays are consistent. Throws FormatError naming the op.
+  /// Returns the output shape without the batch.
+  std::vector<int64_t> validate() const;
+  /// Runs a batch: f32 [N, C, H, W] (or [N, C*H*W] for a linear first layer)
+  /// -> f32 outputs.
+  Tensor run(const Tensor& x) const;
+};
+
+/// Writes the model (atomically; see save_archive).
+void save_model(const std::string& path, const Model& m, const std::string& producer = "qforge");
+/// Reads and validates a model. Every problem (not a model file, another
+/// version, a missing or mistyped entry, an out-of-range value, an
+/// inconsistent chain) throws FormatError naming the file and the entry.
+Model load_model(const std::string& path);
+
+}  // namespace qforge::quant::runtime

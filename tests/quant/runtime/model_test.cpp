@@ -1,0 +1,133 @@
+// The int8 model: run, export, and a loader that refuses every bad file with
+// a FormatError naming the problem.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <unistd.h>
+
+#include "core/archive.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "quant/runtime/model.h"
+
+namespace qforge::quant::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+
+Tensor randn(const Shape& s, uint64_t seed, double scale = 1.0) {
+  Generator g(seed);
+  Tensor t = Tensor::empty(s);
+  normal_(t, 0, scale, g);
+  return t;
+}
+
+/// quantize -> conv 2->4 3x3 pad 1 + ReLU -> max pool 2 -> flatten -> linear 64->3 -> dequantize.
+Model small_model() {
+  Model m;
+  m.input_shape = {2, 8, 8};
+  const ActQParams in{0.02f, 128, 0, 255}, mid{0.05f, 0, 0, 255}, out{0.1f, 120, 0, 255};
+  Op q;
+  q.kind = OpKind::quantize;
+  q.name = "quant";
+  q.q = in;
+  m.ops.push_back(q);
+  Op c;
+  c.kind = OpKind::conv2d;
+  c.name = "conv";
+  WeightQParams wq;
+  wq.scale = {0.01f, 0.02f, 0.015f, 0.03f};
+  c.layer = make_qlayer(randn({4, 2, 3, 3}, 1, 0.5), randn({4}, 2, 0.1), wq, in, mid, Activation::relu, {1, 1}, {1, 1});
+  m.ops.push_back(c);
+  Op p;
+  p.kind = OpKind::max_pool2d;
+  p.name = "pool";
+  m.ops.push_back(p);
+  Op f;
+  f.kind = OpKind::flatten;
+  m.ops.push_back(f);
+  Op l;
+  l.kind = OpKind::linear;
+  l.name = "fc";
+  WeightQParams lq;
+  lq.scale = {0.005f, 0.004f, 0.006f};
+  l.layer = make_qlayer(randn({3, 64}, 3, 0.3), Tensor(), lq, mid, out, Activation::none);
+  m.ops.push_back(l);
+  Op d;
+  d.kind = OpKind::dequantize;
+  d.q = out;
+  m.ops.push_back(d);
+  return m;
+}
+
+class ModelFile : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("qforge_model_test_" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& n) const { return (dir_ / n).string(); }
+  /// Saves the small model, edits its archive, and expects load_model to
+  /// throw a FormatError mentioning `needle`.
+  void expect_bad(const std::function<void(Archive&)>& edit, const std::string& needle) {
+    const std::string p = path("m.h5");
+    save_model(p, small_model());
+    Archive a = load_archive(p);
+    edit(a);
+    save_archive(p, a);
+    try {
+      load_model(p);
+      ADD_FAILURE() << "no error for: " << needle;
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  }
+  fs::path dir_;
+};
+
+TEST_F(ModelFile, RunsAndRoundTripsBitExactly) {
+  const Model m = small_model();
+  EXPECT_EQ(m.validate(), (std::vector<int64_t>{3}));
+  const Tensor x = randn({5, 2, 8, 8}, 4);
+  const Tensor y = m.run(x);
+  EXPECT_EQ(y.shape(), (Shape{5, 3}));
+  save_model(path("m.h5"), m);
+  const Model back = load_model(path("m.h5"));
+  const Tensor y2 = back.run(x);
+  EXPECT_EQ(std::memcmp(y.raw(), y2.raw(), y.nbytes()), 0);
+  EXPECT_EQ(back.ops[1].layer.requant.size(), 4u);
+  EXPECT_EQ(back.ops[1].layer.requant[2].multiplier, m.ops[1].layer.requant[2].multiplier);
+  EXPECT_THROW(m.run(randn({5, 2, 8, 9}, 5)), ShapeError);
+}
+
+TEST_F(ModelFile, BadFilesGetClearErrors) {
+  {
+    std::ofstream(path("junk.h5")) << "not hdf5";
+    EXPECT_THROW(load_model(path("junk.h5")), FormatError);
+  }
+  EXPECT_THROW(load_model(path("missing.h5")), IOError);
+  expect_bad([](Archive& a) { a.strings["format"] = "something-else"; }, "not a qforge int8 model");
+  expect_bad([](Archive& a) { a.ints["format_version"] = 99; }, "format version 99");
+  expect_bad([](Archive& a) { a.strings["op/0002/kind"] = "softmax"; }, "not an op this build knows");
+  expect_bad([](Archive& a) { a.tensors.erase("op/0001/params"); }, "op/0001/params");
+  expect_bad([](Archive& a) { a.tensors["op/0001/params"] = Tensor::zeros({5}, DType::i32); }, "op/0001/params");
+  expect_bad([](Archive& a) { a.tensors["op/0001/weight"] = Tensor::zeros({4, 18}); }, "op/0001/weight");
+  expect_bad([](Archive& a) { a.tensors["op/0001/weight"] = Tensor::zeros({4, 17}, DType::i8); }, "op/0001/weight");
+  expect_bad([](Archive& a) { a.tensors["op/0001/weight_scale"] = Tensor::full({4}, -1.0); }, "weight_scale");
+  expect_bad([](Archive& a) { a.tensors["op/0001/params"].data<int32_t>()[12] = 300; }, "op/0001/ layer input");
+  expect_bad([](Archive& a) { a.tensors["op/0004/scales"].data<float>()[0] = 0.5f; }, "input qparams differ");
+  expect_bad([](Archive& a) { a.tensors["op/0004/params"].data<int32_t>()[0] = 65; }, "op/0004/weight");
+  expect_bad([](Archive& a) { a.tensors["op/0002/params"].data<int32_t>()[0] = 20; }, "smaller than the window");
+  expect_bad([](Archive& a) { a.tensors["op/0000/scales"] = Tensor::full({1}, 0.1, DType::f64); }, "op/0000/scales");
+  expect_bad([](Archive& a) { a.tensors["op/0001/params"].data<int32_t>()[3] = 7; }, "not an activation");
+  expect_bad([](Archive& a) { a.ints["num_ops"] = 9; }, "op/0006");
+  expect_bad([](Archive& a) { a.tensors["input_shape"].data<int32_t>()[0] = 3; }, "takes 2 channels");
+  expect_bad([](Archive& a) { a.tensors["op/0000/scales"].data<float>()[0] = 0.125f; }, "differ");
+}
+
+}  // namespace
+}  // namespace qforge::quant::runtime
