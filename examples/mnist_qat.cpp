@@ -4,7 +4,10 @@
 //      per-channel weights and uint8 activations (or LSQ at --wbits/--abits),
 //   3. QAT fine-tuning under a schedule (BN statistics and observers freeze
 //      part-way through),
-//   4. evaluation of the fake-quantized (int8-simulated) model.
+//   4. evaluation of the QAT model in eval mode (int8 arithmetic),
+//   5. convert and export to an int8 HDF5 file, reload it, and evaluate the
+//      exported model on the same test set, comparing its outputs with the
+//      QAT model's (they must be identical).
 // With --ptq it instead calibrates the float model on 1,000 training images
 // with MinMax, Histogram and Percentile activation observers and prints the
 // accuracy of each.
@@ -12,10 +15,13 @@
 #include <cstdio>
 #include <cxxopts.hpp>
 #include <filesystem>
+#include <functional>
 
 #include "core/parallel.h"
 #include "data/mnist.h"
 #include "nn/zoo.h"
+#include "quant/convert.h"
+#include "quant/kernels/kernels.h"
 #include "quant/prepare.h"
 #include "quant/qat_modules.h"
 #include "trainers/qat_hooks.h"
@@ -99,6 +105,31 @@ std::vector<int32_t> predict(nn::Module& model, data::DataLoader& test) {
       const float* row = logits.data<float>() + i * k;
       out.push_back(static_cast<int32_t>(std::max_element(row, row + k) - row));
     }
+  }
+  return out;
+}
+
+/// Logits of `model` (eval mode) on the whole test set, [10000, 10].
+Tensor test_logits(const std::function<Tensor(const Tensor&)>& run, data::DataLoader& test) {
+  autograd::NoGradGuard ng;
+  std::vector<float> out;
+  data::Batch b;
+  test.start_epoch(0);
+  int64_t k = 0;
+  while (test.next(b)) {
+    const Tensor logits = run(b.x);
+    k = logits.size(1);
+    out.insert(out.end(), logits.data<float>(), logits.data<float>() + logits.numel());
+  }
+  return Tensor::from_vector<float>(out, {static_cast<int64_t>(out.size()) / std::max<int64_t>(k, 1), k});
+}
+
+std::vector<int32_t> argmax_rows(const Tensor& logits) {
+  std::vector<int32_t> out;
+  const int64_t n = logits.size(0), k = logits.size(1);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = logits.data<float>() + i * k;
+    out.push_back(static_cast<int32_t>(std::max_element(row, row + k) - row));
   }
   return out;
 }
@@ -293,9 +324,65 @@ int main(int argc, char** argv) {
     trainers::attach_qat_schedule(trainer, sched);
     auto results = trainer.fit();
     const auto final_eval = results.empty() ? trainer.evaluate(*l.test) : results.back().test;
-    std::printf("fake-quant (W%dA%d-simulated) test accuracy: %.2f%% (%lld/%lld)\n", wbits, abits, final_eval.accuracy,
-                static_cast<long long>(final_eval.correct), static_cast<long long>(final_eval.count));
+    std::printf("QAT model, eval mode (W%dA%d integer arithmetic): test accuracy %.2f%% (%lld/%lld)\n", wbits, abits,
+                final_eval.accuracy, static_cast<long long>(final_eval.correct),
+                static_cast<long long>(final_eval.count));
     std::printf("checkpoints and metrics in %s\n", to.out_dir.c_str());
+
+    // Export, reload, and evaluate the int8 model against the QAT model.
+    model->eval();
+    const std::string export_path = out + "/mnist_cnn_int8.h5";
+    quant::runtime::save_model(export_path, quant::convert(*model, {1, 28, 28}), "qforge mnist_qat");
+    const quant::runtime::Model int8 = quant::runtime::load_model(export_path);
+    const Tensor qat_logits = test_logits([&](const Tensor& x) { return (*model)(autograd::Variable(x)).value(); }, *l.test);
+    const Tensor int8_logits = test_logits([&](const Tensor& x) { return int8.run(x); }, *l.test);
+    quant::set_int8_eval(*model, false);
+    const Tensor sim_logits = test_logits([&](const Tensor& x) { return (*model)(autograd::Variable(x)).value(); }, *l.test);
+    quant::set_int8_eval(*model, true);
+    int64_t differ = 0, correct = 0;
+    const auto int8_pred = argmax_rows(int8_logits), qat_pred = argmax_rows(qat_logits), sim_pred = argmax_rows(sim_logits);
+    for (int64_t i = 0; i < qat_logits.numel(); ++i) differ += qat_logits.data<float>()[i] != int8_logits.data<float>()[i];
+    std::vector<int32_t> labels;
+    {
+      data::Batch b;
+      l.test->start_epoch(0);
+      while (l.test->next(b)) labels.insert(labels.end(), b.y.data<int32_t>(), b.y.data<int32_t>() + b.y.numel());
+    }
+    int64_t sim_correct = 0, sim_flips = 0;
+    for (size_t i = 0; i < labels.size(); ++i) {
+      correct += int8_pred[i] == labels[i];
+      sim_correct += sim_pred[i] == labels[i];
+      sim_flips += sim_pred[i] != qat_pred[i];
+    }
+    std::printf("exported int8 model: %s (%.0f KB)\n", export_path.c_str(),
+                std::filesystem::file_size(export_path) / 1024.0);
+    std::printf("exported int8 model, reloaded (%s kernels): test accuracy %.2f%% (%lld/%zu)\n",
+                quant::kernels::isa_name(quant::kernels::kernels().isa), 100.0 * correct / labels.size(),
+                static_cast<long long>(correct), labels.size());
+    std::printf("logits that differ between the QAT model and the exported int8 model: %lld of %lld\n",
+                static_cast<long long>(differ), static_cast<long long>(qat_logits.numel()));
+    // The exported model again on every kernel level this CPU runs: all must agree bit for bit.
+    for (auto isa : {quant::kernels::Isa::ref, quant::kernels::Isa::avx2, quant::kernels::Isa::avx512vnni}) {
+      if (!quant::kernels::cpu_has(isa)) continue;
+      quant::kernels::KernelTable table;
+      try {
+        table = quant::kernels::kernels_for(isa);
+      } catch (const Error&) {
+        continue;  // no kernels of that level in this build
+      }
+      const Tensor other = test_logits([&](const Tensor& x) { return int8.run(x, &table); }, *l.test);
+      int64_t d = 0;
+      for (int64_t i = 0; i < other.numel(); ++i) d += other.data<float>()[i] != int8_logits.data<float>()[i];
+      std::printf("  with %s kernels: %lld of %lld logits differ\n", quant::kernels::isa_name(isa),
+                  static_cast<long long>(d), static_cast<long long>(other.numel()));
+      differ += d;
+    }
+    std::printf("(float fake-quant simulation, for comparison: %.2f%%; its argmax differs from int8 on %lld images)\n",
+                100.0 * sim_correct / labels.size(), static_cast<long long>(sim_flips));
+    if (differ != 0) {
+      std::fprintf(stderr, "mnist_qat: the exported model does not reproduce the QAT model\n");
+      return 1;
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mnist_qat: %s\n", e.what());
     return 1;

@@ -147,7 +147,7 @@ std::vector<int64_t> Model::validate() const {
   return shape;
 }
 
-Tensor Model::run(const Tensor& x) const {
+Tensor Model::run(const Tensor& x, const kernels::KernelTable* k) const {
   QF_CHECK_DTYPE(x.dtype() == DType::f32) << "int8 model: input must be f32, got " << x.desc();
   const int64_t per = input_shape[0] * input_shape[1] * input_shape[2];
   QF_CHECK_SHAPE(x.ndim() >= 2 && x.numel() == x.size(0) * per)

@@ -52,8 +52,8 @@ class Model {
   /// Returns the output shape without the batch.
   std::vector<int64_t> validate() const;
   /// Runs a batch: f32 [N, C, H, W] (or [N, C*H*W] for a linear first layer)
-  /// -> f32 outputs.
-  Tensor run(const Tensor& x) const;
+  /// -> f32 outputs. `k` picks the kernels (null: the dispatched ones).
+  Tensor run(const Tensor& x, const kernels::KernelTable* k = nullptr) const;
 };
 
 /// Writes the model (atomically; see save_archive).

@@ -90,7 +90,7 @@ Tensor dequantize(const Tensor& codes, const ActQParams& q) {
   return out;
 }
 
-Tensor qconv2d(const QLayer& L, const Tensor& x) {
+Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) {
   QF_CHECK_DTYPE(x.dtype() == DType::u8) << "qconv2d: expects u8 codes, got " << x.desc();
   QF_CHECK_SHAPE(x.ndim() == 4 && x.size(1) == L.in_channels)
       << "qconv2d: input must be [N, " << L.in_channels << ", H, W], got " << x.desc();
@@ -103,7 +103,7 @@ Tensor qconv2d(const QLayer& L, const Tensor& x) {
   Tensor y = Tensor::empty({N, L.out_channels, OH, OW}, DType::u8);
   const uint8_t* px = x.data<uint8_t>();
   uint8_t* py = y.data<uint8_t>();
-  const kernels::QGemmFn gemm = kernels::kernels().qgemm;
+  const kernels::QGemmFn gemm = (k ? *k : kernels::kernels()).qgemm;
   const uint8_t pad = static_cast<uint8_t>(L.input.zero_point);
   parallel_for(0, N * G, 1, [&](int64_t t0, int64_t t1) {
     std::vector<uint8_t> cols(P * K), out(P * ocg);
@@ -151,14 +151,14 @@ Tensor qconv2d(const QLayer& L, const Tensor& x) {
   return y;
 }
 
-Tensor qlinear(const QLayer& L, const Tensor& x) {
+Tensor qlinear(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) {
   QF_CHECK_DTYPE(x.dtype() == DType::u8) << "qlinear: expects u8 codes, got " << x.desc();
   QF_CHECK_SHAPE(x.ndim() == 2 && x.size(1) == L.in_channels && L.groups == 1 && L.kernel[0] == 1 &&
                  L.kernel[1] == 1)
       << "qlinear: input must be [N, " << L.in_channels << "], got " << x.desc();
   const int64_t N = x.size(0);
   Tensor y = Tensor::empty({N, L.out_channels}, DType::u8);
-  const kernels::QGemmFn gemm = kernels::kernels().qgemm;
+  const kernels::QGemmFn gemm = (k ? *k : kernels::kernels()).qgemm;
   const int64_t rows = std::max<int64_t>(1, (N + 7) / 8);
   parallel_for(0, (N + rows - 1) / rows, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {

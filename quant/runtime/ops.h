@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "quant/kernels/kernels.h"
 #include "quant/runtime/qmath.h"
 
 namespace qforge::quant::runtime {
@@ -70,10 +71,11 @@ Tensor quantize(const Tensor& x, const ActQParams& q);
 /// codes -> float: (code - zero_point) * scale.
 Tensor dequantize(const Tensor& codes, const ActQParams& q);
 /// Conv over u8 codes [N, IC, H, W] -> [N, OC, OH, OW] (padding is real 0,
-/// the input zero point). Batches run in parallel.
-Tensor qconv2d(const QLayer& layer, const Tensor& x);
+/// the input zero point). Batches run in parallel. `k` picks the kernels
+/// (null: the dispatched ones, kernels::kernels()).
+Tensor qconv2d(const QLayer& layer, const Tensor& x, const kernels::KernelTable* k = nullptr);
 /// Linear over u8 codes [N, in] -> [N, out].
-Tensor qlinear(const QLayer& layer, const Tensor& x);
+Tensor qlinear(const QLayer& layer, const Tensor& x, const kernels::KernelTable* k = nullptr);
 /// Max pooling over u8 codes (codes are monotonic in the real value, so this
 /// equals pooling the dequantized values). stride 0 means the kernel size.
 Tensor qmax_pool2d(const Tensor& x, std::array<int64_t, 2> kernel, std::array<int64_t, 2> stride,
