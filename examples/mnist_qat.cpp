@@ -92,23 +92,6 @@ void pretrain(nn::ModulePtr model, const Loaders& l, int64_t epochs, std::shared
   t.fit();
 }
 
-/// Predictions of `model` (eval mode) on the whole test set.
-std::vector<int32_t> predict(nn::Module& model, data::DataLoader& test) {
-  autograd::NoGradGuard ng;
-  std::vector<int32_t> out;
-  data::Batch b;
-  test.start_epoch(0);
-  while (test.next(b)) {
-    const Tensor logits = model(autograd::Variable(b.x)).value();
-    const int64_t n = logits.size(0), k = logits.size(1);
-    for (int64_t i = 0; i < n; ++i) {
-      const float* row = logits.data<float>() + i * k;
-      out.push_back(static_cast<int32_t>(std::max_element(row, row + k) - row));
-    }
-  }
-  return out;
-}
-
 /// Logits of `model` (eval mode) on the whole test set, [10000, 10].
 Tensor test_logits(const std::function<Tensor(const Tensor&)>& run, data::DataLoader& test) {
   autograd::NoGradGuard ng;
@@ -134,6 +117,20 @@ std::vector<int32_t> argmax_rows(const Tensor& logits) {
   return out;
 }
 
+/// Predictions of `model` (eval mode) on the whole test set.
+std::vector<int32_t> predict(nn::Module& model, data::DataLoader& test) {
+  return argmax_rows(test_logits([&](const Tensor& x) { return model(autograd::Variable(x)).value(); }, test));
+}
+
+/// The test set's labels, in loader order.
+std::vector<int32_t> test_labels(data::DataLoader& test) {
+  std::vector<int32_t> labels;
+  data::Batch b;
+  test.start_epoch(0);
+  while (test.next(b)) labels.insert(labels.end(), b.y.data<int32_t>(), b.y.data<int32_t>() + b.y.numel());
+  return labels;
+}
+
 /// Post-training quantization with each activation observer, calibrated on
 /// `images` training images; prints one row per observer.
 void run_ptq(const nn::StateDict& float_weights, const Loaders& l, int64_t images, int wbits, int abits,
@@ -145,12 +142,7 @@ void run_ptq(const nn::StateDict& float_weights, const Loaders& l, int64_t image
     model->eval();
     return model;
   };
-  std::vector<int32_t> labels;
-  {
-    data::Batch b;
-    l.test->start_epoch(0);
-    while (l.test->next(b)) labels.insert(labels.end(), b.y.data<int32_t>(), b.y.data<int32_t>() + b.y.numel());
-  }
+  const std::vector<int32_t> labels = test_labels(*l.test);
   auto accuracy = [&](const std::vector<int32_t>& pred) {
     int64_t correct = 0;
     for (size_t i = 0; i < pred.size(); ++i) correct += pred[i] == labels[i];
@@ -342,12 +334,7 @@ int main(int argc, char** argv) {
     int64_t differ = 0, correct = 0;
     const auto int8_pred = argmax_rows(int8_logits), qat_pred = argmax_rows(qat_logits), sim_pred = argmax_rows(sim_logits);
     for (int64_t i = 0; i < qat_logits.numel(); ++i) differ += qat_logits.data<float>()[i] != int8_logits.data<float>()[i];
-    std::vector<int32_t> labels;
-    {
-      data::Batch b;
-      l.test->start_epoch(0);
-      while (l.test->next(b)) labels.insert(labels.end(), b.y.data<int32_t>(), b.y.data<int32_t>() + b.y.numel());
-    }
+    const std::vector<int32_t> labels = test_labels(*l.test);
     int64_t sim_correct = 0, sim_flips = 0;
     for (size_t i = 0; i < labels.size(); ++i) {
       correct += int8_pred[i] == labels[i];
