@@ -68,6 +68,7 @@ KernelTable kernels_for(Isa isa);
 
 // ---- the kernels (kernel_list.inc names them) -------------------------------------
 void qu8s8_gemm_requant__ref(const QGemmParams& p);
+void qu8s8_gemm_requant__avx2_4x16(const QGemmParams& p);
 void qu8s8_gemm_requant__avx512vnni_4x16(const QGemmParams& p);
 
 }  // namespace qforge::quant::kernels

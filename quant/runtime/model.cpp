@@ -161,10 +161,10 @@ Tensor Model::run(const Tensor& x, const kernels::KernelTable* k) const {
         t = quantize(t, op.q);
         break;
       case OpKind::conv2d:
-        t = qconv2d(op.layer, t);
+        t = qconv2d(op.layer, t, k);
         break;
       case OpKind::linear:
-        t = qlinear(op.layer, t.reshape({N, t.numel() / N}));
+        t = qlinear(op.layer, t.reshape({N, t.numel() / N}), k);
         break;
       case OpKind::max_pool2d:
         t = qmax_pool2d(t, op.kernel, op.stride, op.padding);

@@ -104,6 +104,28 @@ TEST_F(ModelFile, RunsAndRoundTripsBitExactly) {
   EXPECT_THROW(m.run(randn({5, 2, 8, 9}, 5)), ShapeError);
 }
 
+int g_calls = 0;
+void counting_ref(const kernels::QGemmParams& p) {
+  ++g_calls;
+  kernels::qu8s8_gemm_requant__ref(p);
+}
+
+TEST_F(ModelFile, RunUsesTheKernelTableItIsGivenAndEveryLevelAgrees) {
+  const Model m = small_model();
+  const Tensor x = randn({3, 2, 8, 8}, 6);
+  kernels::KernelTable counting;
+  counting.qgemm = &counting_ref;
+  g_calls = 0;
+  const Tensor y = m.run(x, &counting);
+  EXPECT_GE(g_calls, 2);  // the conv and the linear layer
+  for (auto isa : {kernels::Isa::ref, kernels::Isa::avx2, kernels::Isa::avx512vnni}) {
+    if (!kernels::cpu_has(isa)) continue;
+    const kernels::KernelTable t = kernels::kernels_for(isa);
+    const Tensor yi = m.run(x, &t);
+    EXPECT_EQ(std::memcmp(y.raw(), yi.raw(), y.nbytes()), 0) << kernels::isa_name(isa);
+  }
+}
+
 TEST_F(ModelFile, BadFilesGetClearErrors) {
   {
     std::ofstream(path("junk.h5")) << "not hdf5";
