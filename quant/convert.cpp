@@ -95,6 +95,14 @@ runtime::Model convert(nn::Module& model, std::array<int64_t, 3> input_shape) {
       << "convert: the model must start with a QuantStub";
   QF_CHECK(w.model.ops.back().kind == runtime::OpKind::dequantize) << "convert: the model must end with a DeQuantStub";
   try {
+    // The runtime flattens NHWC codes: a linear layer after a flatten of a
+    // [C, H, W] map takes its inputs in (H, W, C) order.
+    const auto shapes = w.model.input_shapes();
+    for (size_t i = 1; i < w.model.ops.size(); ++i)
+      if (w.model.ops[i].kind == runtime::OpKind::linear && w.model.ops[i - 1].kind == runtime::OpKind::flatten &&
+          shapes[i - 1].size() == 3)
+        runtime::reorder_linear_input_to_hwc(w.model.ops[i].layer, shapes[i - 1][0], shapes[i - 1][1],
+                                             shapes[i - 1][2]);
     w.model.validate();
   } catch (const Error& e) {
     QF_THROW(ValueError) << "convert: " << e.what();

@@ -178,8 +178,8 @@ Variable QATConvBase::forward(const Variable& x) {
       << x.value().desc();
   if (use_int8_eval()) {
     const runtime::QLayer L = to_qlayer();
-    const Tensor codes = runtime::qconv2d(L, runtime::quantize(x.value(), L.input));
-    return Variable(runtime::dequantize(codes, L.output));
+    const Tensor codes = runtime::qconv2d(L, runtime::to_nhwc(runtime::quantize(x.value(), L.input)));
+    return Variable(runtime::dequantize(runtime::to_nchw(codes), L.output));
   }
   autograd::Conv2dOptions opt;
   opt.stride = spec_.stride;

@@ -55,7 +55,15 @@ void finish_layer(QLayer& L) {
 
 }  // namespace
 
-std::vector<int64_t> Model::validate() const {
+std::vector<std::vector<int64_t>> Model::input_shapes() const {
+  std::vector<std::vector<int64_t>> shapes;
+  validate_into(&shapes);
+  return shapes;
+}
+
+std::vector<int64_t> Model::validate() const { return validate_into(nullptr); }
+
+std::vector<int64_t> Model::validate_into(std::vector<std::vector<int64_t>>* shapes) const {
   QF_CHECK_FORMAT(ops.size() >= 2 && ops.front().kind == OpKind::quantize && ops.back().kind == OpKind::dequantize)
       << "int8 model: the ops must start with quantize and end with dequantize";
   for (int64_t d : input_shape) QF_CHECK_FORMAT(d >= 1 && d <= (1 << 20)) << "int8 model: bad input shape";
@@ -64,6 +72,7 @@ std::vector<int64_t> Model::validate() const {
   for (size_t i = 0; i < ops.size(); ++i) {
     const Op& op = ops[i];
     const std::string at = op_label(i, op);
+    if (shapes) shapes->push_back(shape);
     try {
       switch (op.kind) {
         case OpKind::quantize:
@@ -158,7 +167,7 @@ Tensor Model::run(const Tensor& x, const kernels::KernelTable* k) const {
   for (const Op& op : ops) {
     switch (op.kind) {
       case OpKind::quantize:
-        t = quantize(t, op.q);
+        t = to_nhwc(quantize(t, op.q));
         break;
       case OpKind::conv2d:
         t = qconv2d(op.layer, t, k);
@@ -181,7 +190,7 @@ Tensor Model::run(const Tensor& x, const kernels::KernelTable* k) const {
         break;
       }
       case OpKind::dequantize:
-        t = dequantize(t, op.q);
+        t = dequantize(t.ndim() == 4 ? to_nchw(t) : t, op.q);
         break;
     }
   }

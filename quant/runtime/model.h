@@ -11,6 +11,10 @@
 //   qparams and geometry, laid out in model.cpp) and scales (f32: activation
 //   scales); for conv2d and linear also weight (i8 [OC, K]), weight_scale
 //   (f32 [OC]) and bias (i32 [OC]).
+// Between ops, codes are NHWC: flatten takes (H, W, C) order, so a linear
+// layer after a flatten stores its weight columns in that order (convert
+// reorders them from the float model's (C, H, W)). Input and output are in
+// the float model's NCHW.
 // Requantization multipliers and clamp bounds are not stored: the loader
 // recomputes them from the stored scales with quant/runtime/qmath.h, exactly
 // as the QAT eval path does, so a file cannot carry inconsistent ones.
@@ -51,9 +55,15 @@ class Model {
   /// every layer's arrays are consistent. Throws FormatError naming the op.
   /// Returns the output shape without the batch.
   std::vector<int64_t> validate() const;
+  /// The logical shape ({C, H, W} or {features}, without the batch) that
+  /// each op receives; validates first.
+  std::vector<std::vector<int64_t>> input_shapes() const;
   /// Runs a batch: f32 [N, C, H, W] (or [N, C*H*W] for a linear first layer)
   /// -> f32 outputs. `k` picks the kernels (null: the dispatched ones).
   Tensor run(const Tensor& x, const kernels::KernelTable* k = nullptr) const;
+
+ private:
+  std::vector<int64_t> validate_into(std::vector<std::vector<int64_t>>* shapes) const;
 };
 
 /// Writes the model (atomically; see save_archive).

@@ -50,15 +50,19 @@ QLayer make_qlayer(const Tensor& weight, const Tensor& bias, const WeightQParams
       << "make_qlayer: weight codes must be signed within int8, got [" << wq.qmin << ", " << wq.qmax << "]";
   QF_CHECK_SHAPE(!bias.defined() || (bias.dtype() == DType::f32 && bias.numel() == L.out_channels))
       << "make_qlayer: bias must be f32 [" << L.out_channels << "], got " << bias.desc();
-  const int64_t K = L.k_per_group();
+  const int64_t K = L.k_per_group(), KH = L.kernel[0], KW = L.kernel[1];
   L.weight.resize(L.out_channels * K);
   const float* pw = weight.data<float>();
   for (int64_t o = 0; o < L.out_channels; ++o) {
     const float s = wq.scale[o];
     QF_CHECK(std::isfinite(s) && s > 0) << "make_qlayer: weight scale of channel " << o << " is " << s;
     const float inv = 1.0f / s;
-    for (int64_t k = 0; k < K; ++k)
-      L.weight[o * K + k] = static_cast<int8_t>(quantize_value(pw[o * K + k], inv, 0, wq.qmin, wq.qmax));
+    // float [c][i][j] -> codes [i][j][c]
+    for (int64_t c = 0; c < icg; ++c)
+      for (int64_t i = 0; i < KH; ++i)
+        for (int64_t j = 0; j < KW; ++j)
+          L.weight[o * K + (i * KW + j) * icg + c] = static_cast<int8_t>(
+              quantize_value(pw[o * K + (c * KH + i) * KW + j], inv, 0, wq.qmin, wq.qmax));
     L.weight_scale.push_back(s);
     L.bias.push_back(bias.defined() ? quantize_bias(bias.data<float>()[o], in.scale, s) : 0);
     L.requant.push_back(requant_multiplier(in.scale, s, out.scale));
@@ -90,46 +94,89 @@ Tensor dequantize(const Tensor& codes, const ActQParams& q) {
   return out;
 }
 
+Tensor to_nhwc(const Tensor& x) {
+  QF_CHECK_SHAPE(x.ndim() == 4 && x.dtype() == DType::u8) << "to_nhwc: expects u8 [N, C, H, W], got " << x.desc();
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  Tensor y = Tensor::empty({N, x.size(2), x.size(3), C}, DType::u8);
+  const uint8_t* px = x.data<uint8_t>();
+  uint8_t* py = y.data<uint8_t>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t p = 0; p < HW; ++p) py[(n * HW + p) * C + c] = px[(n * C + c) * HW + p];
+  return y;
+}
+
+Tensor to_nchw(const Tensor& x) {
+  QF_CHECK_SHAPE(x.ndim() == 4 && x.dtype() == DType::u8) << "to_nchw: expects u8 [N, H, W, C], got " << x.desc();
+  const int64_t N = x.size(0), C = x.size(3), HW = x.size(1) * x.size(2);
+  Tensor y = Tensor::empty({N, C, x.size(1), x.size(2)}, DType::u8);
+  const uint8_t* px = x.data<uint8_t>();
+  uint8_t* py = y.data<uint8_t>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t p = 0; p < HW; ++p)
+      for (int64_t c = 0; c < C; ++c) py[(n * C + c) * HW + p] = px[(n * HW + p) * C + c];
+  return y;
+}
+
+void reorder_linear_input_to_hwc(QLayer& L, int64_t C, int64_t H, int64_t W) {
+  QF_CHECK_SHAPE(L.kernel[0] == 1 && L.kernel[1] == 1 && L.groups == 1 && L.in_channels == C * H * W)
+      << "reorder_linear_input_to_hwc: the layer takes " << L.in_channels << " inputs, not " << C << "x" << H << "x"
+      << W;
+  std::vector<int8_t> w(L.weight.size());
+  const int64_t K = L.in_channels;
+  for (int64_t o = 0; o < L.out_channels; ++o)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t p = 0; p < H * W; ++p) w[o * K + p * C + c] = L.weight[o * K + c * H * W + p];
+  L.weight = std::move(w);
+}
+
 Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) {
   QF_CHECK_DTYPE(x.dtype() == DType::u8) << "qconv2d: expects u8 codes, got " << x.desc();
-  QF_CHECK_SHAPE(x.ndim() == 4 && x.size(1) == L.in_channels)
-      << "qconv2d: input must be [N, " << L.in_channels << ", H, W], got " << x.desc();
-  const int64_t N = x.size(0), H = x.size(2), W = x.size(3);
+  QF_CHECK_SHAPE(x.ndim() == 4 && x.size(3) == L.in_channels)
+      << "qconv2d: input must be NHWC [N, H, W, " << L.in_channels << "], got " << x.desc();
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), IC = L.in_channels;
   const int64_t OH = out_size(H, L.kernel[0], L.stride[0], L.padding[0], L.dilation[0]);
   const int64_t OW = out_size(W, L.kernel[1], L.stride[1], L.padding[1], L.dilation[1]);
   QF_CHECK_SHAPE(OH >= 1 && OW >= 1) << "qconv2d: input " << x.desc() << " is smaller than the kernel";
-  const int64_t G = L.groups, icg = L.in_channels / G, ocg = L.out_channels / G, K = L.k_per_group();
-  const int64_t P = OH * OW;
-  Tensor y = Tensor::empty({N, L.out_channels, OH, OW}, DType::u8);
+  const int64_t G = L.groups, icg = IC / G, ocg = L.out_channels / G, K = L.k_per_group();
+  const int64_t P = OH * OW, OC = L.out_channels;
+  Tensor y = Tensor::empty({N, OH, OW, OC}, DType::u8);
   const uint8_t* px = x.data<uint8_t>();
   uint8_t* py = y.data<uint8_t>();
   const kernels::QGemmFn gemm = (k ? *k : kernels::kernels()).qgemm;
   const uint8_t pad = static_cast<uint8_t>(L.input.zero_point);
+  const bool pointwise = L.kernel[0] == 1 && L.kernel[1] == 1 && L.stride[0] == 1 && L.stride[1] == 1 &&
+                         L.padding[0] == 0 && L.padding[1] == 0 && G == 1;
   parallel_for(0, N * G, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<uint8_t> cols(P * K), out(P * ocg);
+    std::vector<uint8_t> cols(pointwise ? 0 : P * K);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / G, g = t % G;
-      // im2col: one row of K codes per output pixel; padding is the zero point.
-      for (int64_t oh = 0; oh < OH; ++oh)
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          uint8_t* row = cols.data() + (oh * OW + ow) * K;
-          for (int64_t c = 0; c < icg; ++c) {
-            const uint8_t* plane = px + ((n * L.in_channels) + g * icg + c) * H * W;
+      const uint8_t* image = px + n * H * W * IC;
+      const uint8_t* a = image;
+      if (!pointwise) {
+        // im2col over NHWC: each kernel tap copies a run of icg channels.
+        for (int64_t oh = 0; oh < OH; ++oh)
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            uint8_t* row = cols.data() + (oh * OW + ow) * K;
             for (int64_t i = 0; i < L.kernel[0]; ++i) {
               const int64_t ih = oh * L.stride[0] - L.padding[0] + i * L.dilation[0];
-              for (int64_t j = 0; j < L.kernel[1]; ++j) {
+              for (int64_t j = 0; j < L.kernel[1]; ++j, row += icg) {
                 const int64_t iw = ow * L.stride[1] - L.padding[1] + j * L.dilation[1];
-                *row++ = (ih >= 0 && ih < H && iw >= 0 && iw < W) ? plane[ih * W + iw] : pad;
+                if (ih >= 0 && ih < H && iw >= 0 && iw < W)
+                  std::memcpy(row, image + (ih * W + iw) * IC + g * icg, static_cast<size_t>(icg));
+                else
+                  std::memset(row, pad, static_cast<size_t>(icg));
               }
             }
           }
-        }
+        a = cols.data();
+      }
       kernels::QGemmParams p;
       p.M = P;
       p.N = ocg;
       p.K = K;
-      p.a = cols.data();
-      p.lda = K;
+      p.a = a;
+      p.lda = pointwise ? IC : K;
       p.a_zero_point = L.input.zero_point;
       p.b = L.weight.data() + g * ocg * K;
       p.ldb = K;
@@ -138,14 +185,9 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
       p.out_zero_point = L.output.zero_point;
       p.out_lo = L.bounds.lo;
       p.out_hi = L.bounds.hi;
-      p.c = out.data();
-      p.ldc = ocg;
+      p.c = py + n * P * OC + g * ocg;
+      p.ldc = OC;
       gemm(p);
-      // [P, ocg] -> NCHW planes.
-      for (int64_t o = 0; o < ocg; ++o) {
-        uint8_t* plane = py + (n * L.out_channels + g * ocg + o) * P;
-        for (int64_t q = 0; q < P; ++q) plane[q] = out[q * ocg + o];
-      }
     }
   });
   return y;
@@ -188,35 +230,35 @@ Tensor qlinear(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
 Tensor qmax_pool2d(const Tensor& x, std::array<int64_t, 2> kernel, std::array<int64_t, 2> stride,
                    std::array<int64_t, 2> padding) {
   QF_CHECK_DTYPE(x.dtype() == DType::u8) << "qmax_pool2d: expects u8 codes, got " << x.desc();
-  QF_CHECK_SHAPE(x.ndim() == 4) << "qmax_pool2d: input must be [N, C, H, W], got " << x.desc();
+  QF_CHECK_SHAPE(x.ndim() == 4) << "qmax_pool2d: input must be NHWC [N, H, W, C], got " << x.desc();
   for (int d = 0; d < 2; ++d) {
     if (stride[d] == 0) stride[d] = kernel[d];
     QF_CHECK(kernel[d] >= 1 && stride[d] >= 1 && padding[d] >= 0 && 2 * padding[d] <= kernel[d])
         << "qmax_pool2d: bad kernel/stride/padding";
   }
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
   const int64_t OH = out_size(H, kernel[0], stride[0], padding[0], 1), OW = out_size(W, kernel[1], stride[1], padding[1], 1);
   QF_CHECK_SHAPE(OH >= 1 && OW >= 1) << "qmax_pool2d: input " << x.desc() << " is smaller than the window";
-  Tensor y = Tensor::empty({N, C, OH, OW}, DType::u8);
+  Tensor y = Tensor::empty({N, OH, OW, C}, DType::u8);
   const uint8_t* px = x.data<uint8_t>();
   uint8_t* py = y.data<uint8_t>();
-  parallel_for(0, N * C, 4, [&](int64_t p0, int64_t p1) {
-    for (int64_t pl = p0; pl < p1; ++pl) {
-      const uint8_t* in = px + pl * H * W;
-      uint8_t* out = py + pl * OH * OW;
-      for (int64_t oh = 0; oh < OH; ++oh)
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          int m = -1;
-          for (int64_t i = 0; i < kernel[0]; ++i) {
-            const int64_t ih = oh * stride[0] - padding[0] + i;
-            if (ih < 0 || ih >= H) continue;
-            for (int64_t j = 0; j < kernel[1]; ++j) {
-              const int64_t iw = ow * stride[1] - padding[1] + j;
-              if (iw >= 0 && iw < W) m = std::max<int>(m, in[ih * W + iw]);
-            }
+  parallel_for(0, N * OH, 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / OH, oh = r % OH;
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        uint8_t* out = py + ((n * OH + oh) * OW + ow) * C;
+        std::memset(out, 0, static_cast<size_t>(C));  // codes are >= 0; every window has a valid pixel
+        for (int64_t i = 0; i < kernel[0]; ++i) {
+          const int64_t ih = oh * stride[0] - padding[0] + i;
+          if (ih < 0 || ih >= H) continue;
+          for (int64_t j = 0; j < kernel[1]; ++j) {
+            const int64_t iw = ow * stride[1] - padding[1] + j;
+            if (iw < 0 || iw >= W) continue;
+            const uint8_t* in = px + ((n * H + ih) * W + iw) * C;
+            for (int64_t c = 0; c < C; ++c) out[c] = std::max(out[c], in[c]);
           }
-          out[oh * OW + ow] = static_cast<uint8_t>(m);
         }
+      }
     }
   });
   return y;

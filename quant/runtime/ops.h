@@ -1,5 +1,7 @@
 #pragma once
-// The int8 runtime's ops on quantized tensors (uint8 activation codes, NCHW),
+// The int8 runtime's ops on quantized tensors (uint8 activation codes, NHWC
+// between ops: a pixel's channels are contiguous, so im2col copies runs of
+// channels and the GEMM writes NHWC output directly),
 // built from float weights once and run through the dispatched kernels
 // (quant/kernels). The QAT modules' eval path calls these same ops, which is
 // what makes the QAT model in eval mode and the exported int8 model give
@@ -42,7 +44,8 @@ struct QLayer {
   int64_t groups = 1;
   ActQParams input, output;
   Activation activation = Activation::none;
-  /// int8 weight codes [OC, IC/groups * KH * KW], row per output channel.
+  /// int8 weight codes [OC, KH, KW, IC/groups] (NHWC order of the input
+  /// window), a row of k_per_group() per output channel.
   std::vector<int8_t> weight;
   std::vector<float> weight_scale;          // [OC]
   std::vector<int32_t> bias;                // [OC], at scale input.scale * weight_scale
@@ -52,8 +55,9 @@ struct QLayer {
   int64_t k_per_group() const { return in_channels / groups * kernel[0] * kernel[1]; }
 };
 
-/// Quantizes a float layer: weight f32 [OC, IC/groups, KH, KW] (already
-/// BN-folded), bias f32 [OC] or undefined. Weight codes use the same rule as
+/// Quantizes a float layer: weight f32 [OC, IC/groups, KH, KW] or [OC, IC]
+/// (already BN-folded, in the float model's layout; the codes are reordered
+/// to [OC, KH, KW, IC/groups]), bias f32 [OC] or undefined. Weight codes use the same rule as
 /// fake quant (round half to even of w * (1/scale), clamped); the bias goes to
 /// int32 at scale s_in * s_w; one requant multiplier per channel. Throws
 /// ValueError/ShapeError on any inconsistency.
@@ -70,14 +74,21 @@ int64_t out_size(int64_t in, int64_t kernel, int64_t stride, int64_t padding, in
 Tensor quantize(const Tensor& x, const ActQParams& q);
 /// codes -> float: (code - zero_point) * scale.
 Tensor dequantize(const Tensor& codes, const ActQParams& q);
-/// Conv over u8 codes [N, IC, H, W] -> [N, OC, OH, OW] (padding is real 0,
-/// the input zero point). Batches run in parallel. `k` picks the kernels
+/// u8 codes NCHW -> NHWC and back.
+Tensor to_nhwc(const Tensor& nchw);
+Tensor to_nchw(const Tensor& nhwc);
+/// Reorders a linear layer's input columns from a flattened [C, H, W] (the
+/// float model's order) to a flattened [H, W, C] (the runtime's), so that it
+/// can follow a flatten of NHWC codes.
+void reorder_linear_input_to_hwc(QLayer& layer, int64_t C, int64_t H, int64_t W);
+/// Conv over u8 codes NHWC [N, H, W, IC] -> [N, OH, OW, OC] (padding is real
+/// 0, the input zero point). Batches run in parallel. `k` picks the kernels
 /// (null: the dispatched ones, kernels::kernels()).
 Tensor qconv2d(const QLayer& layer, const Tensor& x, const kernels::KernelTable* k = nullptr);
 /// Linear over u8 codes [N, in] -> [N, out].
 Tensor qlinear(const QLayer& layer, const Tensor& x, const kernels::KernelTable* k = nullptr);
-/// Max pooling over u8 codes (codes are monotonic in the real value, so this
-/// equals pooling the dequantized values). stride 0 means the kernel size.
+/// Max pooling over u8 codes NHWC (codes are monotonic in the real value, so
+/// this equals pooling the dequantized values). stride 0 means the kernel size.
 Tensor qmax_pool2d(const Tensor& x, std::array<int64_t, 2> kernel, std::array<int64_t, 2> stride,
                    std::array<int64_t, 2> padding);
 

@@ -526,13 +526,21 @@ TEST(Int8Eval, QatEvalEqualsTheRuntimePipelineBitForBit) {
   auto& stub = static_cast<QATQuantStub&>(*m->get_module("quant"));
   const QParams sp = stub.output_fake_quant().qparams();
   const runtime::ActQParams in{sp.scale[0], sp.zero_point[0], sp.qmin, sp.qmax};
-  Tensor codes = runtime::quantize(x, in);
+  Tensor codes = runtime::to_nhwc(runtime::quantize(x, in));
   codes = runtime::qconv2d(layer("conv1"), codes);
   codes = runtime::qconv2d(layer("conv2"), codes);
   codes = runtime::qmax_pool2d(codes, {2, 2}, {0, 0}, {0, 0});
   codes = runtime::qconv2d(layer("conv3"), codes);
+  // Flattened in the float model's (C, H, W) order, with the fc as it is...
   const runtime::QLayer fc = layer("fc");
-  codes = runtime::qlinear(fc, codes.reshape({8, 6400}));
+  const Tensor chw = runtime::to_nchw(codes).reshape({8, 6400});
+  const Tensor fc_codes = runtime::qlinear(fc, chw);
+  // ...or in the runtime's (H, W, C) order with the columns reordered: the same sums.
+  runtime::QLayer fc_hwc = fc;
+  runtime::reorder_linear_input_to_hwc(fc_hwc, 64, 10, 10);
+  const Tensor hwc_codes = runtime::qlinear(fc_hwc, codes.reshape({8, 6400}));
+  EXPECT_EQ(std::memcmp(fc_codes.raw(), hwc_codes.raw(), fc_codes.nbytes()), 0);
+  codes = fc_codes;
   const Tensor rt_out = runtime::dequantize(codes, fc.output);
   ASSERT_EQ(qat_out.shape(), rt_out.shape());
   EXPECT_EQ(std::memcmp(qat_out.raw(), rt_out.raw(), qat_out.nbytes()), 0);

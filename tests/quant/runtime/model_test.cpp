@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <random>
 #include <unistd.h>
 
 #include "core/archive.h"
@@ -102,6 +103,60 @@ TEST_F(ModelFile, RunsAndRoundTripsBitExactly) {
   EXPECT_EQ(back.ops[1].layer.requant.size(), 4u);
   EXPECT_EQ(back.ops[1].layer.requant[2].multiplier, m.ops[1].layer.requant[2].multiplier);
   EXPECT_THROW(m.run(randn({5, 2, 8, 9}, 5)), ShapeError);
+}
+
+/// qconv2d against a direct NCHW integer convolution, over groups, strides,
+/// padding and dilation, on every kernel level the CPU runs.
+TEST(QConv, MatchesADirectIntegerConvolution) {
+  struct Case {
+    int64_t n, ic, oc, h, w, k, stride, pad, dil, groups;
+  };
+  const Case cases[] = {{2, 3, 5, 7, 6, 3, 1, 1, 1, 1}, {1, 4, 4, 9, 9, 3, 2, 0, 1, 4}, {3, 6, 4, 8, 7, 3, 1, 2, 2, 2},
+                        {1, 16, 8, 5, 5, 1, 1, 0, 1, 1}, {2, 2, 3, 6, 6, 2, 2, 1, 1, 1}};
+  std::mt19937 rng(9);
+  for (const Case& c : cases) {
+    const int64_t icg = c.ic / c.groups, ocg = c.oc / c.groups;
+    const ActQParams in{0.03f, 17, 0, 255}, out{0.07f, 9, 0, 255};
+    WeightQParams wq;
+    for (int64_t o = 0; o < c.oc; ++o) wq.scale.push_back(0.01f + 0.002f * o);
+    const Tensor wf = randn({c.oc, icg, c.k, c.k}, rng(), 0.3), bf = randn({c.oc}, rng(), 0.2);
+    const QLayer L = make_qlayer(wf, bf, wq, in, out, Activation::relu, {c.stride, c.stride}, {c.pad, c.pad},
+                                 {c.dil, c.dil}, c.groups);
+    Tensor x = Tensor::empty({c.n, c.ic, c.h, c.w}, DType::u8);
+    for (int64_t i = 0; i < x.numel(); ++i) x.data<uint8_t>()[i] = static_cast<uint8_t>(rng() % 256);
+    const int64_t OH = out_size(c.h, c.k, c.stride, c.pad, c.dil), OW = out_size(c.w, c.k, c.stride, c.pad, c.dil);
+    // Direct: weights in the float layout, quantized the same way.
+    Tensor want = Tensor::empty({c.n, c.oc, OH, OW}, DType::u8);
+    for (int64_t n = 0; n < c.n; ++n)
+      for (int64_t o = 0; o < c.oc; ++o) {
+        const int64_t g = o / ocg;
+        for (int64_t oh = 0; oh < OH; ++oh)
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            int64_t acc = L.bias[o];
+            for (int64_t ci = 0; ci < icg; ++ci)
+              for (int64_t i = 0; i < c.k; ++i)
+                for (int64_t j = 0; j < c.k; ++j) {
+                  const int64_t ih = oh * c.stride - c.pad + i * c.dil, iw = ow * c.stride - c.pad + j * c.dil;
+                  const int32_t a = (ih >= 0 && ih < c.h && iw >= 0 && iw < c.w)
+                                        ? x.data<uint8_t>()[((n * c.ic + g * icg + ci) * c.h + ih) * c.w + iw]
+                                        : in.zero_point;
+                  const float wv = wf.data<float>()[((o * icg + ci) * c.k + i) * c.k + j];
+                  const int32_t wc = quantize_value(wv, 1.0f / wq.scale[o], 0, -128, 127);
+                  acc += (a - in.zero_point) * wc;
+                }
+            want.data<uint8_t>()[((n * c.oc + o) * OH + oh) * OW + ow] = static_cast<uint8_t>(
+                requantize(kernels::saturate_i32(acc), L.requant[o], out.zero_point, L.bounds.lo, L.bounds.hi));
+          }
+      }
+    for (auto isa : {kernels::Isa::ref, kernels::Isa::avx2, kernels::Isa::avx512vnni}) {
+      if (!kernels::cpu_has(isa)) continue;
+      const kernels::KernelTable t = kernels::kernels_for(isa);
+      const Tensor got = to_nchw(qconv2d(L, to_nhwc(x), &t));
+      ASSERT_EQ(got.shape(), want.shape());
+      EXPECT_EQ(std::memcmp(got.raw(), want.raw(), want.nbytes()), 0)
+          << kernels::isa_name(isa) << " groups " << c.groups << " stride " << c.stride << " pad " << c.pad;
+    }
+  }
 }
 
 int g_calls = 0;
