@@ -4,10 +4,14 @@
 // weights kept for the input zero point:
 //   sum_k (a - zp) * b = sum_k a * b - zp * sum_k b.
 // vpdpbusd adds u8 x s8 products into int32 without saturation, so the dot
-// product is exact; the zero-point and bias terms are added in int64 and the
-// result goes through qmath's requantize(), as in the reference.
+// product is exact. Requantization is vectorized, 8 lanes of int64 at a time,
+// and computes qmath's requantize() exactly: the bias added in int64 and
+// saturated to int32, the 64-bit product with the multiplier (vpmuldq), an
+// arithmetic shift per channel (vpsravq), the half-to-even correction from
+// the remainder, the zero point and the clamp.
 #include <immintrin.h>
 
+#include <cstdint>
 #include <vector>
 
 #include "quant/kernels/kernels.h"
@@ -30,8 +34,53 @@ inline int32_t load4(const uint8_t* a, int64_t k, int64_t K) {
   return v;
 }
 
+/// Per-channel requantization constants of one block of 16 channels, as two
+/// halves of 8 int64 lanes.
+struct Requant16 {
+  __m512i zp_bsum;  // a_zero_point * sum_k b, int32 lanes
+  __m512i bias[2], mult[2], shift[2], half[2];
+};
+
+Requant16 make_requant(const QGemmParams& p, const int32_t* bsum, int64_t n0) {
+  alignas(64) int32_t zb[16];
+  alignas(64) int64_t bias[16], mult[16], shift[16], half[16];
+  for (int j = 0; j < 16; ++j) {
+    const int64_t n = n0 + j;
+    const bool valid = n < p.N;
+    zb[j] = p.a_zero_point * bsum[j];
+    bias[j] = valid && p.bias ? p.bias[n] : 0;
+    mult[j] = valid ? p.requant[n].multiplier : (1 << 30);
+    shift[j] = valid ? p.requant[n].shift : 31;
+    half[j] = int64_t{1} << (shift[j] - 1);
+  }
+  Requant16 r;
+  r.zp_bsum = _mm512_load_si512(zb);
+  for (int h = 0; h < 2; ++h) {
+    r.bias[h] = _mm512_load_si512(bias + 8 * h);
+    r.mult[h] = _mm512_load_si512(mult + 8 * h);
+    r.shift[h] = _mm512_load_si512(shift + 8 * h);
+    r.half[h] = _mm512_load_si512(half + 8 * h);
+  }
+  return r;
+}
+
+/// requantize() of 8 exact int32 sums (in int64 lanes) for 8 channels.
+inline __m512i requant8(__m512i sum, const Requant16& r, int h, __m512i zp, __m512i lo, __m512i hi) {
+  const __m512i i32min = _mm512_set1_epi64(INT32_MIN), i32max = _mm512_set1_epi64(INT32_MAX);
+  __m512i acc = _mm512_add_epi64(sum, r.bias[h]);
+  acc = _mm512_min_epi64(_mm512_max_epi64(acc, i32min), i32max);
+  const __m512i prod = _mm512_mul_epi32(acc, r.mult[h]);  // low 32 bits of each lane, signed: exact
+  __m512i q = _mm512_srav_epi64(prod, r.shift[h]);
+  const __m512i rem = _mm512_sub_epi64(prod, _mm512_sllv_epi64(q, r.shift[h]));
+  const __mmask8 above = _mm512_cmpgt_epi64_mask(rem, r.half[h]);
+  const __mmask8 tie_odd = _mm512_mask_test_epi64_mask(_mm512_cmpeq_epi64_mask(rem, r.half[h]), q, _mm512_set1_epi64(1));
+  q = _mm512_mask_add_epi64(q, above | tie_odd, q, _mm512_set1_epi64(1));
+  q = _mm512_add_epi64(q, zp);
+  return _mm512_min_epi64(_mm512_max_epi64(q, lo), hi);
+}
+
 template <int R>
-inline void tile(const QGemmParams& p, const int32_t* packed, const int32_t* bsum, int64_t K4, int64_t m0, int64_t n0) {
+inline void tile(const QGemmParams& p, const int32_t* packed, const Requant16& rq, int64_t K4, int64_t m0, int64_t n0) {
   __m512i acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
   const uint8_t* rows[R];
@@ -50,17 +99,16 @@ inline void tile(const QGemmParams& p, const int32_t* packed, const int32_t* bsu
     for (int r = 0; r < R; ++r) acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(load4(rows[r], 4 * k4, p.K)), b);
   }
   const int64_t nn = std::min<int64_t>(16, p.N - n0);
-  alignas(64) int32_t dot[16];
+  const __mmask16 store_mask = static_cast<__mmask16>((1u << nn) - 1);
+  const __m512i zp = _mm512_set1_epi64(p.out_zero_point), lo = _mm512_set1_epi64(p.out_lo),
+                hi = _mm512_set1_epi64(p.out_hi);
   for (int r = 0; r < R; ++r) {
-    _mm512_store_si512(dot, acc[r]);
-    uint8_t* c = p.c + (m0 + r) * p.ldc + n0;
-    for (int64_t j = 0; j < nn; ++j) {
-      const int64_t n = n0 + j;
-      const int64_t full_acc = static_cast<int64_t>(dot[j]) - static_cast<int64_t>(p.a_zero_point) * bsum[j] +
-                               (p.bias ? p.bias[n] : 0);
-      c[j] = static_cast<uint8_t>(
-          requantize(saturate_i32(full_acc), p.requant[n], p.out_zero_point, p.out_lo, p.out_hi));
-    }
+    // The exact sum of (a - zp) * b: both terms fit int32 (K is bounded), so does the difference.
+    const __m512i sum = _mm512_sub_epi32(acc[r], rq.zp_bsum);
+    const __m512i q0 = requant8(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(sum)), rq, 0, zp, lo, hi);
+    const __m512i q1 = requant8(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(sum, 1)), rq, 1, zp, lo, hi);
+    const __m128i bytes = _mm_unpacklo_epi64(_mm512_cvtepi64_epi8(q0), _mm512_cvtepi64_epi8(q1));
+    _mm_mask_storeu_epi8(p.c + (m0 + r) * p.ldc + n0, store_mask, bytes);
   }
 }
 
@@ -88,10 +136,10 @@ void qu8s8_gemm_requant__avx512vnni_4x16(const QGemmParams& p) {
   }
   for (int64_t nb = 0; nb < NB; ++nb) {
     const int32_t* pk = packed.data() + nb * K4 * 16;
-    const int32_t* bs = bsum.data() + nb * 16;
+    const Requant16 rq = make_requant(p, bsum.data() + nb * 16, nb * 16);
     int64_t m = 0;
-    for (; m + 4 <= p.M; m += 4) tile<4>(p, pk, bs, K4, m, nb * 16);
-    for (; m < p.M; ++m) tile<1>(p, pk, bs, K4, m, nb * 16);
+    for (; m + 4 <= p.M; m += 4) tile<4>(p, pk, rq, K4, m, nb * 16);
+    for (; m < p.M; ++m) tile<1>(p, pk, rq, K4, m, nb * 16);
   }
 }
 
