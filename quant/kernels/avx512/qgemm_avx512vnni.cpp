@@ -1,5 +1,5 @@
-// AVX-512 VNNI requantizing u8 x s8 GEMM: tiles of 4 rows x 16 output
-// channels, one vpdpbusd per row per 4 values of K. B is packed per call into
+// AVX-512 VNNI requantizing u8 x s8 GEMM: tiles of 4 rows x up to 64 output
+// channels (4 blocks of 16), one vpdpbusd per row and block per 4 values of K. B is packed per call into
 // [N/16][K/4][16 channels][4 bytes] (zero-padded), with each channel's sum of
 // weights kept for the input zero point:
 //   sum_k (a - zp) * b = sum_k a * b - zp * sum_k b.
@@ -79,42 +79,58 @@ inline __m512i requant8(__m512i sum, const Requant16& r, int h, __m512i zp, __m5
   return _mm512_min_epi64(_mm512_max_epi64(q, lo), hi);
 }
 
-template <int R>
-inline void tile(const QGemmParams& p, const int32_t* packed, const Requant16& rq, int64_t K4, int64_t m0, int64_t n0) {
-  __m512i acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_si512();
+/// R rows x NV blocks of 16 channels: each broadcast of 4 input bytes feeds
+/// NV vpdpbusd, so the loads per multiply fall as NV grows.
+template <int R, int NV>
+inline void tile(const QGemmParams& p, const int32_t* packed, int64_t block_stride, const Requant16* rq, int64_t K4,
+                 int64_t m0, int64_t n0) {
+  __m512i acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
   const uint8_t* rows[R];
   for (int r = 0; r < R; ++r) rows[r] = p.a + (m0 + r) * p.lda;
   const int64_t full = p.K / 4;
-  for (int64_t k4 = 0; k4 < full; ++k4) {
-    const __m512i b = _mm512_loadu_si512(packed + k4 * 16);
+  for (int64_t k4 = 0; k4 < K4; ++k4) {
+    __m512i b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_si512(packed + v * block_stride + k4 * 16);
     for (int r = 0; r < R; ++r) {
       int32_t a4;
-      __builtin_memcpy(&a4, rows[r] + 4 * k4, 4);
-      acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(a4), b);
+      if (k4 < full) {
+        __builtin_memcpy(&a4, rows[r] + 4 * k4, 4);
+      } else {
+        a4 = load4(rows[r], 4 * k4, p.K);
+      }
+      const __m512i av = _mm512_set1_epi32(a4);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], av, b[v]);
     }
   }
-  for (int64_t k4 = full; k4 < K4; ++k4) {
-    const __m512i b = _mm512_loadu_si512(packed + k4 * 16);
-    for (int r = 0; r < R; ++r) acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_set1_epi32(load4(rows[r], 4 * k4, p.K)), b);
-  }
-  const int64_t nn = std::min<int64_t>(16, p.N - n0);
-  const __mmask16 store_mask = static_cast<__mmask16>((1u << nn) - 1);
   const __m512i zp = _mm512_set1_epi64(p.out_zero_point), lo = _mm512_set1_epi64(p.out_lo),
                 hi = _mm512_set1_epi64(p.out_hi);
-  for (int r = 0; r < R; ++r) {
-    // The exact sum of (a - zp) * b: both terms fit int32 (K is bounded), so does the difference.
-    const __m512i sum = _mm512_sub_epi32(acc[r], rq.zp_bsum);
-    const __m512i q0 = requant8(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(sum)), rq, 0, zp, lo, hi);
-    const __m512i q1 = requant8(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(sum, 1)), rq, 1, zp, lo, hi);
-    const __m128i bytes = _mm_unpacklo_epi64(_mm512_cvtepi64_epi8(q0), _mm512_cvtepi64_epi8(q1));
-    _mm_mask_storeu_epi8(p.c + (m0 + r) * p.ldc + n0, store_mask, bytes);
+  for (int v = 0; v < NV; ++v) {
+    const int64_t nn = std::min<int64_t>(16, p.N - (n0 + 16 * v));
+    const __mmask16 store_mask = static_cast<__mmask16>((1u << nn) - 1);
+    for (int r = 0; r < R; ++r) {
+      // The exact sum of (a - zp) * b: both terms fit int32 (K is bounded), so does the difference.
+      const __m512i sum = _mm512_sub_epi32(acc[r][v], rq[v].zp_bsum);
+      const __m512i q0 = requant8(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(sum)), rq[v], 0, zp, lo, hi);
+      const __m512i q1 = requant8(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(sum, 1)), rq[v], 1, zp, lo, hi);
+      const __m128i bytes = _mm_unpacklo_epi64(_mm512_cvtepi64_epi8(q0), _mm512_cvtepi64_epi8(q1));
+      _mm_mask_storeu_epi8(p.c + (m0 + r) * p.ldc + n0 + 16 * v, store_mask, bytes);
+    }
   }
+}
+
+template <int NV>
+void run_blocks(const QGemmParams& p, const int32_t* packed, int64_t block_stride, const Requant16* rq, int64_t K4,
+                int64_t n0) {
+  int64_t m = 0;
+  for (; m + 4 <= p.M; m += 4) tile<4, NV>(p, packed, block_stride, rq, K4, m, n0);
+  for (; m < p.M; ++m) tile<1, NV>(p, packed, block_stride, rq, K4, m, n0);
 }
 
 }  // namespace
 
-void qu8s8_gemm_requant__avx512vnni_4x16(const QGemmParams& p) {
+void qu8s8_gemm_requant__avx512vnni_4x64(const QGemmParams& p) {
   if (p.M == 0 || p.N == 0) return;
   const int64_t K4 = (p.K + 3) / 4, NB = (p.N + 15) / 16;
   thread_local std::vector<int32_t> packed, bsum;
@@ -134,12 +150,19 @@ void qu8s8_gemm_requant__avx512vnni_4x16(const QGemmParams& p) {
     }
     bsum[n] = s;
   }
-  for (int64_t nb = 0; nb < NB; ++nb) {
+  // Up to 4 blocks of 16 channels per pass over the rows.
+  for (int64_t nb = 0; nb < NB; nb += 4) {
+    const int64_t nv = std::min<int64_t>(4, NB - nb);
+    Requant16 rq[4];
+    for (int64_t v = 0; v < nv; ++v) rq[v] = make_requant(p, bsum.data() + (nb + v) * 16, (nb + v) * 16);
     const int32_t* pk = packed.data() + nb * K4 * 16;
-    const Requant16 rq = make_requant(p, bsum.data() + nb * 16, nb * 16);
-    int64_t m = 0;
-    for (; m + 4 <= p.M; m += 4) tile<4>(p, pk, rq, K4, m, nb * 16);
-    for (; m < p.M; ++m) tile<1>(p, pk, rq, K4, m, nb * 16);
+    const int64_t stride = K4 * 16;
+    switch (nv) {
+      case 4: run_blocks<4>(p, pk, stride, rq, K4, nb * 16); break;
+      case 3: run_blocks<3>(p, pk, stride, rq, K4, nb * 16); break;
+      case 2: run_blocks<2>(p, pk, stride, rq, K4, nb * 16); break;
+      default: run_blocks<1>(p, pk, stride, rq, K4, nb * 16); break;
+    }
   }
 }
 
