@@ -147,32 +147,39 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
   const uint8_t pad = static_cast<uint8_t>(L.input.zero_point);
   const bool pointwise = L.kernel[0] == 1 && L.kernel[1] == 1 && L.stride[0] == 1 && L.stride[1] == 1 &&
                          L.padding[0] == 0 && L.padding[1] == 0 && G == 1;
-  parallel_for(0, N * G, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<uint8_t> cols(pointwise ? 0 : P * K);
+  // Work items are (group, run of up to kImages images): one GEMM call per
+  // item, so the kernel's weight packing is paid once per run of images.
+  constexpr int64_t kImages = 8;
+  const int64_t runs = (N + kImages - 1) / kImages;
+  parallel_for(0, runs * G, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<uint8_t> cols;
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t / G, g = t % G;
-      const uint8_t* image = px + n * H * W * IC;
-      const uint8_t* a = image;
+      const int64_t g = t % G, n0 = (t / G) * kImages, n1 = std::min(N, n0 + kImages), nimg = n1 - n0;
+      const uint8_t* a = px + n0 * H * W * IC;
       if (!pointwise) {
+        cols.resize(static_cast<size_t>(nimg * P * K));
         // im2col over NHWC: each kernel tap copies a run of icg channels.
-        for (int64_t oh = 0; oh < OH; ++oh)
-          for (int64_t ow = 0; ow < OW; ++ow) {
-            uint8_t* row = cols.data() + (oh * OW + ow) * K;
-            for (int64_t i = 0; i < L.kernel[0]; ++i) {
-              const int64_t ih = oh * L.stride[0] - L.padding[0] + i * L.dilation[0];
-              for (int64_t j = 0; j < L.kernel[1]; ++j, row += icg) {
-                const int64_t iw = ow * L.stride[1] - L.padding[1] + j * L.dilation[1];
-                if (ih >= 0 && ih < H && iw >= 0 && iw < W)
-                  std::memcpy(row, image + (ih * W + iw) * IC + g * icg, static_cast<size_t>(icg));
-                else
-                  std::memset(row, pad, static_cast<size_t>(icg));
+        for (int64_t n = n0; n < n1; ++n) {
+          const uint8_t* image = px + n * H * W * IC;
+          for (int64_t oh = 0; oh < OH; ++oh)
+            for (int64_t ow = 0; ow < OW; ++ow) {
+              uint8_t* row = cols.data() + ((n - n0) * P + oh * OW + ow) * K;
+              for (int64_t i = 0; i < L.kernel[0]; ++i) {
+                const int64_t ih = oh * L.stride[0] - L.padding[0] + i * L.dilation[0];
+                for (int64_t j = 0; j < L.kernel[1]; ++j, row += icg) {
+                  const int64_t iw = ow * L.stride[1] - L.padding[1] + j * L.dilation[1];
+                  if (ih >= 0 && ih < H && iw >= 0 && iw < W)
+                    std::memcpy(row, image + (ih * W + iw) * IC + g * icg, static_cast<size_t>(icg));
+                  else
+                    std::memset(row, pad, static_cast<size_t>(icg));
+                }
               }
             }
-          }
+        }
         a = cols.data();
       }
       kernels::QGemmParams p;
-      p.M = P;
+      p.M = nimg * P;
       p.N = ocg;
       p.K = K;
       p.a = a;
@@ -185,7 +192,7 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
       p.out_zero_point = L.output.zero_point;
       p.out_lo = L.bounds.lo;
       p.out_hi = L.bounds.hi;
-      p.c = py + n * P * OC + g * ocg;
+      p.c = py + n0 * P * OC + g * ocg;
       p.ldc = OC;
       gemm(p);
     }
