@@ -70,5 +70,6 @@ KernelTable kernels_for(Isa isa);
 void qu8s8_gemm_requant__ref(const QGemmParams& p);
 void qu8s8_gemm_requant__avx2_4x16(const QGemmParams& p);
 void qu8s8_gemm_requant__avx512vnni_4x64(const QGemmParams& p);
+void qu8s8_gemm_requant__neon_4x8(const QGemmParams& p);
 
 }  // namespace qforge::quant::kernels
