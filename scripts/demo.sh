@@ -12,3 +12,9 @@ cmake --build build -j"$(nproc)"
 # counting the logits where it differs from the QAT model (0). About 4 minutes
 # on 2 cores.
 ./build/examples/mnist_qat "$@"
+# The exported file evaluated again by the int8 runtime alone (a binary that
+# links no autograd, nn or trainers). With custom arguments, run it yourself
+# with --model <out>/mnist_cnn_int8.h5.
+if [[ $# -eq 0 ]]; then
+  ./build/examples/mnist_int8_eval --model out/mnist_qat/mnist_cnn_int8.h5
+fi

@@ -32,7 +32,7 @@ const char* op_kind_name(OpKind k) {
 namespace {
 
 constexpr const char* kFormat = "qforge-int8-model";
-constexpr int64_t kVersion = 1;
+constexpr int64_t kVersion = 2;  // 2: NHWC weight order ([OC, KH, KW, IC/groups]) and (H, W, C) linear columns after a flatten
 
 bool same_q(const ActQParams& a, const ActQParams& b) {
   return a.scale == b.scale && a.zero_point == b.zero_point && a.qmin == b.qmin && a.qmax == b.qmax;

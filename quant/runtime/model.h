@@ -3,9 +3,10 @@
 // (the dequantized output codes), its HDF5 export and its validating loader.
 // Depends on core alone.
 //
-// File format (an Archive, core/archive.h), version 1:
+// File format (an Archive, core/archive.h), version 2 (version 1, never
+// released, had NCHW weight order):
 //   strings  format = "qforge-int8-model", producer
-//   ints     format_version = 1, num_ops
+//   ints     format_version = 2, num_ops
 //   tensor   input_shape (i32 [3]: C, H, W)
 //   per op i, under "op/NNNN/": strings kind and name; tensors params (i32:
 //   qparams and geometry, laid out in model.cpp) and scales (f32: activation
