@@ -40,6 +40,14 @@ struct QGemmParams {
   int64_t ldc = 0;
 };
 
+/// The output code of channel n from the exact sum of (a - zp) * b: adds the
+/// bias, saturates to int32 and requantizes (every kernel's last step, in
+/// scalar form).
+inline uint8_t finish_output(const QGemmParams& p, int64_t n, int64_t sum) {
+  const int64_t acc = sum + (p.bias ? p.bias[n] : 0);
+  return static_cast<uint8_t>(requantize(saturate_i32(acc), p.requant[n], p.out_zero_point, p.out_lo, p.out_hi));
+}
+
 /// Throws ValueError naming the problem when the sizes, strides, pointers,
 /// zero points or bounds do not fit the contract above.
 void check(const QGemmParams& p);

@@ -49,10 +49,7 @@ inline void tile(const QGemmParams& p, const int16_t* packed, const int32_t* bsu
     uint8_t* c = p.c + (m0 + r) * p.ldc + n0;
     for (int64_t j = 0; j < nn; ++j) {
       const int64_t n = n0 + j;
-      const int64_t full_acc = static_cast<int64_t>(dot[j]) - static_cast<int64_t>(p.a_zero_point) * bsum[j] +
-                               (p.bias ? p.bias[n] : 0);
-      c[j] = static_cast<uint8_t>(
-          requantize(saturate_i32(full_acc), p.requant[n], p.out_zero_point, p.out_lo, p.out_hi));
+      c[j] = finish_output(p, n, static_cast<int64_t>(dot[j]) - static_cast<int64_t>(p.a_zero_point) * bsum[j]);
     }
   }
 }

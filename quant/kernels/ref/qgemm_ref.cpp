@@ -10,9 +10,9 @@ void qu8s8_gemm_requant__ref(const QGemmParams& p) {
     uint8_t* c = p.c + m * p.ldc;
     for (int64_t n = 0; n < p.N; ++n) {
       const int8_t* b = p.b + n * p.ldb;
-      int64_t acc = p.bias ? p.bias[n] : 0;
-      for (int64_t k = 0; k < p.K; ++k) acc += (static_cast<int32_t>(a[k]) - p.a_zero_point) * b[k];
-      c[n] = static_cast<uint8_t>(requantize(saturate_i32(acc), p.requant[n], p.out_zero_point, p.out_lo, p.out_hi));
+      int64_t sum = 0;
+      for (int64_t k = 0; k < p.K; ++k) sum += (static_cast<int32_t>(a[k]) - p.a_zero_point) * b[k];
+      c[n] = finish_output(p, n, sum);
     }
   }
 }
