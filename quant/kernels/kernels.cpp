@@ -46,8 +46,10 @@ namespace {
 bool build_has(Isa level) {
   bool any = false;
 #define QF_KERNEL(op, isa, fn) any = any || Isa::isa == level;
+#define QF_PACKER(isa, fn)
 #include "quant/kernels/kernel_list.inc"
 #undef QF_KERNEL
+#undef QF_PACKER
   return any;
 }
 
@@ -76,9 +78,12 @@ KernelTable kernels_for(Isa level) {
   // Entries are ordered by level within each op: the last one the CPU and
   // the level allow wins. The reference is always allowed.
 #define QF_KERNEL(op, isa, fn) \
-  if (allowed(Isa::isa, level)) t.op = &fn;
+  if (allowed(Isa::isa, level)) t.op = &fn, t.qgemm_pack = nullptr;
+#define QF_PACKER(isa, fn) \
+  if (allowed(Isa::isa, level)) t.qgemm_pack = &fn;
 #include "quant/kernels/kernel_list.inc"
 #undef QF_KERNEL
+#undef QF_PACKER
   return t;
 }
 

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "quant/runtime/qmath.h"
 
@@ -38,6 +39,10 @@ struct QGemmParams {
   int32_t out_zero_point = 0, out_lo = 0, out_hi = 255;
   uint8_t* c = nullptr;
   int64_t ldc = 0;
+  /// Optional: B already packed by the same level's pack function
+  /// (KernelTable::qgemm_pack) for this b, N and K; the kernel then skips its
+  /// own packing. Null: the kernel packs b itself.
+  const int32_t* b_packed = nullptr;
 };
 
 /// The output code of channel n from the exact sum of (a - zp) * b: adds the
@@ -53,6 +58,9 @@ inline uint8_t finish_output(const QGemmParams& p, int64_t n, int64_t sum) {
 void check(const QGemmParams& p);
 
 using QGemmFn = void (*)(const QGemmParams&);
+/// Packs B ([N, K], leading dimension ldb) into a kernel's own layout, once,
+/// so that layers can keep it (QGemmParams::b_packed).
+using QGemmPackFn = std::vector<int32_t> (*)(const int8_t* b, int64_t ldb, int64_t N, int64_t K);
 
 /// Instruction-set levels a kernel can need.
 enum class Isa { ref, avx2, avx512vnni, neon };
@@ -66,6 +74,8 @@ bool cpu_has(Isa isa);
 struct KernelTable {
   Isa isa = Isa::ref;
   QGemmFn qgemm = nullptr;
+  /// Null when the level's GEMM takes B unpacked (ref, neon).
+  QGemmPackFn qgemm_pack = nullptr;
 };
 const KernelTable& kernels();
 /// The table for one level, bypassing detection (tests and benchmarks): each
@@ -77,7 +87,9 @@ KernelTable kernels_for(Isa isa);
 // ---- the kernels (kernel_list.inc names them) -------------------------------------
 void qu8s8_gemm_requant__ref(const QGemmParams& p);
 void qu8s8_gemm_requant__avx2_4x16(const QGemmParams& p);
+std::vector<int32_t> qgemm_pack__avx2_4x16(const int8_t* b, int64_t ldb, int64_t N, int64_t K);
 void qu8s8_gemm_requant__avx512vnni_4x64(const QGemmParams& p);
+std::vector<int32_t> qgemm_pack__avx512vnni_4x64(const int8_t* b, int64_t ldb, int64_t N, int64_t K);
 void qu8s8_gemm_requant__neon_4x8(const QGemmParams& p);
 
 }  // namespace qforge::quant::kernels

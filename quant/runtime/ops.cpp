@@ -71,6 +71,19 @@ QLayer make_qlayer(const Tensor& weight, const Tensor& bias, const WeightQParams
   return L;
 }
 
+const int32_t* QLayer::packed_weights(const kernels::KernelTable& t, int64_t group) const {
+  if (!t.qgemm_pack) return nullptr;
+  std::lock_guard<std::mutex> lock(packs_->mutex);
+  auto& per_group = packs_->packs[t.qgemm_pack];  // map nodes never move: pointers stay valid
+  if (per_group.empty()) {
+    const int64_t K = k_per_group(), ocg = out_channels / groups;
+    for (int64_t g = 0; g < groups; ++g) per_group.push_back(t.qgemm_pack(weight.data() + g * ocg * K, K, ocg, K));
+  }
+  return per_group[static_cast<size_t>(group)].data();
+}
+
+void QLayer::invalidate_packs() { packs_ = std::make_shared<PackCache>(); }
+
 Tensor quantize(const Tensor& x, const ActQParams& q) {
   q.check("quantize");
   QF_CHECK_DTYPE(x.dtype() == DType::f32) << "quantize: expects f32, got " << x.desc();
@@ -128,6 +141,7 @@ void reorder_linear_input_to_hwc(QLayer& L, int64_t C, int64_t H, int64_t W) {
     for (int64_t c = 0; c < C; ++c)
       for (int64_t p = 0; p < H * W; ++p) w[o * K + p * C + c] = L.weight[o * K + c * H * W + p];
   L.weight = std::move(w);
+  L.invalidate_packs();
 }
 
 Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) {
@@ -143,7 +157,8 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
   Tensor y = Tensor::empty({N, OH, OW, OC}, DType::u8);
   const uint8_t* px = x.data<uint8_t>();
   uint8_t* py = y.data<uint8_t>();
-  const kernels::QGemmFn gemm = (k ? *k : kernels::kernels()).qgemm;
+  const kernels::KernelTable& table = k ? *k : kernels::kernels();
+  const kernels::QGemmFn gemm = table.qgemm;
   const uint8_t pad = static_cast<uint8_t>(L.input.zero_point);
   const bool pointwise = L.kernel[0] == 1 && L.kernel[1] == 1 && L.stride[0] == 1 && L.stride[1] == 1 &&
                          L.padding[0] == 0 && L.padding[1] == 0 && G == 1;
@@ -194,6 +209,7 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
       p.out_hi = L.bounds.hi;
       p.c = py + n0 * P * OC + g * ocg;
       p.ldc = OC;
+      p.b_packed = L.packed_weights(table, g);
       gemm(p);
     }
   });
@@ -207,7 +223,8 @@ Tensor qlinear(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
       << "qlinear: input must be [N, " << L.in_channels << "], got " << x.desc();
   const int64_t N = x.size(0);
   Tensor y = Tensor::empty({N, L.out_channels}, DType::u8);
-  const kernels::QGemmFn gemm = (k ? *k : kernels::kernels()).qgemm;
+  const kernels::KernelTable& table = k ? *k : kernels::kernels();
+  const int32_t* packed = L.packed_weights(table, 0);
   const int64_t rows = std::max<int64_t>(1, (N + 7) / 8);
   parallel_for(0, (N + rows - 1) / rows, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
@@ -228,7 +245,8 @@ Tensor qlinear(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
       p.out_hi = L.bounds.hi;
       p.c = y.data<uint8_t>() + m0 * L.out_channels;
       p.ldc = L.out_channels;
-      gemm(p);
+      p.b_packed = packed;
+      table.qgemm(p);
     }
   });
   return y;

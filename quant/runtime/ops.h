@@ -12,6 +12,9 @@
 // at most 8 bits. Every rule of the arithmetic is in quant/runtime/qmath.h.
 
 #include <array>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <cstdint>
 #include <vector>
 
@@ -53,6 +56,20 @@ struct QLayer {
   ClampBounds bounds{0, 255};
 
   int64_t k_per_group() const { return in_channels / groups * kernel[0] * kernel[1]; }
+
+  /// The weights of `group` packed for table t's GEMM (null when that GEMM
+  /// takes them unpacked): packed on first use, then kept. Thread-safe.
+  /// Copies of a layer share the packs; call invalidate_packs() after
+  /// changing `weight`.
+  const int32_t* packed_weights(const kernels::KernelTable& t, int64_t group) const;
+  void invalidate_packs();
+
+ private:
+  struct PackCache {
+    std::mutex mutex;
+    std::map<kernels::QGemmPackFn, std::vector<std::vector<int32_t>>> packs;  // per pack function, per group
+  };
+  std::shared_ptr<PackCache> packs_ = std::make_shared<PackCache>();
 };
 
 /// Quantizes a float layer: weight f32 [OC, IC/groups, KH, KW] or [OC, IC]

@@ -1,5 +1,6 @@
 // AVX-512 VNNI requantizing u8 x s8 GEMM: tiles of 4 rows x up to 64 output
-// channels (4 blocks of 16), one vpdpbusd per row and block per 4 values of K. B is packed per call into
+// channels (4 blocks of 16), one vpdpbusd per row and block per 4 values of K. B is packed (per call, or once
+// by qgemm_pack__avx512vnni_4x64) into
 // [N/16][K/4][16 channels][4 bytes] (zero-padded), with each channel's sum of
 // weights kept for the input zero point:
 //   sum_k (a - zp) * b = sum_k a * b - zp * sum_k b.
@@ -130,19 +131,20 @@ void run_blocks(const QGemmParams& p, const int32_t* packed, int64_t block_strid
 
 }  // namespace
 
-void qu8s8_gemm_requant__avx512vnni_4x64(const QGemmParams& p) {
-  if (p.M == 0 || p.N == 0) return;
-  const int64_t K4 = (p.K + 3) / 4, NB = (p.N + 15) / 16;
-  thread_local std::vector<int32_t> packed, bsum;
-  packed.assign(NB * K4 * 16, 0);
-  bsum.assign(NB * 16, 0);
-  for (int64_t n = 0; n < p.N; ++n) {
-    const int8_t* b = p.b + n * p.ldb;
-    int32_t* dst = packed.data() + (n / 16) * K4 * 16 + (n % 16);
+namespace {
+
+/// [NB][K4][16 channels][4 bytes] (zero-padded), then the NB * 16 channel sums.
+void pack_into(std::vector<int32_t>& out, const int8_t* b0, int64_t ldb, int64_t N, int64_t K) {
+  const int64_t K4 = (K + 3) / 4, NB = (N + 15) / 16;
+  out.assign(NB * K4 * 16 + NB * 16, 0);
+  int32_t* bsum = out.data() + NB * K4 * 16;
+  for (int64_t n = 0; n < N; ++n) {
+    const int8_t* b = b0 + n * ldb;
+    int32_t* dst = out.data() + (n / 16) * K4 * 16 + (n % 16);
     int32_t s = 0;
     for (int64_t k4 = 0; k4 < K4; ++k4) {
       uint8_t t[4] = {0, 0, 0, 0};
-      for (int i = 0; i < 4 && 4 * k4 + i < p.K; ++i) {
+      for (int i = 0; i < 4 && 4 * k4 + i < K; ++i) {
         t[i] = static_cast<uint8_t>(b[4 * k4 + i]);
         s += b[4 * k4 + i];
       }
@@ -150,12 +152,33 @@ void qu8s8_gemm_requant__avx512vnni_4x64(const QGemmParams& p) {
     }
     bsum[n] = s;
   }
+}
+
+}  // namespace
+
+std::vector<int32_t> qgemm_pack__avx512vnni_4x64(const int8_t* b, int64_t ldb, int64_t N, int64_t K) {
+  std::vector<int32_t> out;
+  pack_into(out, b, ldb, N, K);
+  return out;
+}
+
+void qu8s8_gemm_requant__avx512vnni_4x64(const QGemmParams& p) {
+  if (p.M == 0 || p.N == 0) return;
+  const int64_t K4 = (p.K + 3) / 4, NB = (p.N + 15) / 16;
+  const int32_t* base = p.b_packed;
+  if (!base) {
+    thread_local std::vector<int32_t> tl;
+    pack_into(tl, p.b, p.ldb, p.N, p.K);
+    base = tl.data();
+  }
+  const int32_t* packed = base;
+  const int32_t* bsum = base + NB * K4 * 16;
   // Up to 4 blocks of 16 channels per pass over the rows.
   for (int64_t nb = 0; nb < NB; nb += 4) {
     const int64_t nv = std::min<int64_t>(4, NB - nb);
     Requant16 rq[4];
-    for (int64_t v = 0; v < nv; ++v) rq[v] = make_requant(p, bsum.data() + (nb + v) * 16, (nb + v) * 16);
-    const int32_t* pk = packed.data() + nb * K4 * 16;
+    for (int64_t v = 0; v < nv; ++v) rq[v] = make_requant(p, bsum + (nb + v) * 16, (nb + v) * 16);
+    const int32_t* pk = packed + nb * K4 * 16;
     const int64_t stride = K4 * 16;
     switch (nv) {
       case 4: run_blocks<4>(p, pk, stride, rq, K4, nb * 16); break;

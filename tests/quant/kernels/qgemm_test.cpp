@@ -104,9 +104,36 @@ TEST(QGemm, EveryKernelEqualsTheReference) {
   } else {                                                                                          \
     std::printf("# %s skipped: this CPU lacks %s\n", #fn, isa_name(Isa::isa));                     \
   }
+#define QF_PACKER(isa, fn)
 #include "quant/kernels/kernel_list.inc"
 #undef QF_KERNEL
+#undef QF_PACKER
   EXPECT_GE(kernels_run, 1);
+}
+
+TEST(QGemm, PrePackedWeightsGiveTheSameResult) {
+  const std::vector<int64_t> sizes = {1, 3, 7, 16, 17, 33, 64, 65};
+  for (Isa isa : {Isa::ref, Isa::avx2, Isa::avx512vnni, Isa::neon}) {
+    if (!cpu_has(isa)) continue;
+    KernelTable t;
+    try {
+      t = kernels_for(isa);
+    } catch (const ValueError&) {
+      continue;  // no kernels of that level in this build
+    }
+    if (!t.qgemm_pack) continue;
+    std::mt19937 rng(11);
+    for (int iter = 0; iter < 60; ++iter) {
+      const int64_t M = sizes[rng() % sizes.size()], N = sizes[rng() % sizes.size()], K = sizes[rng() % sizes.size()];
+      Problem pr = make_problem(M, N, K, rng, iter % 2);
+      const std::vector<int32_t> packed = t.qgemm_pack(pr.p.b, pr.p.ldb, N, K);
+      QGemmParams pp = pr.p;
+      pp.b_packed = packed.data();
+      ASSERT_EQ(run(t.qgemm, pp), run(&qu8s8_gemm_requant__ref, pr.p)) << isa_name(isa) << " M=" << M << " N=" << N
+                                                                         << " K=" << K;
+    }
+    std::printf("# %s: pre-packed weights checked\n", isa_name(isa));
+  }
 }
 
 TEST(QGemm, ChecksTheContract) {
