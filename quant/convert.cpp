@@ -8,20 +8,6 @@ namespace qforge::quant {
 
 namespace {
 
-runtime::ActQParams act_of(FakeQuantize& fq, const std::string& where) {
-  QF_CHECK(fq.has_qparams()) << "convert: the quantizer of '" << where << "' has no qparams (train or calibrate first)";
-  const QParams p = fq.qparams();
-  QF_CHECK(!p.per_channel() && p.qmin >= 0 && p.qmax <= 255)
-      << "convert: '" << where << "' produces " << fq.config().spec.describe()
-      << " activations; the runtime takes unsigned per-tensor ones";
-  runtime::ActQParams a;
-  a.scale = p.scale[0];
-  a.zero_point = p.zero_point[0];
-  a.qmin = p.qmin;
-  a.qmax = p.qmax;
-  return a;
-}
-
 struct Walker {
   runtime::Model model;
   bool have_q = false;
@@ -41,7 +27,7 @@ struct Walker {
       if (type == "QATQuantStub") {
         QF_CHECK(!have_q) << "convert: a second QuantStub at '" << path << "' (the chain is already quantized)";
         op.kind = runtime::OpKind::quantize;
-        op.q = act_of(static_cast<QATQuantStub&>(*child).output_fake_quant(), path);
+        op.q = runtime_act_qparams(static_cast<QATQuantStub&>(*child).output_fake_quant(), "convert: '" + path + "'");
         cur = op.q;
         have_q = true;
       } else if (type == "DeQuantStub") {

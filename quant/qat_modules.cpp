@@ -57,9 +57,8 @@ void check_axes(const QConfig& q, const char* who) {
 
 void check_bn(const std::shared_ptr<nn::BatchNorm>& bn, int64_t channels, const char* who) {
   if (!bn) return;
-  QF_CHECK(bn->spec().num_features == channels)
-      << who << ": the batch norm has " << bn->spec().num_features << " features but the layer has " << channels
-      << " output channels";
+  QF_CHECK(bn->spec().num_features == channels) << who << ": the batch norm has " << bn->spec().num_features
+                                                << " features but the layer has " << channels << " output channels";
   QF_CHECK(bn->spec().track_running_stats)
       << who << ": the batch norm must track running statistics to be folded (track_running_stats=false)";
 }
@@ -83,16 +82,6 @@ std::string act_blocker(const FakeQuantize& fq, const char* which) {
   return "";
 }
 
-runtime::ActQParams act_qparams(FakeQuantize& fq) {
-  const QParams p = fq.qparams();
-  runtime::ActQParams a;
-  a.scale = p.scale[0];
-  a.zero_point = p.zero_point[0];
-  a.qmin = p.qmin;
-  a.qmax = p.qmax;
-  return a;
-}
-
 runtime::WeightQParams weight_qparams(FakeQuantize& fq, int64_t channels) {
   const QParams p = fq.qparams();
   runtime::WeightQParams w;
@@ -108,6 +97,47 @@ runtime::WeightQParams weight_qparams(FakeQuantize& fq, int64_t channels) {
 }
 
 }  // namespace
+
+// ---- shared by conv and linear ---------------------------------------------------
+
+QATLayer::QATLayer(const char* type_name, int64_t out_channels, std::shared_ptr<nn::BatchNorm> bn, FusedActivation act,
+                   const QConfig& qconfig)
+    : nn::Module(type_name), act_(act), qconfig_(qconfig) {
+  qconfig_.validate(type_name);
+  check_axes(qconfig_, type_name);
+  check_bn(bn, out_channels, type_name);
+  if (bn) register_module("bn", std::move(bn));
+  register_module("weight_fake_quant", std::make_shared<FakeQuantize>(qconfig_.weight, out_channels));
+  register_module("output_fake_quant", std::make_shared<FakeQuantize>(qconfig_.activation, out_channels));
+}
+
+nn::BatchNorm* QATLayer::bn() const {
+  for (const auto& [n, m] : named_children())
+    if (n == "bn") return static_cast<nn::BatchNorm*>(m.get());
+  return nullptr;
+}
+
+FakeQuantize& QATLayer::weight_fake_quant() const { return static_cast<FakeQuantize&>(child("weight_fake_quant")); }
+FakeQuantize& QATLayer::output_fake_quant() const { return static_cast<FakeQuantize&>(child("output_fake_quant")); }
+
+void QATLayer::freeze_bn_stats(bool frozen) {
+  if (auto* b = bn()) b->set_frozen(frozen);
+}
+
+std::pair<Tensor, Tensor> QATLayer::folded_weight_and_bias() { return folded_pair(*this, bn()); }
+
+runtime::ActQParams runtime_act_qparams(FakeQuantize& fq, const std::string& where) {
+  QF_CHECK(fq.has_qparams()) << where << ": the quantizer has no qparams (train or calibrate first)";
+  const QParams p = fq.qparams();
+  QF_CHECK(!p.per_channel() && p.qmin >= 0 && p.qmax <= 255)
+      << where << ": " << fq.config().spec.describe() << " activations; the runtime takes unsigned per-tensor ones";
+  runtime::ActQParams a;
+  a.scale = p.scale[0];
+  a.zero_point = p.zero_point[0];
+  a.qmin = p.qmin;
+  a.qmax = p.qmax;
+  return a;
+}
 
 // ---- int8 eval ---------------------------------------------------------------
 
@@ -133,42 +163,18 @@ std::string QATLayer::int8_blocker() {
 
 QATConvBase::QATConvBase(const char* type_name, const nn::Conv2d& conv, std::shared_ptr<nn::BatchNorm> bn,
                          FusedActivation act, const QConfig& qconfig)
-    : QATLayer(type_name), spec_(conv.spec()), act_(act), qconfig_(qconfig) {
-  qconfig_.validate(type_name);
-  check_axes(qconfig_, type_name);
-  check_bn(bn, spec_.out_channels, type_name);
+    : QATLayer(type_name, conv.spec().out_channels, std::move(bn), act, qconfig), spec_(conv.spec()) {
   register_parameter("weight", conv.param("weight"));
   if (conv.has_param("bias")) register_parameter("bias", conv.param("bias"));
-  if (bn) register_module("bn", std::move(bn));
-  register_module("weight_fake_quant", std::make_shared<FakeQuantize>(qconfig_.weight, spec_.out_channels));
-  register_module("output_fake_quant", std::make_shared<FakeQuantize>(qconfig_.activation, spec_.out_channels));
 }
-
-nn::BatchNorm* QATConvBase::bn() const {
-  for (const auto& [n, m] : named_children())
-    if (n == "bn") return static_cast<nn::BatchNorm*>(m.get());
-  return nullptr;
-}
-
-FakeQuantize& QATConvBase::weight_fake_quant() const {
-  return static_cast<FakeQuantize&>(child("weight_fake_quant"));
-}
-FakeQuantize& QATConvBase::output_fake_quant() const {
-  return static_cast<FakeQuantize&>(child("output_fake_quant"));
-}
-
-void QATConvBase::freeze_bn_stats(bool frozen) {
-  if (auto* b = bn()) b->set_frozen(frozen);
-}
-
-std::pair<Tensor, Tensor> QATConvBase::folded_weight_and_bias() { return folded_pair(*this, bn()); }
 
 runtime::QLayer QATConvBase::to_qlayer() {
   const std::string why = int8_blocker();
   QF_CHECK(why.empty()) << type_name() << ": no int8 layer: " << why;
   auto [w, b] = folded_weight_and_bias();
   return runtime::make_qlayer(w, b, weight_qparams(weight_fake_quant(), spec_.out_channels),
-                              act_qparams(*input_quantizer()), act_qparams(output_fake_quant()), act_,
+                              runtime_act_qparams(*input_quantizer(), "input of " + type_name()),
+                              runtime_act_qparams(output_fake_quant(), "output of " + type_name()), activation(),
                               spec_.stride, spec_.padding, spec_.dilation, spec_.groups);
 }
 
@@ -205,7 +211,7 @@ Variable QATConvBase::forward(const Variable& x) {
       y = autograd::conv2d(x, wq, f.bias, opt);
     }
   }
-  return output_fake_quant()(activate(y, act_));
+  return output_fake_quant()(activate(y, activation()));
 }
 
 std::string QATConvBase::extra_repr() const {
@@ -214,7 +220,7 @@ std::string QATConvBase::extra_repr() const {
   if (spec_.stride[0] != 1 || spec_.stride[1] != 1) s << ", stride=" << spec_.stride[0] << "x" << spec_.stride[1];
   if (spec_.padding[0] || spec_.padding[1]) s << ", padding=" << spec_.padding[0] << "x" << spec_.padding[1];
   if (spec_.groups != 1) s << ", groups=" << spec_.groups;
-  if (act_ != FusedActivation::none) s << ", act=" << act_name(act_);
+  if (activation() != FusedActivation::none) s << ", act=" << act_name(activation());
   return s.str();
 }
 
@@ -222,42 +228,20 @@ std::string QATConvBase::extra_repr() const {
 
 QATLinearBase::QATLinearBase(const char* type_name, const nn::Linear& linear, std::shared_ptr<nn::BatchNorm> bn,
                              FusedActivation act, const QConfig& qconfig)
-    : QATLayer(type_name), in_(linear.in_features()), out_(linear.out_features()), act_(act), qconfig_(qconfig) {
-  qconfig_.validate(type_name);
-  check_axes(qconfig_, type_name);
-  check_bn(bn, out_, type_name);
+    : QATLayer(type_name, linear.out_features(), std::move(bn), act, qconfig),
+      in_(linear.in_features()),
+      out_(linear.out_features()) {
   register_parameter("weight", linear.param("weight"));
   if (linear.has_param("bias")) register_parameter("bias", linear.param("bias"));
-  if (bn) register_module("bn", std::move(bn));
-  register_module("weight_fake_quant", std::make_shared<FakeQuantize>(qconfig_.weight, out_));
-  register_module("output_fake_quant", std::make_shared<FakeQuantize>(qconfig_.activation, out_));
 }
-
-nn::BatchNorm* QATLinearBase::bn() const {
-  for (const auto& [n, m] : named_children())
-    if (n == "bn") return static_cast<nn::BatchNorm*>(m.get());
-  return nullptr;
-}
-
-FakeQuantize& QATLinearBase::weight_fake_quant() const {
-  return static_cast<FakeQuantize&>(child("weight_fake_quant"));
-}
-FakeQuantize& QATLinearBase::output_fake_quant() const {
-  return static_cast<FakeQuantize&>(child("output_fake_quant"));
-}
-
-void QATLinearBase::freeze_bn_stats(bool frozen) {
-  if (auto* b = bn()) b->set_frozen(frozen);
-}
-
-std::pair<Tensor, Tensor> QATLinearBase::folded_weight_and_bias() { return folded_pair(*this, bn()); }
 
 runtime::QLayer QATLinearBase::to_qlayer() {
   const std::string why = int8_blocker();
   QF_CHECK(why.empty()) << type_name() << ": no int8 layer: " << why;
   auto [w, b] = folded_weight_and_bias();
-  return runtime::make_qlayer(w, b, weight_qparams(weight_fake_quant(), out_), act_qparams(*input_quantizer()),
-                              act_qparams(output_fake_quant()), act_);
+  return runtime::make_qlayer(w, b, weight_qparams(weight_fake_quant(), out_),
+                              runtime_act_qparams(*input_quantizer(), "input of " + type_name()),
+                              runtime_act_qparams(output_fake_quant(), "output of " + type_name()), activation());
 }
 
 Variable QATLinearBase::forward(const Variable& x) {
@@ -291,13 +275,13 @@ Variable QATLinearBase::forward(const Variable& x) {
       y = autograd::linear(x, wq, f.bias);
     }
   }
-  return output_fake_quant()(activate(y, act_));
+  return output_fake_quant()(activate(y, activation()));
 }
 
 std::string QATLinearBase::extra_repr() const {
   std::ostringstream s;
   s << in_ << ", " << out_;
-  if (act_ != FusedActivation::none) s << ", act=" << act_name(act_);
+  if (activation() != FusedActivation::none) s << ", act=" << act_name(activation());
   return s.str();
 }
 
@@ -313,8 +297,6 @@ QATQuantStub::QATQuantStub(const QConfig& q) : nn::Module("QATQuantStub") {
 
 Variable QATQuantStub::forward(const Variable& x) { return output_fake_quant()(x); }
 
-FakeQuantize& QATQuantStub::output_fake_quant() const {
-  return static_cast<FakeQuantize&>(child("output_fake_quant"));
-}
+FakeQuantize& QATQuantStub::output_fake_quant() const { return static_cast<FakeQuantize&>(child("output_fake_quant")); }
 
 }  // namespace qforge::quant

@@ -38,11 +38,24 @@ namespace qforge::quant {
 /// Activation.
 using FusedActivation = Activation;
 
-/// What conv and linear QAT modules share: the link to the quantizer that
-/// feeds them and the int8 eval switch.
+/// What conv and linear QAT modules share: the fused batch norm and
+/// activation, the weight and output quantizers, the link to the quantizer
+/// that feeds them, and the int8 eval switch.
 class QATLayer : public nn::Module {
  public:
-  using nn::Module::Module;
+  FusedActivation activation() const { return act_; }
+  const QConfig& qconfig() const { return qconfig_; }
+  /// The float batch norm, or null for the variants without one.
+  nn::BatchNorm* bn() const;
+  FakeQuantize& weight_fake_quant() const;
+  FakeQuantize& output_fake_quant() const;
+  /// Stops (or resumes) updates of the batch norm's running statistics.
+  void freeze_bn_stats(bool frozen = true);
+  /// The weight as the int8 layer will see it (folded with the running
+  /// statistics when there is a batch norm) and the matching float bias
+  /// (undefined when there is none). No gradient.
+  std::pair<Tensor, Tensor> folded_weight_and_bias();
+
   /// The quantizer whose codes this layer consumes (null: unknown).
   void set_input_quantizer(const std::shared_ptr<FakeQuantize>& q) { input_q_ = q; }
   std::shared_ptr<FakeQuantize> input_quantizer() const { return input_q_.lock(); }
@@ -53,16 +66,26 @@ class QATLayer : public nn::Module {
   /// The int8 layer with the current weights and qparams (ValueError with
   /// int8_blocker()'s reason when there is none).
   virtual runtime::QLayer to_qlayer() = 0;
-  virtual FakeQuantize& weight_fake_quant() const = 0;
-  virtual FakeQuantize& output_fake_quant() const = 0;
 
  protected:
+  /// Validates the qconfig and the batch norm against out_channels, and
+  /// registers the children bn (when given), weight_fake_quant and
+  /// output_fake_quant.
+  QATLayer(const char* type_name, int64_t out_channels, std::shared_ptr<nn::BatchNorm> bn, FusedActivation act,
+           const QConfig& qconfig);
   bool use_int8_eval() { return !is_training() && int8_eval_ && int8_blocker().empty(); }
 
  private:
+  FusedActivation act_;
+  QConfig qconfig_;
   std::weak_ptr<FakeQuantize> input_q_;
   bool int8_eval_ = true;
 };
+
+/// A per-tensor, unsigned activation quantizer's qparams in the runtime's
+/// form; ValueError naming `where` for any other quantizer or one without
+/// qparams.
+runtime::ActQParams runtime_act_qparams(FakeQuantize& fq, const std::string& where);
 
 /// Conv2d (+ BatchNorm2d) (+ ReLU/ReLU6) under QAT. Input [N, C, H, W].
 class QATConvBase : public QATLayer {
@@ -71,19 +94,7 @@ class QATConvBase : public QATLayer {
   std::string extra_repr() const override;
 
   const nn::Conv2dSpec& spec() const { return spec_; }
-  FusedActivation activation() const { return act_; }
-  const QConfig& qconfig() const { return qconfig_; }
-  /// The float batch norm, or null for the variants without one.
-  nn::BatchNorm* bn() const;
-  FakeQuantize& weight_fake_quant() const override;
-  FakeQuantize& output_fake_quant() const override;
   runtime::QLayer to_qlayer() override;
-  /// Stops (or resumes) updates of the batch norm's running statistics.
-  void freeze_bn_stats(bool frozen = true);
-  /// The weight as the int8 layer will see it (folded with the running
-  /// statistics when there is a batch norm) and the matching float bias
-  /// (undefined when there is none). No gradient.
-  std::pair<Tensor, Tensor> folded_weight_and_bias();
 
  protected:
   QATConvBase(const char* type_name, const nn::Conv2d& conv, std::shared_ptr<nn::BatchNorm> bn, FusedActivation act,
@@ -91,13 +102,12 @@ class QATConvBase : public QATLayer {
 
  private:
   nn::Conv2dSpec spec_;
-  FusedActivation act_;
-  QConfig qconfig_;
 };
 
 class QATConv2d : public QATConvBase {
  public:
-  QATConv2d(const nn::Conv2d& conv, const QConfig& q) : QATConvBase("QATConv2d", conv, nullptr, FusedActivation::none, q) {}
+  QATConv2d(const nn::Conv2d& conv, const QConfig& q)
+      : QATConvBase("QATConv2d", conv, nullptr, FusedActivation::none, q) {}
 };
 class QATConvReLU2d : public QATConvBase {
  public:
@@ -125,23 +135,14 @@ class QATLinearBase : public QATLayer {
 
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
-  FusedActivation activation() const { return act_; }
-  const QConfig& qconfig() const { return qconfig_; }
-  nn::BatchNorm* bn() const;
-  FakeQuantize& weight_fake_quant() const override;
-  FakeQuantize& output_fake_quant() const override;
   runtime::QLayer to_qlayer() override;
-  void freeze_bn_stats(bool frozen = true);
-  std::pair<Tensor, Tensor> folded_weight_and_bias();
 
  protected:
-  QATLinearBase(const char* type_name, const nn::Linear& linear, std::shared_ptr<nn::BatchNorm> bn,
-                FusedActivation act, const QConfig& qconfig);
+  QATLinearBase(const char* type_name, const nn::Linear& linear, std::shared_ptr<nn::BatchNorm> bn, FusedActivation act,
+                const QConfig& qconfig);
 
  private:
   int64_t in_, out_;
-  FusedActivation act_;
-  QConfig qconfig_;
 };
 
 class QATLinear : public QATLinearBase {
@@ -157,7 +158,7 @@ class QATLinearBn1d : public QATLinearBase {
  public:
   QATLinearBn1d(const nn::Linear& l, std::shared_ptr<nn::BatchNorm> bn, const QConfig& q,
                 FusedActivation act = FusedActivation::none)
-      : QATLinearBase(act == FusedActivation::none    ? "QATLinearBn1d"
+      : QATLinearBase(act == FusedActivation::none   ? "QATLinearBn1d"
                       : act == FusedActivation::relu ? "QATLinearBnReLU1d"
                                                      : "QATLinearBnReLU61d",
                       l, std::move(bn), act, q) {}
