@@ -53,4 +53,11 @@ Dataset load_mnist(const std::string& dir, Split split) {
   return ds;
 }
 
+std::string default_mnist_dir(const std::string& source_dir) {
+  for (const std::string& d : {std::string("data/mnist"), source_dir + "/data/mnist"})
+    if (std::filesystem::exists(d + "/t10k-labels-idx1-ubyte.gz") || std::filesystem::exists(d + "/t10k-labels-idx1-ubyte"))
+      return d;
+  return "data/mnist";
+}
+
 }  // namespace qforge::data

@@ -18,4 +18,9 @@ namespace qforge::data {
 /// hold a label outside 0..9.
 Dataset load_mnist(const std::string& dir, Split split);
 
+/// The MNIST directory to use by default: "data/mnist" when it holds the test
+/// labels (gzipped or raw), else `source_dir` + "/data/mnist" when that does,
+/// else "data/mnist" (so that the error names it).
+std::string default_mnist_dir(const std::string& source_dir);
+
 }  // namespace qforge::data

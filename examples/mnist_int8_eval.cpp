@@ -19,7 +19,7 @@ int main(int argc, char** argv) {
   cxxopts::Options options("mnist_int8_eval", "Evaluate an exported int8 model on the MNIST test set");
   options.add_options()("model", "int8 model file", cxxopts::value<std::string>()->default_value("out/mnist_qat/mnist_cnn_int8.h5"))(
       "data-dir", "directory with the MNIST IDX files",
-      cxxopts::value<std::string>()->default_value(std::string(QFORGE_SOURCE_DIR) + "/data/mnist"))(
+      cxxopts::value<std::string>()->default_value(data::default_mnist_dir(QFORGE_SOURCE_DIR)))(
       "batch-size", "batch size", cxxopts::value<int64_t>()->default_value("256"))(
       "threads", "worker threads (0 = all cores)", cxxopts::value<int>()->default_value("0"))("h,help", "show help");
   cxxopts::ParseResult args;

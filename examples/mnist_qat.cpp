@@ -31,13 +31,6 @@ using namespace qforge;
 
 namespace {
 
-std::string default_mnist_dir() {
-  for (const std::string& d : {std::string("data/mnist"), std::string(QFORGE_SOURCE_DIR) + "/data/mnist"})
-    if (std::filesystem::exists(d + "/t10k-labels-idx1-ubyte.gz") || std::filesystem::exists(d + "/t10k-labels-idx1-ubyte"))
-      return d;
-  return "data/mnist";
-}
-
 struct Loaders {
   std::shared_ptr<data::DataLoader> train, test;
 };
@@ -219,7 +212,7 @@ int main(int argc, char** argv) {
       "shift", "augmentation: random shifts of up to this many pixels (0 = none)",
       cxxopts::value<int64_t>()->default_value("2"))(
       "threads", "worker threads (0 = all cores)", cxxopts::value<int>()->default_value("0"))(
-      "data-dir", "directory with the MNIST IDX files", cxxopts::value<std::string>()->default_value(default_mnist_dir()))(
+      "data-dir", "directory with the MNIST IDX files", cxxopts::value<std::string>()->default_value(data::default_mnist_dir(QFORGE_SOURCE_DIR)))(
       "out", "output directory", cxxopts::value<std::string>()->default_value("out/mnist_qat"))(
       "seed", "seed for weights and data order", cxxopts::value<uint64_t>()->default_value("0"))(
       "resume", "continue an interrupted run from its newest checkpoints in --out")(

@@ -13,24 +13,13 @@
 
 using namespace qforge;
 
-namespace {
-
-std::string default_mnist_dir() {
-  for (const std::string& d : {std::string("data/mnist"), std::string(QFORGE_SOURCE_DIR) + "/data/mnist"})
-    if (std::filesystem::exists(d + "/t10k-labels-idx1-ubyte.gz") || std::filesystem::exists(d + "/t10k-labels-idx1-ubyte"))
-      return d;
-  return "data/mnist";
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
   cxxopts::Options options("mnist_train", "Train mnist_cnn in FP32 on MNIST");
   options.add_options()("epochs", "epochs", cxxopts::value<int64_t>()->default_value("2"))(
       "batch-size", "batch size", cxxopts::value<int64_t>()->default_value("64"))(
       "lr", "peak learning rate (Adam, cosine decay)", cxxopts::value<double>()->default_value("0.002"))(
       "threads", "worker threads (0 = all cores)", cxxopts::value<int>()->default_value("0"))(
-      "data-dir", "directory with the MNIST IDX files", cxxopts::value<std::string>()->default_value(default_mnist_dir()))(
+      "data-dir", "directory with the MNIST IDX files", cxxopts::value<std::string>()->default_value(data::default_mnist_dir(QFORGE_SOURCE_DIR)))(
       "out", "output directory for checkpoints and metrics.jsonl",
       cxxopts::value<std::string>()->default_value("out/mnist_fp32"))(
       "seed", "seed for weights and data order", cxxopts::value<uint64_t>()->default_value("0"))(
