@@ -51,9 +51,13 @@ struct TrainRun {
   std::unique_ptr<Trainer> trainer;
 };
 
-TrainRun make_run(const std::string& out, int64_t epochs, bool resume, uint64_t init_seed, uint64_t data_seed = 3) {
+/// `prepare`, when given, changes the model before the optimizer is built
+/// (QAT preparation).
+TrainRun make_run(const std::string& out, int64_t epochs, bool resume, uint64_t init_seed, uint64_t data_seed = 3,
+                  const std::function<void(nn::Module&)>& prepare = {}) {
   TrainRun r;
   r.model = small_model(init_seed);
+  if (prepare) prepare(*r.model);
   auto opt = std::make_shared<nn::Adam>(r.model->parameters(), nn::AdamOptions{.lr = 0.01, .weight_decay = 1e-4});
   auto sched = std::make_shared<nn::CosineLr>(0.01, 40);
   data::LoaderOptions lo;
@@ -164,21 +168,8 @@ void check_qat_resume(const std::function<std::string(const std::string&)>& sub,
   po.require_quant_stub = false;
   po.qconfig.set_global(qconfig);
   auto qat_run = [&](const std::string& out, int64_t epochs, bool resume, uint64_t init) {
-    TrainRun r = make_run(out, epochs, resume, init);
-    quant::prepare_qat(*r.model, po);
-    // LSQ step sizes are parameters of their own: rebuild the optimizer over
-    // the prepared model (same hyper-parameters as make_run).
-    auto opt = std::make_shared<nn::Adam>(r.model->parameters(), nn::AdamOptions{.lr = 0.01, .weight_decay = 1e-4});
-    data::LoaderOptions lo;
-    lo.batch_size = 16;
-    lo.seed = 3;
-    lo.mean = {0.4f};
-    lo.std = {0.3f};
-    auto train = std::make_shared<data::DataLoader>(quadrant_dataset(160, 1), lo);
-    lo.shuffle = false;
-    auto test = std::make_shared<data::DataLoader>(quadrant_dataset(64, 2), lo);
-    TrainerOptions to = r.trainer->options();
-    r.trainer = std::make_unique<Trainer>(r.model, opt, std::make_shared<nn::CosineLr>(0.01, 40), train, test, to);
+    // LSQ step sizes are parameters of their own: prepare before the optimizer is built.
+    TrainRun r = make_run(out, epochs, resume, init, 3, [&](nn::Module& m) { quant::prepare_qat(m, po); });
     trainers::attach_qat_schedule(*r.trainer, sched);
     return r;
   };
