@@ -17,10 +17,13 @@
 
 namespace qforge::bench {
 
-/// Median seconds of fn over at least min_runs calls and min_sec seconds,
-/// after `warmup` calls.
-inline double median_seconds(const std::function<void()>& fn, int min_runs = 10, double min_sec = 1.0,
-                             int warmup = 3) {
+struct Timing {
+  double median = 0, best = 0;
+};
+
+/// Median and best seconds of fn over at least min_runs calls and min_sec
+/// seconds, after `warmup` calls.
+inline Timing time_calls(const std::function<void()>& fn, int min_runs = 10, double min_sec = 1.0, int warmup = 3) {
   using clock = std::chrono::steady_clock;
   for (int i = 0; i < warmup; ++i) fn();
   std::vector<double> ts;
@@ -31,7 +34,13 @@ inline double median_seconds(const std::function<void()>& fn, int min_runs = 10,
     ts.push_back(std::chrono::duration<double>(clock::now() - t0).count());
   }
   std::sort(ts.begin(), ts.end());
-  return ts[ts.size() / 2];
+  return {ts[ts.size() / 2], ts.front()};
+}
+
+/// Median seconds of fn (see time_calls).
+inline double median_seconds(const std::function<void()>& fn, int min_runs = 10, double min_sec = 1.0,
+                             int warmup = 3) {
+  return time_calls(fn, min_runs, min_sec, warmup).median;
 }
 
 /// One line that says what was in force: threads, GEMM backend and the

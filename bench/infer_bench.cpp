@@ -27,7 +27,7 @@ int main(int argc, char** argv) {
       "min-sec", "seconds per measurement", cxxopts::value<double>()->default_value("1.0"))(
       "data-dir", "MNIST directory",
       cxxopts::value<std::string>()->default_value(std::string(QFORGE_SOURCE_DIR) + "/data/mnist"))(
-      "no-reference", "skip PyTorch")(
+      "no-reference", "skip PyTorch")("int8-only", "measure only qforge int8 (for profiling)")(
       "python", "interpreter with torch", cxxopts::value<std::string>()->default_value("/usr/bin/python3"))(
       "h,help", "show help");
   cxxopts::ParseResult args;
@@ -64,8 +64,9 @@ int main(int argc, char** argv) {
   model->eval();
   const Tensor x1 = images(1000, 1), xb = images(2000, batch);
   autograd::NoGradGuard ng;
-  const double fp32_lat = bench::median_seconds([&] { (*model)(Variable(x1)); }, 200, min_sec);
-  const double fp32_tp = batch / bench::median_seconds([&] { (*model)(Variable(xb)); }, 20, min_sec);
+  const bool int8_only = args.count("int8-only") > 0;
+  const double fp32_lat = int8_only ? 0 : bench::median_seconds([&] { (*model)(Variable(x1)); }, 200, min_sec);
+  const double fp32_tp = int8_only ? 0 : batch / bench::median_seconds([&] { (*model)(Variable(xb)); }, 20, min_sec);
 
   quant::prepare(*model);
   for (int b = 0; b < 4; ++b) (*model)(Variable(images(256 + b * 64, 64)));
@@ -77,7 +78,7 @@ int main(int argc, char** argv) {
   std::printf("qforge int8: batch 1 %.3f ms, batch %d %.0f images/s\n", int8_lat * 1e3, batch, int8_tp);
   std::printf("qforge int8 vs its own fp32: %.2fx throughput, %.2fx latency\n", int8_tp / fp32_tp,
               fp32_lat / int8_lat);
-  if (args.count("no-reference")) return 0;
+  if (args.count("no-reference") || int8_only) return 0;
 
   for (const char* variant : {"fp32", "int8"}) {
     const std::string cmd = args["python"].as<std::string>() + " " + bench::reference_kit() +

@@ -3,6 +3,12 @@
 #include <algorithm>
 #include <cstring>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#elif defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
+
 #include "core/error.h"
 #include "core/parallel.h"
 #include "quant/kernels/kernels.h"
@@ -144,6 +150,37 @@ void reorder_linear_input_to_hwc(QLayer& L, int64_t C, int64_t H, int64_t W) {
   L.invalidate_packs();
 }
 
+namespace {
+
+/// memcpy for the short runs of im2col (often 3 to 64 bytes): fixed-size
+/// 8-byte moves inline instead of a library call per run.
+inline void copy_bytes(uint8_t* __restrict dst, const uint8_t* __restrict src, int64_t n) {
+  if (n >= 64) {
+    std::memcpy(dst, src, static_cast<size_t>(n));
+    return;
+  }
+  for (; n >= 8; n -= 8, dst += 8, src += 8) std::memcpy(dst, src, 8);
+  for (; n > 0; --n) *dst++ = *src++;
+}
+
+/// out[i] = max(out[i], in[i]) for n bytes, 16 at a time (GCC 12 leaves
+/// the plain loop scalar).
+inline void max_bytes(uint8_t* out, const uint8_t* in, int64_t n) {
+  int64_t i = 0;
+#if defined(__SSE2__)
+  for (; i + 16 <= n; i += 16) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(out + i));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm_max_epu8(a, b));
+  }
+#elif defined(__ARM_NEON)
+  for (; i + 16 <= n; i += 16) vst1q_u8(out + i, vmaxq_u8(vld1q_u8(out + i), vld1q_u8(in + i)));
+#endif
+  for (; i < n; ++i) out[i] = out[i] > in[i] ? out[i] : in[i];
+}
+
+}  // namespace
+
 Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) {
   QF_CHECK_DTYPE(x.dtype() == DType::u8) << "qconv2d: expects u8 codes, got " << x.desc();
   QF_CHECK_SHAPE(x.ndim() == 4 && x.size(3) == L.in_channels)
@@ -173,20 +210,34 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
       const uint8_t* a = px + n0 * H * W * IC;
       if (!pointwise) {
         cols.resize(static_cast<size_t>(nimg * P * K));
-        // im2col over NHWC: each kernel tap copies a run of icg channels.
+        // im2col over NHWC. Without groups or dilation, a kernel row's taps
+        // are contiguous in the input (KW * IC bytes), so inside the image
+        // each kernel row is one copy; at the borders each tap copies its
+        // run of icg channels or the padding code.
+        const int64_t KW = L.kernel[1], rowlen = KW * icg;
+        const bool dense_rows = G == 1 && L.dilation[1] == 1;
         for (int64_t n = n0; n < n1; ++n) {
           const uint8_t* image = px + n * H * W * IC;
           for (int64_t oh = 0; oh < OH; ++oh)
             for (int64_t ow = 0; ow < OW; ++ow) {
               uint8_t* row = cols.data() + ((n - n0) * P + oh * OW + ow) * K;
-              for (int64_t i = 0; i < L.kernel[0]; ++i) {
+              const int64_t iw0 = ow * L.stride[1] - L.padding[1];
+              for (int64_t i = 0; i < L.kernel[0]; ++i, row += rowlen) {
                 const int64_t ih = oh * L.stride[0] - L.padding[0] + i * L.dilation[0];
-                for (int64_t j = 0; j < L.kernel[1]; ++j, row += icg) {
-                  const int64_t iw = ow * L.stride[1] - L.padding[1] + j * L.dilation[1];
-                  if (ih >= 0 && ih < H && iw >= 0 && iw < W)
-                    std::memcpy(row, image + (ih * W + iw) * IC + g * icg, static_cast<size_t>(icg));
+                if (ih < 0 || ih >= H) {
+                  std::memset(row, pad, static_cast<size_t>(rowlen));
+                  continue;
+                }
+                if (dense_rows && iw0 >= 0 && iw0 + KW <= W) {
+                  copy_bytes(row, image + (ih * W + iw0) * IC, rowlen);
+                  continue;
+                }
+                for (int64_t j = 0; j < KW; ++j) {
+                  const int64_t iw = iw0 + j * L.dilation[1];
+                  if (iw >= 0 && iw < W)
+                    copy_bytes(row + j * icg, image + (ih * W + iw) * IC + g * icg, icg);
                   else
-                    std::memset(row, pad, static_cast<size_t>(icg));
+                    std::memset(row + j * icg, pad, static_cast<size_t>(icg));
                 }
               }
             }
@@ -279,8 +330,7 @@ Tensor qmax_pool2d(const Tensor& x, std::array<int64_t, 2> kernel, std::array<in
           for (int64_t j = 0; j < kernel[1]; ++j) {
             const int64_t iw = ow * stride[1] - padding[1] + j;
             if (iw < 0 || iw >= W) continue;
-            const uint8_t* in = px + ((n * H + ih) * W + iw) * C;
-            for (int64_t c = 0; c < C; ++c) out[c] = std::max(out[c], in[c]);
+            max_bytes(out, px + ((n * H + ih) * W + iw) * C, C);
           }
         }
       }

@@ -35,6 +35,11 @@ inline int32_t load4(const uint8_t* a, int64_t k, int64_t K) {
   return v;
 }
 
+/// acc += the u8 x s8 dot products of a and b in groups of 4 (vpdpbusd), in
+/// place. Inline asm: GCC 12 compiles _mm512_dpbusd_epi32 with a register
+/// copy of the accumulator around every call.
+#define QF_DPBUSD(acc, a, b) asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
+
 /// Per-channel requantization constants of one block of 16 channels, as two
 /// halves of 8 int64 lanes.
 struct Requant16 {
@@ -82,29 +87,88 @@ inline __m512i requant8(__m512i sum, const Requant16& r, int h, __m512i zp, __m5
 
 /// R rows x NV blocks of 16 channels: each broadcast of 4 input bytes feeds
 /// NV vpdpbusd, so the loads per multiply fall as NV grows.
+/// The dot products of R rows x NV blocks of 16 channels into
+/// sums[R][NV][16] (R <= 8, NV <= 4, R * NV <= 16 accumulators). Each
+/// broadcast of 4 input bytes feeds NV vpdpbusd, and each load of 16
+/// channels' weights feeds R. The accumulators are named variables, not an
+/// array: GCC 12 keeps an array of __m512i on the stack and reloads and
+/// stores it around every vpdpbusd.
+template <int R, int NV>
+inline void dot_tile(const QGemmParams& p, const int32_t* packed, int64_t block_stride, int64_t K4, int64_t m0,
+                     int32_t (*sums)[NV][16]) {
+  static_assert(R >= 1 && R <= 8 && NV >= 1 && NV <= 4 && R * NV <= 16);
+  const __m512i z = _mm512_setzero_si512();
+  __m512i c00 = z, c01 = z, c02 = z, c03 = z, c10 = z, c11 = z, c12 = z, c13 = z, c20 = z, c21 = z, c22 = z,
+          c23 = z, c30 = z, c31 = z, c32 = z, c33 = z, c40 = z, c41 = z, c50 = z, c51 = z, c60 = z, c61 = z,
+          c70 = z, c71 = z;
+  const uint8_t* a[8];
+  for (int r = 0; r < 8; ++r) a[r] = p.a + (m0 + (r < R ? r : 0)) * p.lda;
+  const int32_t* bp[4];
+  for (int v = 0; v < 4; ++v) bp[v] = packed + (v < NV ? v : 0) * block_stride;
+  __m512i b0 = z, b1 = z, b2 = z, b3 = z;
+  auto load_b = [&](int64_t k4) {
+    b0 = _mm512_loadu_si512(bp[0] + k4 * 16);
+    if constexpr (NV > 1) b1 = _mm512_loadu_si512(bp[1] + k4 * 16);
+    if constexpr (NV > 2) b2 = _mm512_loadu_si512(bp[2] + k4 * 16);
+    if constexpr (NV > 3) b3 = _mm512_loadu_si512(bp[3] + k4 * 16);
+  };
+  auto bcast = [](const uint8_t* row, int64_t k4) {
+    int32_t v;
+    __builtin_memcpy(&v, row + 4 * k4, 4);
+    return _mm512_set1_epi32(v);
+  };
+  auto bcast_tail = [&](const uint8_t* row, int64_t k4) { return _mm512_set1_epi32(load4(row, 4 * k4, p.K)); };
+#define QF_ROW2(r, av)                                   \
+  do {                                                   \
+    const __m512i a_ = (av);                             \
+    QF_DPBUSD(c##r##0, a_, b0);                          \
+    if constexpr (NV > 1) QF_DPBUSD(c##r##1, a_, b1);    \
+  } while (0)
+#define QF_ROW4(r, av)                                   \
+  do {                                                   \
+    const __m512i a_ = (av);                             \
+    QF_DPBUSD(c##r##0, a_, b0);                          \
+    if constexpr (NV > 1) QF_DPBUSD(c##r##1, a_, b1);    \
+    if constexpr (NV > 2) QF_DPBUSD(c##r##2, a_, b2);    \
+    if constexpr (NV > 3) QF_DPBUSD(c##r##3, a_, b3);    \
+  } while (0)
+#define QF_ROWS(load)                                    \
+  QF_ROW4(0, load(a[0], k4));                            \
+  if constexpr (R > 1) QF_ROW4(1, load(a[1], k4));       \
+  if constexpr (R > 2) QF_ROW4(2, load(a[2], k4));       \
+  if constexpr (R > 3) QF_ROW4(3, load(a[3], k4));       \
+  if constexpr (R > 4) QF_ROW2(4, load(a[4], k4));       \
+  if constexpr (R > 5) QF_ROW2(5, load(a[5], k4));       \
+  if constexpr (R > 6) QF_ROW2(6, load(a[6], k4));       \
+  if constexpr (R > 7) QF_ROW2(7, load(a[7], k4))
+  // Whole groups of 4 bytes, then (when K % 4 != 0) one zero-padded group.
+  const int64_t full = p.K / 4;
+  for (int64_t k4 = 0; k4 < full; ++k4) {
+    load_b(k4);
+    QF_ROWS(bcast);
+  }
+  if (full < K4) {
+    const int64_t k4 = full;
+    load_b(k4);
+    QF_ROWS(bcast_tail);
+  }
+#undef QF_ROWS
+#undef QF_ROW4
+#undef QF_ROW2
+  const __m512i all[8][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13}, {c20, c21, c22, c23},
+                             {c30, c31, c32, c33}, {c40, c41, z, z},     {c50, c51, z, z},
+                             {c60, c61, z, z},     {c70, c71, z, z}};
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) _mm512_store_si512(sums[r][v], all[r][v]);
+}
+
+/// R rows x NV blocks of 16 channels: the dot products, then the
+/// requantization of every output.
 template <int R, int NV>
 inline void tile(const QGemmParams& p, const int32_t* packed, int64_t block_stride, const Requant16* rq, int64_t K4,
                  int64_t m0, int64_t n0) {
-  __m512i acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
-  const uint8_t* rows[R];
-  for (int r = 0; r < R; ++r) rows[r] = p.a + (m0 + r) * p.lda;
-  const int64_t full = p.K / 4;
-  for (int64_t k4 = 0; k4 < K4; ++k4) {
-    __m512i b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_si512(packed + v * block_stride + k4 * 16);
-    for (int r = 0; r < R; ++r) {
-      int32_t a4;
-      if (k4 < full) {
-        __builtin_memcpy(&a4, rows[r] + 4 * k4, 4);
-      } else {
-        a4 = load4(rows[r], 4 * k4, p.K);
-      }
-      const __m512i av = _mm512_set1_epi32(a4);
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], av, b[v]);
-    }
-  }
+  alignas(64) int32_t sums[R][NV][16];
+  dot_tile<R, NV>(p, packed, block_stride, K4, m0, sums);
   const __m512i zp = _mm512_set1_epi64(p.out_zero_point), lo = _mm512_set1_epi64(p.out_lo),
                 hi = _mm512_set1_epi64(p.out_hi);
   for (int v = 0; v < NV; ++v) {
@@ -112,7 +176,7 @@ inline void tile(const QGemmParams& p, const int32_t* packed, int64_t block_stri
     const __mmask16 store_mask = static_cast<__mmask16>((1u << nn) - 1);
     for (int r = 0; r < R; ++r) {
       // The exact sum of (a - zp) * b: both terms fit int32 (K is bounded), so does the difference.
-      const __m512i sum = _mm512_sub_epi32(acc[r][v], rq[v].zp_bsum);
+      const __m512i sum = _mm512_sub_epi32(_mm512_load_si512(sums[r][v]), rq[v].zp_bsum);
       const __m512i q0 = requant8(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(sum)), rq[v], 0, zp, lo, hi);
       const __m512i q1 = requant8(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(sum, 1)), rq[v], 1, zp, lo, hi);
       const __m128i bytes = _mm_unpacklo_epi64(_mm512_cvtepi64_epi8(q0), _mm512_cvtepi64_epi8(q1));
@@ -121,11 +185,12 @@ inline void tile(const QGemmParams& p, const int32_t* packed, int64_t block_stri
   }
 }
 
-template <int NV>
+/// All rows against NV blocks: tiles of R rows, then single rows.
+template <int R, int NV>
 void run_blocks(const QGemmParams& p, const int32_t* packed, int64_t block_stride, const Requant16* rq, int64_t K4,
                 int64_t n0) {
   int64_t m = 0;
-  for (; m + 4 <= p.M; m += 4) tile<4, NV>(p, packed, block_stride, rq, K4, m, n0);
+  for (; m + R <= p.M; m += R) tile<R, NV>(p, packed, block_stride, rq, K4, m, n0);
   for (; m < p.M; ++m) tile<1, NV>(p, packed, block_stride, rq, K4, m, n0);
 }
 
@@ -173,18 +238,24 @@ void qu8s8_gemm_requant__avx512vnni_4x64(const QGemmParams& p) {
   }
   const int32_t* packed = base;
   const int32_t* bsum = base + NB * K4 * 16;
-  // Up to 4 blocks of 16 channels per pass over the rows.
-  for (int64_t nb = 0; nb < NB; nb += 4) {
-    const int64_t nv = std::min<int64_t>(4, NB - nb);
+  // Passes over the rows with panels of up to 4 blocks of 16 channels (4
+  // rows per tile), or of 2 blocks (8 rows per tile) when K is long: a
+  // panel's packed weights then stay within 32 KB, in L1.
+  const int64_t width = p.K <= 512 ? 4 : 2;
+  for (int64_t nb = 0; nb < NB; nb += width) {
+    const int64_t nv = std::min<int64_t>(width, NB - nb);
     Requant16 rq[4];
     for (int64_t v = 0; v < nv; ++v) rq[v] = make_requant(p, bsum + (nb + v) * 16, (nb + v) * 16);
     const int32_t* pk = packed + nb * K4 * 16;
     const int64_t stride = K4 * 16;
     switch (nv) {
-      case 4: run_blocks<4>(p, pk, stride, rq, K4, nb * 16); break;
-      case 3: run_blocks<3>(p, pk, stride, rq, K4, nb * 16); break;
-      case 2: run_blocks<2>(p, pk, stride, rq, K4, nb * 16); break;
-      default: run_blocks<1>(p, pk, stride, rq, K4, nb * 16); break;
+      case 4: run_blocks<4, 4>(p, pk, stride, rq, K4, nb * 16); break;
+      case 3: run_blocks<4, 3>(p, pk, stride, rq, K4, nb * 16); break;
+      case 2:
+        if (width == 2) run_blocks<8, 2>(p, pk, stride, rq, K4, nb * 16);
+        else run_blocks<4, 2>(p, pk, stride, rq, K4, nb * 16);
+        break;
+      default: run_blocks<8, 1>(p, pk, stride, rq, K4, nb * 16); break;
     }
   }
 }

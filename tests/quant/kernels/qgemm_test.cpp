@@ -100,7 +100,14 @@ TEST(QGemm, EveryKernelEqualsTheReference) {
       ASSERT_EQ(run(&fn, pr.p), run(&qu8s8_gemm_requant__ref, pr.p)) << #fn << " M=" << M << " N=" << N \
                                                                        << " K=" << K;               \
     }                                                                                               \
-    std::printf("# %s: 120 random problems equal the reference\n", #fn);                           \
+    /* Long K: kernels may change their tiling there (panels that fit L1). */                    \
+    for (int64_t K : {511, 512, 513, 1027})                                                         \
+      for (int64_t N : {16, 33, 49, 65}) {                                                          \
+        Problem pr = make_problem(19, N, K, rng, K % 2 == 1);                                       \
+        ASSERT_EQ(run(&fn, pr.p), run(&qu8s8_gemm_requant__ref, pr.p)) << #fn << " M=19 N=" << N      \
+                                                                         << " K=" << K;             \
+      }                                                                                             \
+    std::printf("# %s: 136 random problems equal the reference\n", #fn);                           \
   } else {                                                                                          \
     std::printf("# %s skipped: this CPU lacks %s\n", #fn, isa_name(Isa::isa));                     \
   }

@@ -112,7 +112,9 @@ TEST(QConv, MatchesADirectIntegerConvolution) {
     int64_t n, ic, oc, h, w, k, stride, pad, dil, groups;
   };
   const Case cases[] = {{2, 3, 5, 7, 6, 3, 1, 1, 1, 1}, {1, 4, 4, 9, 9, 3, 2, 0, 1, 4}, {3, 6, 4, 8, 7, 3, 1, 2, 2, 2},
-                        {1, 16, 8, 5, 5, 1, 1, 0, 1, 1}, {2, 2, 3, 6, 6, 2, 2, 1, 1, 1}};
+                        {1, 16, 8, 5, 5, 1, 1, 0, 1, 1}, {2, 2, 3, 6, 6, 2, 2, 1, 1, 1},
+                        // one input channel (a kernel row is 3 bytes) and 24 (72 bytes: a long copy)
+                        {2, 1, 8, 6, 6, 3, 1, 0, 1, 1}, {1, 24, 8, 5, 5, 3, 1, 1, 1, 1}};
   std::mt19937 rng(9);
   for (const Case& c : cases) {
     const int64_t icg = c.ic / c.groups, ocg = c.oc / c.groups;
