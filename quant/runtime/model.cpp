@@ -25,6 +25,14 @@ const char* op_kind_name(OpKind k) {
       return "relu";
     case OpKind::dequantize:
       return "dequantize";
+    case OpKind::avg_pool2d:
+      return "avg_pool2d";
+    case OpKind::global_avg_pool:
+      return "global_avg_pool";
+    case OpKind::add:
+      return "add";
+    case OpKind::concat:
+      return "concat";
   }
   return "?";
 }
@@ -32,7 +40,12 @@ const char* op_kind_name(OpKind k) {
 namespace {
 
 constexpr const char* kFormat = "qforge-int8-model";
-constexpr int64_t kVersion = 2;  // 2: NHWC weight order ([OC, KH, KW, IC/groups]) and (H, W, C) linear columns after a flatten
+// 2: NHWC weight order ([OC, KH, KW, IC/groups]) and (H, W, C) linear columns
+// after a flatten; 3: graphs (op inputs), avg pools, add and concat.
+constexpr int64_t kVersion = 3, kOldestVersion = 2;
+constexpr OpKind kAllKinds[] = {OpKind::quantize,   OpKind::conv2d,          OpKind::linear, OpKind::max_pool2d,
+                                OpKind::flatten,    OpKind::relu,            OpKind::dequantize,
+                                OpKind::avg_pool2d, OpKind::global_avg_pool, OpKind::add,    OpKind::concat};
 
 bool same_q(const ActQParams& a, const ActQParams& b) {
   return a.scale == b.scale && a.zero_point == b.zero_point && a.qmin == b.qmin && a.qmax == b.qmax;
@@ -63,22 +76,71 @@ std::vector<std::vector<int64_t>> Model::input_shapes() const {
 
 std::vector<int64_t> Model::validate() const { return validate_into(nullptr); }
 
+std::vector<int32_t> Model::inputs_of(size_t i) const {
+  if (!ops[i].inputs.empty() || i == 0) return ops[i].inputs;
+  return {static_cast<int32_t>(i - 1)};
+}
+
+namespace {
+
+void check_window(const Op& op, const std::string& at, std::vector<int64_t>& shape) {
+  QF_CHECK_FORMAT(shape.size() == 3) << at << ": needs a [C, H, W] input";
+  std::vector<int64_t> next = shape;
+  for (int d = 0; d < 2; ++d) {
+    const int64_t s = op.stride[d] ? op.stride[d] : op.kernel[d];
+    QF_CHECK_FORMAT(op.kernel[d] >= 1 && op.kernel[d] <= 64 && s >= 1 && op.padding[d] >= 0 &&
+                    2 * op.padding[d] <= op.kernel[d])
+        << at << ": bad window";
+    next[1 + d] = out_size(shape[1 + d], op.kernel[d], s, op.padding[d], 1);
+    QF_CHECK_FORMAT(next[1 + d] >= 1) << at << ": the input is smaller than the window";
+  }
+  shape = next;
+}
+
+}  // namespace
+
 std::vector<int64_t> Model::validate_into(std::vector<std::vector<int64_t>>* shapes) const {
   QF_CHECK_FORMAT(ops.size() >= 2 && ops.front().kind == OpKind::quantize && ops.back().kind == OpKind::dequantize)
       << "int8 model: the ops must start with quantize and end with dequantize";
   for (int64_t d : input_shape) QF_CHECK_FORMAT(d >= 1 && d <= (1 << 20)) << "int8 model: bad input shape";
-  std::vector<int64_t> shape(input_shape.begin(), input_shape.end());
-  ActQParams cur;
+  std::vector<std::vector<int64_t>> out_shape(ops.size());
+  std::vector<ActQParams> out_q(ops.size());
+  std::vector<int> uses(ops.size(), 0);
   for (size_t i = 0; i < ops.size(); ++i) {
     const Op& op = ops[i];
     const std::string at = op_label(i, op);
-    if (shapes) shapes->push_back(shape);
     try {
+      const std::vector<int32_t> in = inputs_of(i);
+      for (int32_t j : in) {
+        QF_CHECK_FORMAT(j >= 0 && static_cast<size_t>(j) < i)
+            << at << ": reads op " << j << ", which does not come before it";
+        ++uses[static_cast<size_t>(j)];
+      }
+      const size_t want_inputs = op.kind == OpKind::quantize ? 0
+                                 : op.kind == OpKind::add    ? 2
+                                 : op.kind == OpKind::concat ? std::max<size_t>(2, in.size())
+                                                             : 1;
+      QF_CHECK_FORMAT(in.size() == want_inputs) << at << ": takes " << want_inputs << " input(s), names " << in.size();
+      std::vector<int64_t> shape =
+          in.empty() ? std::vector<int64_t>(input_shape.begin(), input_shape.end()) : out_shape[in[0]];
+      const ActQParams cur = in.empty() ? ActQParams{} : out_q[in[0]];
+      if (shapes) shapes->push_back(shape);
+      auto check_in_q = [&] {
+        QF_CHECK_FORMAT(op.in_q.size() == in.size())
+            << at << ": holds " << op.in_q.size() << " input qparams for " << in.size() << " inputs";
+        for (size_t k = 0; k < in.size(); ++k) {
+          op.in_q[k].check("input");
+          QF_CHECK_FORMAT(same_q(op.in_q[k], out_q[in[k]]))
+              << at << ": its input " << k << " qparams differ from what op " << in[k] << " produces";
+        }
+        op.q.check("output");
+      };
+      ActQParams next_q = cur;
       switch (op.kind) {
         case OpKind::quantize:
           QF_CHECK_FORMAT(i == 0) << at << ": quantize may only come first";
           op.q.check("quantize");
-          cur = op.q;
+          next_q = op.q;
           break;
         case OpKind::conv2d:
         case OpKind::linear: {
@@ -99,7 +161,7 @@ std::vector<int64_t> Model::validate_into(std::vector<std::vector<int64_t>>* sha
                           L.bias.size() == oc && L.requant.size() == oc)
               << at << ": weight, scale, bias or requant arrays do not match " << oc << " channels";
           QF_CHECK_FORMAT(L.k_per_group() < (int64_t{1} << 31) / (255 * 128)) << at << ": K is too large";
-          for (float s : L.weight_scale) QF_CHECK_FORMAT(std::isfinite(s) && s > 0) << at << ": bad weight scale " << s;
+          for (float sc : L.weight_scale) QF_CHECK_FORMAT(std::isfinite(sc) && sc > 0) << at << ": bad weight scale " << sc;
           if (op.kind == OpKind::linear) {
             QF_CHECK_FORMAT(L.groups == 1 && L.kernel[0] == 1 && L.kernel[1] == 1) << at << ": a linear op is 1x1";
             int64_t features = 1;
@@ -116,21 +178,46 @@ std::vector<int64_t> Model::validate_into(std::vector<std::vector<int64_t>>* sha
             QF_CHECK_FORMAT(oh >= 1 && ow >= 1) << at << ": the input is smaller than the kernel";
             shape = {L.out_channels, oh, ow};
           }
-          cur = L.output;
+          next_q = L.output;
           break;
         }
-        case OpKind::max_pool2d: {
+        case OpKind::max_pool2d:
+          check_window(op, at, shape);
+          break;
+        case OpKind::avg_pool2d:
+          check_in_q();
+          check_window(op, at, shape);
+          (void)rescale_multiplier(op.in_q[0].scale, op.q.scale, op.kernel[0] * op.kernel[1]);
+          next_q = op.q;
+          break;
+        case OpKind::global_avg_pool:
+          check_in_q();
           QF_CHECK_FORMAT(shape.size() == 3) << at << ": needs a [C, H, W] input";
-          std::vector<int64_t> next = shape;
-          for (int d = 0; d < 2; ++d) {
-            const int64_t s = op.stride[d] ? op.stride[d] : op.kernel[d];
-            QF_CHECK_FORMAT(op.kernel[d] >= 1 && op.kernel[d] <= 64 && s >= 1 && op.padding[d] >= 0 &&
-                            2 * op.padding[d] <= op.kernel[d])
-                << at << ": bad window";
-            next[1 + d] = out_size(shape[1 + d], op.kernel[d], s, op.padding[d], 1);
-            QF_CHECK_FORMAT(next[1 + d] >= 1) << at << ": the input is smaller than the window";
+          (void)rescale_multiplier(op.in_q[0].scale, op.q.scale, shape[1] * shape[2]);
+          shape = {shape[0], 1, 1};
+          next_q = op.q;
+          break;
+        case OpKind::add:
+          check_in_q();
+          QF_CHECK_FORMAT(out_shape[in[1]] == shape) << at << ": adds tensors of different shapes";
+          QF_CHECK_FORMAT(static_cast<int32_t>(op.activation) >= 0 && static_cast<int32_t>(op.activation) <= 2)
+              << at << ": bad activation";
+          (void)add_multipliers(op.in_q[0].scale, op.in_q[1].scale, op.q.scale);
+          next_q = op.q;
+          break;
+        case OpKind::concat: {
+          check_in_q();
+          int64_t channels = 0;
+          for (int32_t j : in) {
+            const auto& sj = out_shape[j];
+            QF_CHECK_FORMAT(sj.size() == shape.size() && std::equal(sj.begin() + 1, sj.end(), shape.begin() + 1))
+                << at << ": inputs differ in more than their channels";
+            channels += sj[0];
           }
-          shape = next;
+          for (const ActQParams& q : op.in_q)
+            if (!same_q(q, op.q)) (void)rescale_multiplier(q.scale, op.q.scale);
+          shape[0] = channels;
+          next_q = op.q;
           break;
         }
         case OpKind::flatten: {
@@ -147,13 +234,17 @@ std::vector<int64_t> Model::validate_into(std::vector<std::vector<int64_t>>* sha
           QF_CHECK_FORMAT(same_q(op.q, cur)) << at << ": its qparams differ from what the op before produces";
           break;
       }
+      out_shape[i] = shape;
+      out_q[i] = next_q;
     } catch (const FormatError&) {
       throw;
     } catch (const Error& e) {
       QF_THROW(FormatError) << at << ": " << e.what();
     }
   }
-  return shape;
+  for (size_t i = 0; i + 1 < ops.size(); ++i)
+    QF_CHECK_FORMAT(uses[i] > 0) << op_label(i, ops[i]) << ": its output is never read";
+  return out_shape.back();
 }
 
 Tensor Model::run(const Tensor& x, const kernels::KernelTable* k) const {
@@ -163,38 +254,66 @@ Tensor Model::run(const Tensor& x, const kernels::KernelTable* k) const {
       << "int8 model: input must be [N, " << input_shape[0] << ", " << input_shape[1] << ", " << input_shape[2]
       << "], got " << x.desc();
   const int64_t N = x.size(0);
-  Tensor t = x.reshape({N, input_shape[0], input_shape[1], input_shape[2]});
-  for (const Op& op : ops) {
+  // Each op's output lives until its last reader has run.
+  std::vector<int> pending(ops.size(), 0);
+  std::vector<std::vector<int32_t>> reads(ops.size());
+  for (size_t i = 0; i < ops.size(); ++i) {
+    reads[i] = inputs_of(i);
+    for (int32_t j : reads[i]) ++pending[static_cast<size_t>(j)];
+  }
+  std::vector<Tensor> out(ops.size());
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const Op& op = ops[i];
+    const Tensor t = reads[i].empty() ? x.reshape({N, input_shape[0], input_shape[1], input_shape[2]})
+                                      : out[static_cast<size_t>(reads[i][0])];
+    Tensor y;
     switch (op.kind) {
       case OpKind::quantize:
-        t = to_nhwc(quantize(t, op.q));
+        y = to_nhwc(quantize(t, op.q));
         break;
       case OpKind::conv2d:
-        t = qconv2d(op.layer, t, k);
+        y = qconv2d(op.layer, t, k);
         break;
       case OpKind::linear:
-        t = qlinear(op.layer, t.reshape({N, t.numel() / N}), k);
+        y = qlinear(op.layer, t.reshape({N, t.numel() / N}), k);
         break;
       case OpKind::max_pool2d:
-        t = qmax_pool2d(t, op.kernel, op.stride, op.padding);
+        y = qmax_pool2d(t, op.kernel, op.stride, op.padding);
         break;
+      case OpKind::avg_pool2d:
+        y = qavg_pool2d(t, op.in_q[0], op.q, op.kernel, op.stride, op.padding);
+        break;
+      case OpKind::global_avg_pool:
+        y = qglobal_avg_pool(t, op.in_q[0], op.q);
+        break;
+      case OpKind::add:
+        y = qadd(t, op.in_q[0], out[static_cast<size_t>(reads[i][1])], op.in_q[1], op.q, op.activation);
+        break;
+      case OpKind::concat: {
+        std::vector<Tensor> xs;
+        for (int32_t j : reads[i]) xs.push_back(out[static_cast<size_t>(j)]);
+        y = qconcat(xs, op.in_q, op.q);
+        break;
+      }
       case OpKind::flatten:
-        t = t.reshape({N, t.numel() / N});
+        y = t.reshape({N, t.numel() / N});
         break;
       case OpKind::relu: {
-        Tensor r = t.clone();
-        uint8_t* p = r.data<uint8_t>();
+        y = t.clone();
+        uint8_t* p = y.data<uint8_t>();
         const uint8_t zp = static_cast<uint8_t>(op.q.zero_point);
-        for (int64_t i = 0; i < r.numel(); ++i) p[i] = std::max(p[i], zp);
-        t = r;
+        for (int64_t e = 0; e < y.numel(); ++e) p[e] = std::max(p[e], zp);
         break;
       }
       case OpKind::dequantize:
-        t = dequantize(t.ndim() == 4 ? to_nchw(t) : t, op.q);
+        y = dequantize(t.ndim() == 4 ? to_nchw(t) : t, op.q);
         break;
     }
+    for (int32_t j : reads[i])
+      if (--pending[static_cast<size_t>(j)] == 0) out[static_cast<size_t>(j)] = Tensor();
+    out[i] = std::move(y);
   }
-  return t;
+  return out.back();
 }
 
 // ---- export ----------------------------------------------------------------------
@@ -214,6 +333,12 @@ std::string key(size_t i, const char* field) {
 //   conv2d, linear: params [in_channels, out_channels, groups, activation,
 //     k0, k1, s0, s1, p0, p1, d0, d1, in_zp, in_qmin, in_qmax, out_zp,
 //     out_qmin, out_qmax], scales [in_scale, out_scale]
+//   avg_pool2d: params [k0, k1, s0, s1, p0, p1, in q, out q] (q: zp, qmin,
+//     qmax), scales [in_scale, out_scale]
+//   global_avg_pool: params [in q, out q], scales [in_scale, out_scale]
+//   add: params [activation, a q, b q, out q], scales [a, b, out]
+//   concat: params [n, q of each of the n inputs, out q], scales [the n
+//     inputs', out]
 constexpr int64_t kQParams = 3, kPoolParams = 6, kLayerParams = 18;
 
 void put_q(std::vector<int64_t>& ints, std::vector<float>& scales, const ActQParams& q) {
@@ -268,6 +393,26 @@ void save_model(const std::string& path, const Model& m, const std::string& prod
       case OpKind::max_pool2d:
         ints = {op.kernel[0], op.kernel[1], op.stride[0], op.stride[1], op.padding[0], op.padding[1]};
         break;
+      case OpKind::avg_pool2d:
+        ints = {op.kernel[0], op.kernel[1], op.stride[0], op.stride[1], op.padding[0], op.padding[1]};
+        put_q(ints, scales, op.in_q.at(0));
+        put_q(ints, scales, op.q);
+        break;
+      case OpKind::global_avg_pool:
+        put_q(ints, scales, op.in_q.at(0));
+        put_q(ints, scales, op.q);
+        break;
+      case OpKind::add:
+        ints = {static_cast<int64_t>(op.activation)};
+        put_q(ints, scales, op.in_q.at(0));
+        put_q(ints, scales, op.in_q.at(1));
+        put_q(ints, scales, op.q);
+        break;
+      case OpKind::concat:
+        ints = {static_cast<int64_t>(op.in_q.size())};
+        for (const ActQParams& q : op.in_q) put_q(ints, scales, q);
+        put_q(ints, scales, op.q);
+        break;
       case OpKind::flatten:
         break;
       case OpKind::conv2d:
@@ -293,6 +438,9 @@ void save_model(const std::string& path, const Model& m, const std::string& prod
       a.tensors[key(i, "params")] = Tensor::from_vector<int32_t>(i32, {static_cast<int64_t>(i32.size())});
     }
     if (!scales.empty()) a.tensors[key(i, "scales")] = Tensor::from_vector<float>(scales, {static_cast<int64_t>(scales.size())});
+    if (!op.inputs.empty())
+      a.tensors[key(i, "inputs")] =
+          Tensor::from_vector<int32_t>(op.inputs, {static_cast<int64_t>(op.inputs.size())});
   }
   save_archive(path, a);
 }
@@ -303,8 +451,9 @@ Model load_model(const std::string& path) {
     QF_CHECK_FORMAT(a.strings.count("format") && a.get_string("format") == kFormat)
         << "not a qforge int8 model (no format '" << kFormat << "')";
     const int64_t version = a.get_int("format_version");
-    QF_CHECK_FORMAT(version == kVersion) << "format version " << version << " (this build reads version " << kVersion
-                                         << ")";
+    QF_CHECK_FORMAT(version >= kOldestVersion && version <= kVersion)
+        << "format version " << version << " (this build reads versions " << kOldestVersion << " to " << kVersion
+        << ")";
     Model m;
     const auto shape = get_vec<int32_t>(a, "input_shape", DType::i32, 3);
     for (int d = 0; d < 3; ++d) m.input_shape[d] = shape[d];
@@ -315,8 +464,7 @@ Model load_model(const std::string& path) {
         Op op;
         const std::string kind = a.get_string(key(i, "kind"));
         bool known = false;
-        for (OpKind k : {OpKind::quantize, OpKind::conv2d, OpKind::linear, OpKind::max_pool2d, OpKind::flatten,
-                         OpKind::relu, OpKind::dequantize})
+        for (OpKind k : kAllKinds)
           if (kind == op_kind_name(k)) {
             op.kind = k;
             known = true;
@@ -328,6 +476,12 @@ Model load_model(const std::string& path) {
           return std::vector<int64_t>(v.begin(), v.end());
         };
         auto scales = [&](int64_t count) { return get_vec<float>(a, key(i, "scales"), DType::f32, count); };
+        if (a.tensors.count(key(i, "inputs"))) {
+          const Tensor& t = a.tensor(key(i, "inputs"));
+          QF_CHECK_FORMAT(t.dtype() == DType::i32 && t.ndim() == 1 && t.numel() >= 1 && t.numel() <= 4096)
+              << key(i, "inputs") << " must be i32 [1..4096], got " << t.desc();
+          op.inputs = get_vec<int32_t>(a, key(i, "inputs"), DType::i32, t.numel());
+        }
         auto geo = [&](int64_t v, const char* what) {
           QF_CHECK_FORMAT(v >= 0 && v <= 4096) << key(i, "params") << ": " << what << " = " << v << " is out of range";
           return v;
@@ -347,6 +501,45 @@ Model load_model(const std::string& path) {
               op.stride[d] = geo(p[2 + d], "stride");
               op.padding[d] = geo(p[4 + d], "padding");
             }
+            break;
+          }
+          case OpKind::avg_pool2d: {
+            const auto p = params(kPoolParams + 2 * kQParams);
+            const auto sc = scales(2);
+            for (int d = 0; d < 2; ++d) {
+              op.kernel[d] = geo(p[d], "kernel");
+              op.stride[d] = geo(p[2 + d], "stride");
+              op.padding[d] = geo(p[4 + d], "padding");
+            }
+            op.in_q = {get_q(p.data() + kPoolParams, sc[0])};
+            op.q = get_q(p.data() + kPoolParams + kQParams, sc[1]);
+            break;
+          }
+          case OpKind::global_avg_pool: {
+            const auto p = params(2 * kQParams);
+            const auto sc = scales(2);
+            op.in_q = {get_q(p.data(), sc[0])};
+            op.q = get_q(p.data() + kQParams, sc[1]);
+            break;
+          }
+          case OpKind::add: {
+            const auto p = params(1 + 3 * kQParams);
+            const auto sc = scales(3);
+            QF_CHECK_FORMAT(p[0] >= 0 && p[0] <= 2) << key(i, "params") << ": " << p[0] << " is not an activation";
+            op.activation = static_cast<Activation>(p[0]);
+            op.in_q = {get_q(p.data() + 1, sc[0]), get_q(p.data() + 1 + kQParams, sc[1])};
+            op.q = get_q(p.data() + 1 + 2 * kQParams, sc[2]);
+            break;
+          }
+          case OpKind::concat: {
+            const Tensor& pt = a.tensor(key(i, "params"));
+            QF_CHECK_FORMAT(pt.dtype() == DType::i32 && pt.numel() >= 1) << key(i, "params") << " is " << pt.desc();
+            const int64_t n = pt.data<int32_t>()[0];
+            QF_CHECK_FORMAT(n >= 2 && n <= 4096) << key(i, "params") << ": concat of " << n << " inputs";
+            const auto p = params(1 + (n + 1) * kQParams);
+            const auto sc = scales(n + 1);
+            for (int64_t j = 0; j < n; ++j) op.in_q.push_back(get_q(p.data() + 1 + j * kQParams, sc[j]));
+            op.q = get_q(p.data() + 1 + n * kQParams, sc[n]);
             break;
           }
           case OpKind::flatten:

@@ -1,17 +1,21 @@
 #pragma once
-// The int8 model: a chain of runtime ops from a float input to float outputs
+// The int8 model: a graph of runtime ops from a float input to float outputs
 // (the dequantized output codes), its HDF5 export and its validating loader.
-// Depends on core alone.
+// Ops are stored in an order where every op comes after the ops it reads
+// (a topological order), so a chain needs no explicit inputs and residual
+// blocks (add) and branches (concat) name theirs. Depends on core alone.
 //
-// File format (an Archive, core/archive.h), version 2 (version 1, never
-// released, had NCHW weight order):
+// File format (an Archive, core/archive.h), version 3 (version 2 files, which
+// had chains only, still load; version 1, never released, had NCHW weight
+// order):
 //   strings  format = "qforge-int8-model", producer
-//   ints     format_version = 2, num_ops
+//   ints     format_version = 3, num_ops
 //   tensor   input_shape (i32 [3]: C, H, W)
 //   per op i, under "op/NNNN/": strings kind and name; tensors params (i32:
-//   qparams and geometry, laid out in model.cpp) and scales (f32: activation
-//   scales); for conv2d and linear also weight (i8 [OC, K]), weight_scale
-//   (f32 [OC]) and bias (i32 [OC]).
+//   qparams and geometry, laid out in model.cpp), scales (f32: activation
+//   scales) and, when the op names its inputs, inputs (i32); for conv2d and
+//   linear also weight (i8 [OC, K]), weight_scale (f32 [OC]) and bias (i32
+//   [OC]).
 // Between ops, codes are NHWC: flatten takes (H, W, C) order, so a linear
 // layer after a flatten stores its weight columns in that order (convert
 // reorders them from the float model's (C, H, W)). Input and output are in
@@ -29,7 +33,19 @@
 
 namespace qforge::quant::runtime {
 
-enum class OpKind { quantize, conv2d, linear, max_pool2d, flatten, relu, dequantize };
+enum class OpKind {
+  quantize,
+  conv2d,
+  linear,
+  max_pool2d,
+  flatten,
+  relu,
+  dequantize,
+  avg_pool2d,
+  global_avg_pool,
+  add,
+  concat
+};
 const char* op_kind_name(OpKind k);
 
 struct Op {
@@ -38,10 +54,21 @@ struct Op {
   std::string name;
   /// conv2d and linear.
   QLayer layer;
-  /// quantize: the codes it produces; relu and dequantize: the codes they take.
+  /// quantize: the codes it produces; relu and dequantize: the codes they
+  /// take; avg_pool2d, global_avg_pool, add and concat: the codes they
+  /// produce.
   ActQParams q;
-  /// max_pool2d (stride 0 = kernel).
+  /// max_pool2d and avg_pool2d (stride 0 = kernel).
   std::array<int64_t, 2> kernel{2, 2}, stride{0, 0}, padding{0, 0};
+  /// The indices of the earlier ops whose outputs this op reads. Empty: the
+  /// op just before it (quantize reads the model's input and names none).
+  /// add takes exactly 2, concat 2 or more.
+  std::vector<int32_t> inputs;
+  /// avg_pool2d, global_avg_pool, add and concat: the qparams of each input,
+  /// in the order of `inputs`; validate() checks them against the producers.
+  std::vector<ActQParams> in_q;
+  /// add: the fused activation (clamp bounds).
+  Activation activation = Activation::none;
 };
 
 class Model {
@@ -50,15 +77,19 @@ class Model {
   /// The input the model takes, without the batch: {C, H, W}.
   std::array<int64_t, 3> input_shape{1, 1, 1};
 
-  /// Checks the chain: it starts with quantize and ends with dequantize; every
-  /// op takes the qparams the op before it produced; shapes infer from
-  /// input_shape through every op (channels, spatial sizes, linear widths);
-  /// every layer's arrays are consistent. Throws FormatError naming the op.
-  /// Returns the output shape without the batch.
+  /// Checks the graph: it starts with quantize and ends with dequantize;
+  /// every op reads earlier ops only, and every op but the last is read;
+  /// every op takes the qparams its producers give; shapes infer from
+  /// input_shape through every op (channels, spatial sizes, linear widths,
+  /// equal shapes for add, equal maps for concat); every layer's arrays are
+  /// consistent. Throws FormatError naming the op. Returns the output shape
+  /// without the batch.
   std::vector<int64_t> validate() const;
   /// The logical shape ({C, H, W} or {features}, without the batch) that
-  /// each op receives; validates first.
+  /// each op receives (its first input); validates first.
   std::vector<std::vector<int64_t>> input_shapes() const;
+  /// The ops that op i reads (resolving an empty `inputs`).
+  std::vector<int32_t> inputs_of(size_t i) const;
   /// Runs a batch: f32 [N, C, H, W] (or [N, C*H*W] for a linear first layer)
   /// -> f32 outputs. `k` picks the kernels (null: the dispatched ones).
   Tensor run(const Tensor& x, const kernels::KernelTable* k = nullptr) const;

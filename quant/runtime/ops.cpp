@@ -339,4 +339,135 @@ Tensor qmax_pool2d(const Tensor& x, std::array<int64_t, 2> kernel, std::array<in
   return y;
 }
 
+namespace {
+
+void check_nhwc_codes(const Tensor& x, const char* what) {
+  QF_CHECK_DTYPE(x.dtype() == DType::u8) << what << ": expects u8 codes, got " << x.desc();
+  QF_CHECK_SHAPE(x.ndim() == 4) << what << ": input must be NHWC [N, H, W, C], got " << x.desc();
+}
+
+bool same_qparams(const ActQParams& a, const ActQParams& b) {
+  return a.scale == b.scale && a.zero_point == b.zero_point && a.qmin == b.qmin && a.qmax == b.qmax;
+}
+
+}  // namespace
+
+Tensor qavg_pool2d(const Tensor& x, const ActQParams& in, const ActQParams& out, std::array<int64_t, 2> kernel,
+                   std::array<int64_t, 2> stride, std::array<int64_t, 2> padding) {
+  check_nhwc_codes(x, "qavg_pool2d");
+  in.check("qavg_pool2d input");
+  out.check("qavg_pool2d output");
+  for (int d = 0; d < 2; ++d) {
+    if (stride[d] == 0) stride[d] = kernel[d];
+    QF_CHECK(kernel[d] >= 1 && stride[d] >= 1 && padding[d] >= 0 && 2 * padding[d] <= kernel[d])
+        << "qavg_pool2d: bad kernel/stride/padding";
+  }
+  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  const int64_t OH = out_size(H, kernel[0], stride[0], padding[0], 1), OW = out_size(W, kernel[1], stride[1], padding[1], 1);
+  QF_CHECK_SHAPE(OH >= 1 && OW >= 1) << "qavg_pool2d: input " << x.desc() << " is smaller than the window";
+  const QuantMultiplier m = rescale_multiplier(in.scale, out.scale, kernel[0] * kernel[1]);
+  Tensor y = Tensor::empty({N, OH, OW, C}, DType::u8);
+  const uint8_t* px = x.data<uint8_t>();
+  uint8_t* py = y.data<uint8_t>();
+  parallel_for(0, N * OH, 4, [&](int64_t r0, int64_t r1) {
+    std::vector<int32_t> acc(static_cast<size_t>(C));
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / OH, oh = r % OH;
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        std::fill(acc.begin(), acc.end(), 0);
+        int32_t taps = 0;  // pixels inside the image (padding adds zero_point - zero_point = 0)
+        for (int64_t i = 0; i < kernel[0]; ++i) {
+          const int64_t ih = oh * stride[0] - padding[0] + i;
+          if (ih < 0 || ih >= H) continue;
+          for (int64_t j = 0; j < kernel[1]; ++j) {
+            const int64_t iw = ow * stride[1] - padding[1] + j;
+            if (iw < 0 || iw >= W) continue;
+            const uint8_t* src = px + ((n * H + ih) * W + iw) * C;
+            for (int64_t c = 0; c < C; ++c) acc[c] += src[c];
+            ++taps;
+          }
+        }
+        uint8_t* dst = py + ((n * OH + oh) * OW + ow) * C;
+        for (int64_t c = 0; c < C; ++c)
+          dst[c] = static_cast<uint8_t>(requantize(acc[c] - taps * in.zero_point, m, out.zero_point, out.qmin, out.qmax));
+      }
+    }
+  });
+  return y;
+}
+
+Tensor qglobal_avg_pool(const Tensor& x, const ActQParams& in, const ActQParams& out) {
+  check_nhwc_codes(x, "qglobal_avg_pool");
+  QF_CHECK_SHAPE(x.size(1) * x.size(2) <= (int64_t{1} << 23))
+      << "qglobal_avg_pool: " << x.size(1) << "x" << x.size(2) << " is too large a map";
+  return qavg_pool2d(x, in, out, {x.size(1), x.size(2)}, {x.size(1), x.size(2)}, {0, 0});
+}
+
+Tensor qadd(const Tensor& a, const ActQParams& qa, const Tensor& b, const ActQParams& qb, const ActQParams& out,
+            Activation act) {
+  QF_CHECK_DTYPE(a.dtype() == DType::u8 && b.dtype() == DType::u8)
+      << "qadd: expects u8 codes, got " << a.desc() << " and " << b.desc();
+  QF_CHECK_SHAPE(a.shape() == b.shape()) << "qadd: shapes differ: " << a.desc() << " and " << b.desc();
+  qa.check("qadd input a");
+  qb.check("qadd input b");
+  out.check("qadd output");
+  const AddMultipliers m = add_multipliers(qa.scale, qb.scale, out.scale);
+  const ClampBounds bounds = activation_bounds(act, out.scale, out.zero_point, out.qmin, out.qmax);
+  Tensor y = Tensor::empty(a.shape(), DType::u8);
+  const uint8_t* pa = a.data<uint8_t>();
+  const uint8_t* pb = b.data<uint8_t>();
+  uint8_t* py = y.data<uint8_t>();
+  parallel_for(0, a.numel(), 1 << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      py[i] = static_cast<uint8_t>(requantize_add(pa[i] - qa.zero_point, pb[i] - qb.zero_point, m, out.zero_point,
+                                                  bounds.lo, bounds.hi));
+  });
+  return y;
+}
+
+Tensor qconcat(const std::vector<Tensor>& xs, const std::vector<ActQParams>& qs, const ActQParams& out) {
+  QF_CHECK(!xs.empty() && xs.size() == qs.size())
+      << "qconcat: needs one qparams per input, got " << xs.size() << " inputs and " << qs.size() << " qparams";
+  out.check("qconcat output");
+  Shape shape = xs[0].shape();
+  QF_CHECK_SHAPE(shape.size() >= 2) << "qconcat: inputs must be [N, ..., C], got " << xs[0].desc();
+  const size_t last = shape.size() - 1;
+  int64_t total = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    QF_CHECK_DTYPE(xs[i].dtype() == DType::u8) << "qconcat: input " << i << " is " << xs[i].desc();
+    QF_CHECK_SHAPE(xs[i].ndim() == xs[0].ndim()) << "qconcat: input " << i << " is " << xs[i].desc();
+    for (size_t d = 0; d < last; ++d)
+      QF_CHECK_SHAPE(xs[i].size(static_cast<int64_t>(d)) == shape[d])
+          << "qconcat: input " << i << " is " << xs[i].desc() << ", input 0 is " << xs[0].desc();
+    qs[i].check("qconcat input");
+    total += xs[i].size(static_cast<int64_t>(last));
+  }
+  shape[last] = total;
+  Tensor y = Tensor::empty(shape, DType::u8);
+  const int64_t rows = y.numel() / total;
+  uint8_t* py = y.data<uint8_t>();
+  int64_t offset = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const int64_t c = xs[i].size(static_cast<int64_t>(last));
+    const uint8_t* px = xs[i].data<uint8_t>();
+    const bool copy = same_qparams(qs[i], out);
+    const QuantMultiplier m = copy ? QuantMultiplier{} : rescale_multiplier(qs[i].scale, out.scale);
+    const int32_t zin = qs[i].zero_point;
+    parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        uint8_t* dst = py + r * total + offset;
+        const uint8_t* src = px + r * c;
+        if (copy) {
+          std::memcpy(dst, src, static_cast<size_t>(c));
+        } else {
+          for (int64_t j = 0; j < c; ++j)
+            dst[j] = static_cast<uint8_t>(requantize(src[j] - zin, m, out.zero_point, out.qmin, out.qmax));
+        }
+      }
+    });
+    offset += c;
+  }
+  return y;
+}
+
 }  // namespace qforge::quant::runtime

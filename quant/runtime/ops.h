@@ -109,4 +109,23 @@ Tensor qlinear(const QLayer& layer, const Tensor& x, const kernels::KernelTable*
 Tensor qmax_pool2d(const Tensor& x, std::array<int64_t, 2> kernel, std::array<int64_t, 2> stride,
                    std::array<int64_t, 2> padding);
 
+/// Average pooling over u8 codes NHWC, padding counted in the divisor (as
+/// PyTorch's default count_include_pad=True; padded pixels sit at the zero
+/// point): out = requantize(sum of (code - zp_in), rescale_multiplier(s_in,
+/// s_out, kh * kw), zp_out, qmin, qmax). stride 0 means the kernel size.
+Tensor qavg_pool2d(const Tensor& x, const ActQParams& in, const ActQParams& out, std::array<int64_t, 2> kernel,
+                   std::array<int64_t, 2> stride, std::array<int64_t, 2> padding);
+/// Global average pooling: NHWC [N, H, W, C] -> [N, 1, 1, C], the same rule
+/// with the divisor H * W.
+Tensor qglobal_avg_pool(const Tensor& x, const ActQParams& in, const ActQParams& out);
+/// Residual add of two code tensors of one shape, with their own qparams,
+/// into `out` (the rule in qmath.h, requantize_add), with a fused ReLU/ReLU6
+/// as clamp bounds.
+Tensor qadd(const Tensor& a, const ActQParams& qa, const Tensor& b, const ActQParams& qb, const ActQParams& out,
+            Activation act = Activation::none);
+/// Concatenation along channels (the last NHWC axis; for [N, F] tensors, the
+/// features). Each input is rescaled to `out` (requantize with
+/// rescale_multiplier) unless its qparams equal out's, when it is copied.
+Tensor qconcat(const std::vector<Tensor>& xs, const std::vector<ActQParams>& qs, const ActQParams& out);
+
 }  // namespace qforge::quant::runtime

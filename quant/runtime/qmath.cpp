@@ -1,5 +1,6 @@
 #include "quant/runtime/qmath.h"
 
+#include <algorithm>
 #include <limits>
 
 #include "core/error.h"
@@ -32,6 +33,34 @@ QuantMultiplier requant_multiplier(float input_scale, float weight_scale, float 
       << weight_scale << ", output " << output_scale;
   return quantize_multiplier(static_cast<double>(input_scale) * static_cast<double>(weight_scale) /
                              static_cast<double>(output_scale));
+}
+
+QuantMultiplier rescale_multiplier(float from_scale, float to_scale, int64_t divisor) {
+  QF_CHECK(from_scale > 0 && to_scale > 0 && std::isfinite(from_scale) && std::isfinite(to_scale) && divisor >= 1)
+      << "rescale_multiplier: scales must be finite and > 0 and the divisor >= 1, got " << from_scale << ", "
+      << to_scale << ", " << divisor;
+  return quantize_multiplier(static_cast<double>(from_scale) /
+                             (static_cast<double>(to_scale) * static_cast<double>(divisor)));
+}
+
+AddMultipliers add_multipliers(float a_scale, float b_scale, float out_scale) {
+  QF_CHECK(a_scale > 0 && b_scale > 0 && out_scale > 0 && std::isfinite(a_scale) && std::isfinite(b_scale) &&
+           std::isfinite(out_scale))
+      << "add_multipliers: scales must be finite and > 0, got " << a_scale << ", " << b_scale << ", " << out_scale;
+  const double ra = static_cast<double>(a_scale) / out_scale, rb = static_cast<double>(b_scale) / out_scale;
+  const double big = std::max(ra, rb);
+  QF_CHECK(big < std::ldexp(1.0, 30) && big >= std::ldexp(1.0, -31))
+      << "add: input scale / output scale = " << big << " is outside [2^-31, 2^30)";
+  // The largest shift with big * 2^shift < 2^31 (after rounding).
+  int exp = 0;
+  std::frexp(big, &exp);  // big in [2^(exp-1), 2^exp)
+  int32_t shift = std::min(62, 31 - exp);
+  if (std::nearbyint(std::ldexp(big, shift)) >= std::ldexp(1.0, 31)) --shift;
+  AddMultipliers m;
+  m.shift = std::max(1, shift);
+  m.a = static_cast<int64_t>(std::nearbyint(std::ldexp(ra, m.shift)));
+  m.b = static_cast<int64_t>(std::nearbyint(std::ldexp(rb, m.shift)));
+  return m;
 }
 
 int32_t quantize_bias(float bias, float input_scale, float weight_scale) {

@@ -49,14 +49,19 @@ QuantMultiplier quantize_multiplier(double real);
 /// double from the float scales, then quantize_multiplier().
 QuantMultiplier requant_multiplier(float input_scale, float weight_scale, float output_scale);
 
+/// round_half_even(v / 2^shift) for shift in [1, 62]: an arithmetic shift
+/// (floor), then the remainder decides, ties to even.
+inline int64_t rounding_shift(int64_t v, int32_t shift) {
+  const int64_t q = v >> shift;  // floor (arithmetic shift)
+  const int64_t rem = v - (q << shift);  // in [0, 2^shift)
+  const int64_t half = int64_t{1} << (shift - 1);
+  return q + ((rem > half) | ((rem == half) & (q & 1)));
+}
+
 /// round_half_even(acc * m.multiplier / 2^m.shift): the exact 64-bit product
 /// (|acc * multiplier| < 2^62), then one rounding.
 inline int64_t rounding_scale(int32_t acc, const QuantMultiplier& m) {
-  const int64_t prod = static_cast<int64_t>(acc) * m.multiplier;
-  const int64_t q = prod >> m.shift;  // floor (arithmetic shift)
-  const int64_t rem = prod - (q << m.shift);  // in [0, 2^shift)
-  const int64_t half = int64_t{1} << (m.shift - 1);
-  return q + ((rem > half) | ((rem == half) & (q & 1)));
+  return rounding_shift(static_cast<int64_t>(acc) * m.multiplier, m.shift);
 }
 
 /// The requantization rule: clamp(rounding_scale(acc, m) + zero_point, qmin,
@@ -65,6 +70,30 @@ inline int32_t requantize(int32_t acc, const QuantMultiplier& m, int32_t zero_po
   int64_t r = rounding_scale(acc, m) + zero_point;
   r = r < qmin ? qmin : r;
   r = r > qmax ? qmax : r;
+  return static_cast<int32_t>(r);
+}
+
+/// The multiplier that rescales codes from one per-tensor scale to another,
+/// s_from / s_to (concat and the average pools, which also divide by the
+/// window size: s_from / (s_to * divisor)).
+QuantMultiplier rescale_multiplier(float from_scale, float to_scale, int64_t divisor = 1);
+
+/// The rule of a quantized add (a residual): both inputs' offsets from their
+/// zero points scaled to the output scale with one shared shift, summed
+/// exactly in int64, then rounded once:
+///   out = clamp(rounding_shift(da * a + db * b, shift) + zero_point, lo, hi)
+/// with a = round_half_even(s_a / s_out * 2^shift) (likewise b), and shift
+/// the largest in [1, 62] that keeps both below 2^31.
+struct AddMultipliers {
+  int64_t a = 0, b = 0;
+  int32_t shift = 1;
+};
+AddMultipliers add_multipliers(float a_scale, float b_scale, float out_scale);
+inline int32_t requantize_add(int32_t da, int32_t db, const AddMultipliers& m, int32_t zero_point, int32_t lo,
+                              int32_t hi) {
+  int64_t r = rounding_shift(da * m.a + db * m.b, m.shift) + zero_point;
+  r = r < lo ? lo : r;
+  r = r > hi ? hi : r;
   return static_cast<int32_t>(r);
 }
 
