@@ -1,0 +1,341 @@
+#include "cli/commands.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/parallel.h"
+#include "data/cifar10.h"
+#include "data/mnist.h"
+#include "nn/zoo.h"
+#include "quant/convert.h"
+#include "quant/kernels/kernels.h"
+#include "quant/prepare.h"
+#include "trainers/qat_hooks.h"
+#include "trainers/trainer.h"
+
+namespace qforge::cli {
+
+namespace fs = std::filesystem;
+
+std::string json_string(const std::string& s) {
+  std::string o = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') o += '\\', o += c;
+    else if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      o += buf;
+    } else {
+      o += c;
+    }
+  }
+  return o + "\"";
+}
+
+std::string json_line(const std::vector<std::pair<std::string, std::string>>& kv) {
+  std::string o = "{";
+  for (size_t i = 0; i < kv.size(); ++i) {
+    if (i) o += ',';
+    o += json_string(kv[i].first);
+    o += ':';
+    o += kv[i].second;
+  }
+  o += '}';
+  return o;
+}
+
+namespace {
+
+std::string num(double v, int digits = 4) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
+  return buf;
+}
+
+data::Dataset load_split(const std::string& dataset, const std::string& dir, data::Split split) {
+  return dataset == "mnist" ? data::load_mnist(dir, split) : data::load_cifar10(dir, split);
+}
+
+struct Loaders {
+  std::shared_ptr<data::DataLoader> train, test;
+};
+
+Loaders make_loaders(const Recipe& r) {
+  data::LoaderOptions lo;
+  lo.batch_size = r.batch_size;
+  lo.seed = r.seed;
+  lo.random_crop = r.shift > 0;
+  lo.crop_padding = static_cast<int>(r.shift);
+  lo.hflip = r.hflip;
+  lo.mean = r.mean;
+  lo.std = r.std;
+  Loaders l;
+  l.train = std::make_shared<data::DataLoader>(load_split(r.dataset, r.data_dir, data::Split::train), lo);
+  lo.shuffle = false;
+  lo.random_crop = false;
+  lo.hflip = false;
+  lo.batch_size = r.test_batch_size;
+  l.test = std::make_shared<data::DataLoader>(load_split(r.dataset, r.data_dir, data::Split::test), lo);
+  return l;
+}
+
+/// A schedule continued from step `offset` (the QAT stage picks up the FP32
+/// stage's schedule where it left off).
+class ContinuedLr : public nn::LrSchedule {
+ public:
+  ContinuedLr(std::shared_ptr<nn::LrSchedule> base, int64_t offset) : base_(std::move(base)), offset_(offset) {}
+  double lr_at(int64_t step) const override { return base_->lr_at(step + offset_); }
+  std::string describe() const override { return base_->describe() + ", from step " + std::to_string(offset_); }
+
+ private:
+  std::shared_ptr<nn::LrSchedule> base_;
+  int64_t offset_;
+};
+
+std::shared_ptr<nn::LrSchedule> make_schedule(const std::string& kind, double lr, int64_t steps) {
+  steps = std::max<int64_t>(steps, 1);
+  if (kind == "cosine") return std::make_shared<nn::CosineLr>(lr, steps);
+  if (kind == "onecycle") return std::make_shared<nn::OneCycleLr>(lr, steps);
+  return std::make_shared<nn::ConstantLr>(lr);
+}
+
+std::shared_ptr<nn::Optimizer> make_optimizer(const Recipe& r, nn::Module& model, double lr) {
+  if (r.optimizer == "sgd")
+    return std::make_shared<nn::SGD>(model.parameters(),
+                                     nn::SGDOptions{.lr = lr, .momentum = r.momentum, .weight_decay = r.weight_decay});
+  nn::AdamOptions ao{.lr = lr, .weight_decay = r.weight_decay};
+  if (r.optimizer == "adamw") return std::make_shared<nn::AdamW>(model.parameters(), ao);
+  return std::make_shared<nn::Adam>(model.parameters(), ao);
+}
+
+quant::QConfig make_qconfig(const Recipe& r, int wbits, int abits) {
+  quant::QConfig q = r.method == "lsq" ? quant::lsq_qconfig(wbits, abits) : quant::default_qconfig();
+  q.weight.spec.bits = wbits;
+  q.activation.spec.bits = abits;
+  if (!r.weight.observer.empty()) q.weight.observer = r.weight.observer;
+  if (!r.activation.observer.empty()) q.activation.observer = r.activation.observer;
+  return q;
+}
+
+/// Logits of `run` over a whole loader, [N, K], and the labels in order.
+Tensor all_logits(const std::function<Tensor(const Tensor&)>& run, data::DataLoader& loader,
+                  std::vector<int32_t>* labels = nullptr) {
+  autograd::NoGradGuard ng;
+  std::vector<float> out;
+  data::Batch b;
+  loader.start_epoch(0);
+  int64_t k = 1;
+  while (loader.next(b)) {
+    const Tensor logits = run(b.x);
+    k = logits.size(1);
+    out.insert(out.end(), logits.data<float>(), logits.data<float>() + logits.numel());
+    if (labels) labels->insert(labels->end(), b.y.data<int32_t>(), b.y.data<int32_t>() + b.y.numel());
+  }
+  return Tensor::from_vector<float>(out, {static_cast<int64_t>(out.size()) / k, k});
+}
+
+int64_t correct_of(const Tensor& logits, const std::vector<int32_t>& labels) {
+  int64_t correct = 0;
+  const int64_t k = logits.size(1);
+  for (size_t i = 0; i < labels.size(); ++i) {
+    const float* row = logits.data<float>() + static_cast<int64_t>(i) * k;
+    correct += (std::max_element(row, row + k) - row) == labels[i];
+  }
+  return correct;
+}
+
+std::array<int64_t, 3> input_shape_of(const std::string& dataset) {
+  return dataset == "mnist" ? std::array<int64_t, 3>{1, 28, 28} : std::array<int64_t, 3>{3, 32, 32};
+}
+
+}  // namespace
+
+int run_train(const Recipe& r, const TrainArgs& args) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string out = args.out_dir.empty() ? "out/" + fs::path(r.path).stem().string() : args.out_dir;
+  fs::create_directories(out);
+  {
+    std::ofstream f(out + "/recipe.yaml");
+    f << "# the recipe as run (" << r.path << "), every default resolved\n" << to_yaml(r);
+  }
+  if (r.threads > 0) set_num_threads(r.threads);
+  const Loaders l = make_loaders(r);
+  Generator init(r.seed);
+  manual_seed(r.seed + 1);
+  nn::ModelArgs margs;
+  for (const auto& [k, v] : r.model_args) margs.set(k, v);
+  auto model = nn::make_model(r.model, margs, init);
+  if (!r.pretrained.empty()) {
+    trainers::load_model_from_checkpoint(r.pretrained, *model);
+    std::printf("== FP32 weights from %s\n", r.pretrained.c_str());
+  }
+  const int64_t per_epoch = r.max_steps_per_epoch > 0 ? std::min(r.max_steps_per_epoch, l.train->batches_per_epoch())
+                                                      : l.train->batches_per_epoch();
+  const bool qat = r.quant && r.quant_mode == "qat";
+  const int64_t fp32_steps = r.epochs * per_epoch, qat_steps = qat ? r.qat_epochs * per_epoch : 0;
+  // One schedule over both stages unless the QAT stage has its own lr.
+  auto whole = make_schedule(r.schedule, r.lr, fp32_steps + (r.qat_lr > 0 ? 0 : qat_steps));
+  double images_per_s = 0;
+  trainers::EvalResult last{};
+  auto run_stage = [&](const std::string& name, int64_t epochs, std::shared_ptr<nn::LrSchedule> sched,
+                       const std::function<void(trainers::Trainer&)>& setup) {
+    trainers::TrainerOptions to;
+    to.epochs = epochs;
+    to.out_dir = out + "/" + name;
+    to.resume = args.resume;
+    to.max_steps_per_epoch = r.max_steps_per_epoch;
+    auto opt = make_optimizer(r, *model, sched->lr_at(0));
+    trainers::Trainer t(model, opt, sched, l.train, l.test, to);
+    if (setup) setup(t);
+    const auto results = t.fit();
+    double ips = 0;
+    for (const auto& e : results) ips += e.images_per_s;
+    if (!results.empty()) images_per_s = ips / results.size();
+    last = results.empty() ? t.evaluate(*l.test) : results.back().test;
+  };
+  if (r.epochs > 0) {
+    std::printf("== FP32: %s, %lld epochs of %lld steps, %s %s\n", r.model.c_str(), static_cast<long long>(r.epochs),
+                static_cast<long long>(per_epoch), r.optimizer.c_str(), whole->describe().c_str());
+    run_stage("fp32", r.epochs, whole, nullptr);
+    std::printf("FP32 test accuracy %.2f%%\n", last.accuracy);
+  }
+  double test_accuracy = last.accuracy;
+  std::vector<std::pair<std::string, std::string>> summary;
+  if (r.quant) {
+    quant::PrepareOptions po;
+    po.auto_fuse = r.auto_fuse;
+    po.qconfig.set_global(make_qconfig(r, r.weight.bits, r.activation.bits));
+    for (const auto& o : r.overrides) {
+      if (o.keep_float) {
+        po.qconfig.set_name(o.match, std::nullopt);
+      } else {
+        po.qconfig.set_name(o.match, make_qconfig(r, o.weight_bits.value_or(r.weight.bits),
+                                                  o.activation_bits.value_or(r.activation.bits)));
+      }
+    }
+    if (qat) {
+      quant::prepare_qat(*model, po);
+      quant::QatSchedule qs;
+      if (r.freeze_bn < 1) qs.freeze_bn = quant::Milestone::step(static_cast<int64_t>(r.freeze_bn * qat_steps));
+      if (r.freeze_observers < 1)
+        qs.freeze_observers = quant::Milestone::step(static_cast<int64_t>(r.freeze_observers * qat_steps));
+      std::shared_ptr<nn::LrSchedule> sched =
+          r.qat_lr > 0 ? make_schedule(r.schedule == "onecycle" ? "cosine" : r.schedule, r.qat_lr, qat_steps)
+          : fp32_steps > 0 ? std::shared_ptr<nn::LrSchedule>(std::make_shared<ContinuedLr>(whole, fp32_steps))
+                           : make_schedule("cosine", 1e-4, qat_steps);
+      std::printf("== QAT: %lld epochs, weights %s, activations %s\n   schedule: %s; %s\n",
+                  static_cast<long long>(r.qat_epochs), po.qconfig.global->weight.describe().c_str(),
+                  po.qconfig.global->activation.describe().c_str(), qs.describe().c_str(),
+                  sched->describe().c_str());
+      run_stage("qat", r.qat_epochs, sched, [&](trainers::Trainer& t) { trainers::attach_qat_schedule(t, qs); });
+      test_accuracy = last.accuracy;
+      std::printf("QAT model, eval mode (integer arithmetic): test accuracy %.2f%%\n", test_accuracy);
+    } else {
+      model->eval();
+      quant::prepare(*model, po);
+      autograd::NoGradGuard ng;
+      data::Batch b;
+      l.train->start_epoch(0);
+      int64_t seen = 0;
+      while (seen < r.calibration_images && l.train->next(b)) {
+        const int64_t take = std::min<int64_t>(b.y.numel(), r.calibration_images - seen);
+        const Tensor x = take < b.y.numel() ? autograd::slice(autograd::Variable(b.x), 0, 0, take).value() : b.x;
+        (*model)(autograd::Variable(x));
+        seen += take;
+      }
+      quant::finish_calibration(*model);
+      std::vector<int32_t> labels;
+      const Tensor logits = all_logits([&](const Tensor& x) { return (*model)(autograd::Variable(x)).value(); },
+                                       *l.test, &labels);
+      test_accuracy = 100.0 * correct_of(logits, labels) / std::max<size_t>(labels.size(), 1);
+      std::printf("== PTQ: calibrated on %lld training images; quantized model: test accuracy %.2f%%\n",
+                  static_cast<long long>(seen), test_accuracy);
+    }
+    if (r.do_export) {
+      model->eval();
+      const std::string path = fs::path(r.export_path).is_absolute() ? r.export_path : out + "/" + r.export_path;
+      if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
+      quant::runtime::save_model(path, quant::convert(*model, input_shape_of(r.dataset)), "qforge train " + r.path);
+      const auto bytes = fs::file_size(path);
+      std::printf("exported int8 model: %s (%.0f KB)\n", path.c_str(), bytes / 1024.0);
+      summary.push_back({"export_path", json_string(path)});
+      summary.push_back({"export_bytes", std::to_string(bytes)});
+      if (r.validate_export) {
+        const quant::runtime::Model int8 = quant::runtime::load_model(path);
+        std::vector<int32_t> labels;
+        const Tensor ql = all_logits([&](const Tensor& x) { return (*model)(autograd::Variable(x)).value(); },
+                                     *l.test, &labels);
+        const Tensor il = all_logits([&](const Tensor& x) { return int8.run(x); }, *l.test);
+        int64_t differ = 0;
+        for (int64_t i = 0; i < ql.numel(); ++i) differ += ql.data<float>()[i] != il.data<float>()[i];
+        const double int8_acc = 100.0 * correct_of(il, labels) / std::max<size_t>(labels.size(), 1);
+        std::printf("exported int8 model, reloaded (%s kernels): test accuracy %.2f%% on %zu images\n",
+                    quant::kernels::isa_name(quant::kernels::kernels().isa), int8_acc, labels.size());
+        std::printf("outputs that differ between the quantized model in eval mode and the export: %lld of %lld\n",
+                    static_cast<long long>(differ), static_cast<long long>(ql.numel()));
+        summary.push_back({"int8_accuracy", num(int8_acc, 2)});
+        summary.push_back({"int8_mismatches", std::to_string(differ)});
+        summary.push_back({"kernels", json_string(quant::kernels::isa_name(quant::kernels::kernels().isa))});
+        if (differ != 0) {
+          std::fprintf(stderr, "qforge train: the exported model does not reproduce the quantized model\n");
+          summary.insert(summary.begin(), {"ok", "false"});
+        }
+      }
+    }
+  }
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  summary.insert(summary.begin(), {"command", "\"train\""});
+  summary.push_back({"test_accuracy", num(test_accuracy, 2)});
+  summary.push_back({"images_per_s", num(images_per_s, 1)});
+  summary.push_back({"wall_s", num(wall, 1)});
+  summary.push_back({"out_dir", json_string(out)});
+  std::printf("%s\n", json_line(summary).c_str());
+  std::fflush(stdout);
+  for (const auto& [k, v] : summary)
+    if (k == "ok" && v == "false") return 1;
+  return 0;
+}
+
+int run_eval(const std::string& model_path, const std::string& dataset, const std::string& data_dir) {
+  const quant::runtime::Model m = quant::runtime::load_model(model_path);
+  const auto shape = input_shape_of(dataset);
+  if (m.input_shape != shape)
+    throw RecipeError(model_path + " takes inputs of " + std::to_string(m.input_shape[0]) + "x" +
+                      std::to_string(m.input_shape[1]) + "x" + std::to_string(m.input_shape[2]) + ", not " + dataset +
+                      "'s images");
+  data::LoaderOptions lo;
+  lo.batch_size = 256;
+  lo.shuffle = false;
+  if (dataset == "mnist") {
+    lo.mean = {0.1307f};
+    lo.std = {0.3081f};
+  } else {
+    lo.mean = {0.4914f, 0.4822f, 0.4465f};
+    lo.std = {0.2470f, 0.2435f, 0.2616f};
+  }
+  data::DataLoader test(load_split(dataset, data_dir, data::Split::test), lo);
+  std::vector<int32_t> labels;
+  const auto t0 = std::chrono::steady_clock::now();
+  const Tensor logits = all_logits([&](const Tensor& x) { return m.run(x); }, test, &labels);
+  const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const int64_t correct = correct_of(logits, labels);
+  const double acc = 100.0 * correct / std::max<size_t>(labels.size(), 1);
+  std::printf("%s on %s test (%zu images, %s kernels): accuracy %.2f%% (%lld correct), %.0f images/s\n",
+              model_path.c_str(), dataset.c_str(), labels.size(),
+              quant::kernels::isa_name(quant::kernels::kernels().isa), acc, static_cast<long long>(correct),
+              labels.size() / sec);
+  std::printf("%s\n", json_line({{"command", "\"eval\""},
+                                 {"accuracy", num(acc, 2)},
+                                 {"count", std::to_string(labels.size())},
+                                 {"images_per_s", num(labels.size() / sec, 1)}})
+                          .c_str());
+  return 0;
+}
+
+}  // namespace qforge::cli

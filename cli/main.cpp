@@ -1,0 +1,129 @@
+// qforge: the command line.
+//   qforge train RECIPE [--set key.path=value ...] [--out DIR] [--resume]
+//   qforge eval MODEL [--dataset mnist|cifar10] [--data DIR]
+// Exit codes: 0 success, 1 failure at run time, 2 bad input.
+#include <cstdio>
+#include <cxxopts.hpp>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "data/mnist.h"
+
+using namespace qforge;
+
+namespace {
+
+void usage() {
+  std::puts(
+      "usage: qforge <command> [options]\n"
+      "  train RECIPE [--set key.path=value ...] [--out DIR] [--resume]\n"
+      "      FP32 training, QAT or PTQ, export and validation as the recipe says\n"
+      "  eval MODEL [--dataset mnist|cifar10] [--data DIR]\n"
+      "      accuracy of an exported int8 model on a test set\n"
+      "Run 'qforge <command> --help' for a command's options.");
+}
+
+int fail_input(const std::string& cmd, const std::string& msg) {
+  std::fprintf(stderr, "qforge %s: %s\n", cmd.c_str(), msg.c_str());
+  std::printf("%s\n", cli::json_line({{"command", cli::json_string(cmd)}, {"error", cli::json_string(msg)}}).c_str());
+  return 2;
+}
+
+int train(int argc, char** argv) {
+  cxxopts::Options o("qforge train", "FP32 training, QAT or PTQ, export and validation, as a recipe says");
+  o.add_options()("recipe", "recipe file (YAML)", cxxopts::value<std::string>())(
+      "set", "override a recipe value: key.path=value (repeatable)", cxxopts::value<std::vector<std::string>>())(
+      "out", "output directory (default out/<recipe name>)", cxxopts::value<std::string>())(
+      "resume", "continue an interrupted run from its newest checkpoints in the output directory")(
+      "h,help", "show help");
+  o.parse_positional({"recipe"});
+  o.positional_help("RECIPE");
+  cxxopts::ParseResult a;
+  try {
+    a = o.parse(argc, argv);
+  } catch (const std::exception& e) {
+    return fail_input("train", e.what());
+  }
+  if (a.count("help")) {
+    std::puts(o.help().c_str());
+    return 0;
+  }
+  if (!a.count("recipe")) return fail_input("train", "needs a recipe file (qforge train RECIPE)");
+  cli::Recipe r;
+  try {
+    r = cli::parse_recipe(a["recipe"].as<std::string>(),
+                          a.count("set") ? a["set"].as<std::vector<std::string>>() : std::vector<std::string>{},
+                          QFORGE_SOURCE_DIR);
+  } catch (const cli::RecipeError& e) {
+    return fail_input("train", e.what());
+  }
+  cli::TrainArgs ta;
+  ta.out_dir = a.count("out") ? a["out"].as<std::string>() : "";
+  ta.resume = a.count("resume") > 0;
+  ta.source_dir = QFORGE_SOURCE_DIR;
+  try {
+    return cli::run_train(r, ta);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "qforge train: %s\n", e.what());
+    std::printf("%s\n", cli::json_line({{"command", "\"train\""}, {"error", cli::json_string(e.what())}}).c_str());
+    return 1;
+  }
+}
+
+int eval(int argc, char** argv) {
+  cxxopts::Options o("qforge eval", "accuracy of an exported int8 model on a test set");
+  o.add_options()("model", "int8 model file (HDF5, from qforge train or export)", cxxopts::value<std::string>())(
+      "dataset", "mnist or cifar10", cxxopts::value<std::string>()->default_value("mnist"))(
+      "data", "dataset directory (default: the dataset's usual place)", cxxopts::value<std::string>())(
+      "h,help", "show help");
+  o.parse_positional({"model"});
+  o.positional_help("MODEL");
+  cxxopts::ParseResult a;
+  try {
+    a = o.parse(argc, argv);
+  } catch (const std::exception& e) {
+    return fail_input("eval", e.what());
+  }
+  if (a.count("help")) {
+    std::puts(o.help().c_str());
+    return 0;
+  }
+  if (!a.count("model")) return fail_input("eval", "needs a model file (qforge eval MODEL)");
+  const std::string model = a["model"].as<std::string>(), dataset = a["dataset"].as<std::string>();
+  if (dataset != "mnist" && dataset != "cifar10")
+    return fail_input("eval", "--dataset must be mnist or cifar10, got '" + dataset + "'");
+  const std::string dir = a.count("data") ? a["data"].as<std::string>()
+                          : dataset == "mnist" ? data::default_mnist_dir(QFORGE_SOURCE_DIR)
+                                               : std::string(QFORGE_SOURCE_DIR) + "/../shared/data/cifar10";
+  if (!std::filesystem::is_regular_file(model)) return fail_input("eval", "no such model file '" + model + "'");
+  if (!std::filesystem::is_directory(dir)) return fail_input("eval", "no such data directory '" + dir + "'");
+  try {
+    return cli::run_eval(model, dataset, dir);
+  } catch (const FormatError& e) {
+    return fail_input("eval", e.what());
+  } catch (const cli::RecipeError& e) {
+    return fail_input("eval", e.what());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "qforge eval: %s\n", e.what());
+    std::printf("%s\n", cli::json_line({{"command", "\"eval\""}, {"error", cli::json_string(e.what())}}).c_str());
+    return 1;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "-h" || std::string(argv[1]) == "--help") {
+    usage();
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "train") return train(argc - 1, argv + 1);
+  if (cmd == "eval") return eval(argc - 1, argv + 1);
+  std::fprintf(stderr, "qforge: unknown command '%s'\n", cmd.c_str());
+  usage();
+  return 2;
+}
