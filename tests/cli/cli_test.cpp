@@ -1,0 +1,172 @@
+// The real qforge binary with small budgets: exit codes, the JSON summary
+// line, an export that equals the QAT model, and a killed run that resumes
+// to the same result as an uninterrupted one.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "core/archive.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+const std::string kQforge = QFORGE_CLI;
+const std::string kSource = QFORGE_SOURCE_DIR;
+
+struct CliRun {
+  int code = -1;
+  std::string out;   // stdout
+  std::string json;  // its last line
+};
+
+CliRun run(const std::string& args) {
+  CliRun r;
+  FILE* p = popen((kQforge + " " + args + " 2>/dev/null").c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  while (std::fgets(buf, sizeof buf, p)) r.out += buf;
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::string line;
+  std::istringstream s(r.out);
+  while (std::getline(s, line))
+    if (!line.empty()) r.json = line;
+  return r;
+}
+
+/// The raw text of `key`'s value in a flat JSON line ("" when absent).
+std::string field(const std::string& json, const std::string& key) {
+  const std::string k = "\"" + key + "\":";
+  size_t i = json.find(k);
+  if (i == std::string::npos) return "";
+  i += k.size();
+  size_t j = i;
+  if (json[i] == '"') j = json.find('"', i + 1) + 1;
+  else
+    while (j < json.size() && json[j] != ',' && json[j] != '}') ++j;
+  return json.substr(i, j - i);
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("qforge_cli_test_" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& n) const { return (dir_ / n).string(); }
+  fs::path dir_;
+};
+
+TEST_F(Cli, BadInputExitsWith2AndAJsonError) {
+  EXPECT_EQ(run("").code, 2);
+  EXPECT_EQ(run("frobnicate").code, 2);
+  EXPECT_EQ(run("--help").code, 0);
+  EXPECT_EQ(run("train").code, 2);
+  EXPECT_EQ(run("train /no/such.yaml").code, 2);
+  std::ofstream(path("bad.yaml")) << "model:\n  name: mnist_cnn\ntraining:\n  epocs: 2\n";
+  const CliRun bad = run("train " + path("bad.yaml"));
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.json.find("\"error\":\"" + path("bad.yaml") + ":4:3: training.epocs: unknown key 'epocs'; did you "
+                          "mean 'epochs'?"),
+            std::string::npos)
+      << bad.json;
+  EXPECT_EQ(run("train " + kSource + "/recipes/mnist_fp32.yaml --set training.epochs=-1").code, 2);
+  EXPECT_EQ(run("train " + kSource + "/recipes/mnist_fp32.yaml --set nonsense").code, 2);
+  EXPECT_EQ(run("eval /no/such.h5").code, 2);
+  std::ofstream(path("junk.h5")) << "not hdf5";
+  const CliRun junk = run("eval " + path("junk.h5"));
+  EXPECT_EQ(junk.code, 2);
+  EXPECT_NE(field(junk.json, "error"), "");
+  EXPECT_EQ(run("eval " + path("junk.h5") + " --dataset imagenet").code, 2);
+}
+
+TEST_F(Cli, TrainQatExportsAModelThatEqualsTheQatModelAndEvalReadsIt) {
+  const CliRun t = run("train " + kSource +
+                    "/recipes/mnist_qat_int8.yaml --set training.epochs=1 --set training.max_steps_per_epoch=12 "
+                    "--out " + path("qat"));
+  ASSERT_EQ(t.code, 0) << t.out;
+  for (const char* k : {"test_accuracy", "images_per_s", "wall_s", "out_dir", "int8_accuracy", "int8_mismatches",
+                        "export_path", "export_bytes"})
+    EXPECT_NE(field(t.json, k), "") << k << " missing from " << t.json;
+  EXPECT_EQ(field(t.json, "int8_mismatches"), "0");
+  EXPECT_EQ(field(t.json, "int8_accuracy"), field(t.json, "test_accuracy"));
+  EXPECT_GT(std::stod(field(t.json, "test_accuracy")), 50.0);  // 24 steps of training, far above chance
+  EXPECT_TRUE(fs::exists(path("qat/recipe.yaml")));
+  const std::string model = path("qat/mnist_cnn_int8.h5");
+  ASSERT_TRUE(fs::exists(model));
+  const CliRun e = run("eval " + model);
+  ASSERT_EQ(e.code, 0) << e.out;
+  EXPECT_EQ(field(e.json, "accuracy"), field(t.json, "int8_accuracy"));
+  EXPECT_EQ(field(e.json, "count"), "10000");
+}
+
+TEST_F(Cli, PtqRecipeRuns) {
+  const CliRun t = run("train " + kSource +
+                    "/recipes/mnist_ptq_int8.yaml --set training.epochs=1 --set training.max_steps_per_epoch=10 "
+                    "--set quant.calibration_images=200 --out " + path("ptq"));
+  ASSERT_EQ(t.code, 0) << t.out;
+  EXPECT_EQ(field(t.json, "int8_mismatches"), "0");
+  EXPECT_EQ(field(t.json, "int8_accuracy"), field(t.json, "test_accuracy"));
+}
+
+TEST_F(Cli, AKilledRunResumesToTheSameResult) {
+  const std::string args = "train " + kSource +
+                           "/recipes/mnist_fp32.yaml --set training.epochs=3 --set training.max_steps_per_epoch=15 "
+                           "--set training.threads=2";
+  const CliRun whole = run(args + " --out " + path("whole"));
+  ASSERT_EQ(whole.code, 0) << whole.out;
+
+  // The same run, killed (SIGKILL: no clean-up) once its first checkpoint is on disk.
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::freopen("/dev/null", "w", stdout);
+    std::freopen("/dev/null", "w", stderr);
+    const std::string out = path("killed");
+    execl(kQforge.c_str(), kQforge.c_str(), "train", (kSource + "/recipes/mnist_fp32.yaml").c_str(), "--set",
+          "training.epochs=3", "--set", "training.max_steps_per_epoch=15", "--set", "training.threads=2", "--out",
+          out.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const fs::path first = fs::path(path("killed")) / "fp32" / "ckpt" / "epoch_0001.h5";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (!fs::exists(first) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(fs::exists(first)) << "no checkpoint appeared";
+  ASSERT_FALSE(fs::exists(fs::path(path("killed")) / "fp32" / "ckpt" / "epoch_0003.h5"))
+      << "the run finished before it was killed; the test did not interrupt it";
+
+  const CliRun resumed = run(args + " --out " + path("killed") + " --resume");
+  ASSERT_EQ(resumed.code, 0) << resumed.out;
+  EXPECT_NE(resumed.out.find("resumed from"), std::string::npos) << resumed.out;
+  EXPECT_EQ(field(resumed.json, "test_accuracy"), field(whole.json, "test_accuracy"));
+  // Bit-identical final weights.
+  const qforge::Archive a = qforge::load_archive(path("whole") + "/fp32/ckpt/epoch_0003.h5");
+  const qforge::Archive b = qforge::load_archive(path("killed") + "/fp32/ckpt/epoch_0003.h5");
+  int compared = 0;
+  for (const auto& [k, t] : a.tensors) {
+    if (k.rfind("model/", 0) != 0) continue;
+    ASSERT_TRUE(b.tensors.count(k)) << k;
+    const auto& u = b.tensors.at(k);
+    ASSERT_EQ(t.nbytes(), u.nbytes()) << k;
+    EXPECT_EQ(std::memcmp(t.raw(), u.raw(), t.nbytes()), 0) << k;
+    ++compared;
+  }
+  EXPECT_GT(compared, 10);
+}
+
+}  // namespace

@@ -1,0 +1,117 @@
+// Recipes: defaults, --set overrides, and one clear message with the line
+// and column for every kind of bad input.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "cli/recipe.h"
+
+namespace qforge::cli {
+namespace {
+
+const std::string kSource = QFORGE_SOURCE_DIR;
+
+/// The RecipeError message for `text`, or "" when it parses.
+std::string error_of(const std::string& text, const std::vector<std::string>& sets = {}) {
+  try {
+    parse_recipe_text(text, "r.yaml", sets, kSource);
+  } catch (const RecipeError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Recipe, DefaultsResolveAndShippedRecipesParse) {
+  const Recipe r = parse_recipe_text("model: {name: mnist_cnn}\n", "r.yaml", {}, kSource);
+  EXPECT_EQ(r.dataset, "mnist");
+  EXPECT_EQ(r.batch_size, 64);
+  EXPECT_FALSE(r.quant);
+  EXPECT_FALSE(r.do_export);
+  EXPECT_EQ(r.mean, std::vector<float>{0.1307f});
+  EXPECT_TRUE(std::filesystem::is_directory(r.data_dir)) << r.data_dir;
+  for (const char* name : {"mnist_fp32", "mnist_qat_int8", "mnist_lsq_w4a4", "mnist_ptq_int8"}) {
+    const Recipe s = parse_recipe(kSource + "/recipes/" + name + ".yaml", {}, kSource);
+    EXPECT_EQ(s.model, "mnist_cnn") << name;
+  }
+  const Recipe demo = parse_recipe(kSource + "/recipes/mnist_qat_int8.yaml", {}, kSource);
+  EXPECT_TRUE(demo.quant && demo.do_export && demo.validate_export);
+  EXPECT_EQ(demo.quant_mode, "qat");
+  EXPECT_EQ(demo.epochs, 2);
+  EXPECT_EQ(demo.qat_epochs, 1);
+  const Recipe lsq = parse_recipe(kSource + "/recipes/mnist_lsq_w4a4.yaml", {}, kSource);
+  EXPECT_EQ(lsq.method, "lsq");
+  EXPECT_EQ(lsq.weight.bits, 4);
+  EXPECT_EQ(lsq.activation.bits, 4);
+}
+
+TEST(Recipe, SetOverridesKeepTypesAndCreateSections) {
+  const Recipe r = parse_recipe_text("training: {epochs: 2}\n", "r.yaml",
+                                     {"training.epochs=5", "quant.enabled=true", "quant.weight.bits=4",
+                                      "training.optimizer.lr=0.01", "data.normalize.mean=[0.5]"},
+                                     kSource);
+  EXPECT_EQ(r.epochs, 5);
+  EXPECT_TRUE(r.quant);
+  EXPECT_EQ(r.weight.bits, 4);
+  EXPECT_DOUBLE_EQ(r.lr, 0.01);
+  EXPECT_EQ(r.mean, std::vector<float>{0.5f});
+  EXPECT_NE(error_of("", {"training.epochs"}).find("expected key.path=value"), std::string::npos);
+  EXPECT_NE(error_of("training: 3\n", {"training.epochs=2"}).find("is not a mapping"), std::string::npos);
+  EXPECT_EQ(error_of("", {"training.epochs=abc"}), "--set training.epochs: expected an integer, got 'abc'");
+}
+
+TEST(Recipe, EveryBadInputGetsOneMessageWithLineAndColumn) {
+  // unknown key, with a suggestion
+  EXPECT_EQ(error_of("model:\n  name: mnist_cnn\ntraning:\n  epochs: 2\n"),
+            "r.yaml:3:1: traning: unknown key 'traning'; did you mean 'training'? (known here: model, data, "
+            "training, quant, export, pretrained)");
+  EXPECT_NE(error_of("training:\n  optimiser: {name: sgd}\n").find("r.yaml:2:3: training.optimiser: unknown key "
+                                                                    "'optimiser'; did you mean 'optimizer'?"),
+            std::string::npos);
+  // wrong types
+  EXPECT_EQ(error_of("training:\n  epochs: [1]\n"), "r.yaml:2:11: training.epochs: expected an integer");
+  EXPECT_EQ(error_of("training:\n  epochs: 1.5\n"), "r.yaml:2:11: training.epochs: expected an integer, got '1.5'");
+  EXPECT_EQ(error_of("quant:\n  enabled: maybe\n"), "r.yaml:2:12: quant.enabled: expected true or false, got 'maybe'");
+  EXPECT_EQ(error_of("data: 3\n"), "r.yaml:1:7: data: expected a mapping of keys");
+  // ranges and choices
+  EXPECT_EQ(error_of("quant:\n  weight: {bits: 9}\n"), "r.yaml:2:18: quant.weight.bits: must be in [1, 8], got 9");
+  EXPECT_EQ(error_of("training:\n  optimizer: {lr: 0}\n"),
+            "r.yaml:2:19: training.optimizer.lr: must be in (0, 100], got 0");
+  EXPECT_EQ(error_of("training:\n  optimizer: {name: adma}\n"),
+            "r.yaml:2:21: training.optimizer.name: 'adma' is not one of: adam, adamw, sgd; did you mean 'adam'?");
+  EXPECT_EQ(error_of("model: {name: mnist_cn}\n"),
+            "r.yaml:1:15: model.name: 'mnist_cn' is not a zoo model (lenet5, mlp, mnist_cnn); did you mean "
+            "'mnist_cnn'?");
+  EXPECT_NE(error_of("quant:\n  activation: {observer: per_channel_minmax}\n").find("per tensor"), std::string::npos);
+  EXPECT_NE(error_of("data:\n  normalize: {mean: [0.1, 0.2], std: [1, 1]}\n").find("need 1 value(s) each"),
+            std::string::npos);
+  EXPECT_NE(error_of("export: {path: x.h5}\n").find("needs quantization"), std::string::npos);
+  EXPECT_NE(error_of("quant:\n  overrides:\n    - {float: true}\n").find("r.yaml:3:7: quant.overrides[0]: needs a "
+                                                                          "'match' glob"),
+            std::string::npos);
+  // missing files
+  EXPECT_EQ(error_of("data:\n  dir: /no/such/dir\n"), "r.yaml:2:8: data.dir: no such directory '/no/such/dir'");
+  EXPECT_EQ(error_of("pretrained: /no/such.h5\n"), "r.yaml:1:13: pretrained: no such file '/no/such.h5'");
+  // syntax
+  EXPECT_NE(error_of("a: [\n").find("r.yaml:2:1: YAML syntax error"), std::string::npos);
+  EXPECT_THROW(parse_recipe("/no/such/recipe.yaml"), RecipeError);
+}
+
+TEST(Recipe, ResolvedYamlParsesBackToTheSameRecipe) {
+  const Recipe a = parse_recipe(kSource + "/recipes/mnist_lsq_w4a4.yaml",
+                                {"quant.overrides=[{match: fc, weight_bits: 8}]"}, kSource);
+  const Recipe b = parse_recipe_text(to_yaml(a), "resolved.yaml", {}, kSource);
+  EXPECT_EQ(to_yaml(a), to_yaml(b));
+  ASSERT_EQ(b.overrides.size(), 1u);
+  EXPECT_EQ(b.overrides[0].match, "fc");
+  EXPECT_EQ(b.overrides[0].weight_bits, 8);
+}
+
+TEST(Recipe, EditDistance) {
+  EXPECT_EQ(edit_distance("", "abc"), 3u);
+  EXPECT_EQ(edit_distance("traning", "training"), 1u);
+  EXPECT_EQ(edit_distance("kitten", "sitting"), 3u);
+}
+
+}  // namespace
+}  // namespace qforge::cli
