@@ -85,19 +85,6 @@ Loaders make_loaders(const Recipe& r) {
   return l;
 }
 
-/// A schedule continued from step `offset` (the QAT stage picks up the FP32
-/// stage's schedule where it left off).
-class ContinuedLr : public nn::LrSchedule {
- public:
-  ContinuedLr(std::shared_ptr<nn::LrSchedule> base, int64_t offset) : base_(std::move(base)), offset_(offset) {}
-  double lr_at(int64_t step) const override { return base_->lr_at(step + offset_); }
-  std::string describe() const override { return base_->describe() + ", from step " + std::to_string(offset_); }
-
- private:
-  std::shared_ptr<nn::LrSchedule> base_;
-  int64_t offset_;
-};
-
 std::shared_ptr<nn::LrSchedule> make_schedule(const std::string& kind, double lr, int64_t steps) {
   steps = std::max<int64_t>(steps, 1);
   if (kind == "cosine") return std::make_shared<nn::CosineLr>(lr, steps);
@@ -227,7 +214,7 @@ int run_train(const Recipe& r, const TrainArgs& args) {
         qs.freeze_observers = quant::Milestone::step(static_cast<int64_t>(r.freeze_observers * qat_steps));
       std::shared_ptr<nn::LrSchedule> sched =
           r.qat_lr > 0 ? make_schedule(r.schedule == "onecycle" ? "cosine" : r.schedule, r.qat_lr, qat_steps)
-          : fp32_steps > 0 ? std::shared_ptr<nn::LrSchedule>(std::make_shared<ContinuedLr>(whole, fp32_steps))
+          : fp32_steps > 0 ? std::shared_ptr<nn::LrSchedule>(std::make_shared<nn::ContinuedLr>(whole, fp32_steps))
                            : make_schedule("cosine", 1e-4, qat_steps);
       std::printf("== QAT: %lld epochs, weights %s, activations %s\n   schedule: %s; %s\n",
                   static_cast<long long>(r.qat_epochs), po.qconfig.global->weight.describe().c_str(),

@@ -53,19 +53,6 @@ Loaders make_loaders(const std::string& dir, int64_t batch, uint64_t seed, int64
   return l;
 }
 
-/// Another schedule continued from step `offset`: the QAT stage picks up the
-/// FP32 stage's cosine where it left off, so the two stages form one run.
-class ContinuedLr : public nn::LrSchedule {
- public:
-  ContinuedLr(std::shared_ptr<nn::LrSchedule> base, int64_t offset) : base_(std::move(base)), offset_(offset) {}
-  double lr_at(int64_t step) const override { return base_->lr_at(step + offset_); }
-  std::string describe() const override { return base_->describe() + ", from step " + std::to_string(offset_); }
-
- private:
-  std::shared_ptr<nn::LrSchedule> base_;
-  int64_t offset_;
-};
-
 int64_t steps_per_epoch(const data::DataLoader& d, int64_t max_steps) {
   return max_steps > 0 ? std::min(max_steps, d.batches_per_epoch()) : d.batches_per_epoch();
 }
@@ -294,7 +281,7 @@ int main(int argc, char** argv) {
     if (qat_lr > 0 || fp32_steps == 0)
       lr_sched = std::make_shared<nn::CosineLr>(qat_lr > 0 ? qat_lr : 1e-4, qat_steps);
     else
-      lr_sched = std::make_shared<ContinuedLr>(whole_run, fp32_steps);
+      lr_sched = std::make_shared<nn::ContinuedLr>(whole_run, fp32_steps);
     auto opt = std::make_shared<nn::Adam>(model->parameters(), nn::AdamOptions{.lr = lr_sched->lr_at(0)});
     trainers::TrainerOptions to;
     to.epochs = qat_epochs;

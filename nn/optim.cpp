@@ -357,4 +357,10 @@ std::string WarmupLr::describe() const {
   return fmt(os);
 }
 
+ContinuedLr::ContinuedLr(std::shared_ptr<LrSchedule> base, int64_t offset) : base_(std::move(base)), offset_(offset) {
+  QF_CHECK(base_ != nullptr && offset >= 0) << "ContinuedLr: needs a schedule and an offset >= 0, got " << offset;
+}
+
+std::string ContinuedLr::describe() const { return base_->describe() + ", from step " + std::to_string(offset_); }
+
 }  // namespace qforge::nn

@@ -212,4 +212,19 @@ class WarmupLr : public LrSchedule {
   double start_;
 };
 
+/// Another schedule continued from step `offset`: step s here is step
+/// s + offset there. A second training stage (QAT after FP32) uses it to
+/// pick up the first stage's schedule where it left off, so that the two
+/// stages form one run.
+class ContinuedLr : public LrSchedule {
+ public:
+  ContinuedLr(std::shared_ptr<LrSchedule> base, int64_t offset);
+  double lr_at(int64_t step) const override { return base_->lr_at(step + offset_); }
+  std::string describe() const override;
+
+ private:
+  std::shared_ptr<LrSchedule> base_;
+  int64_t offset_;
+};
+
 }  // namespace qforge::nn
