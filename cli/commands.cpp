@@ -110,23 +110,6 @@ quant::QConfig make_qconfig(const Recipe& r, int wbits, int abits) {
   return q;
 }
 
-/// Logits of `run` over a whole loader, [N, K], and the labels in order.
-Tensor all_logits(const std::function<Tensor(const Tensor&)>& run, data::DataLoader& loader,
-                  std::vector<int32_t>* labels = nullptr) {
-  autograd::NoGradGuard ng;
-  std::vector<float> out;
-  data::Batch b;
-  loader.start_epoch(0);
-  int64_t k = 1;
-  while (loader.next(b)) {
-    const Tensor logits = run(b.x);
-    k = logits.size(1);
-    out.insert(out.end(), logits.data<float>(), logits.data<float>() + logits.numel());
-    if (labels) labels->insert(labels->end(), b.y.data<int32_t>(), b.y.data<int32_t>() + b.y.numel());
-  }
-  return Tensor::from_vector<float>(out, {static_cast<int64_t>(out.size()) / k, k});
-}
-
 int64_t correct_of(const Tensor& logits, const std::vector<int32_t>& labels) {
   int64_t correct = 0;
   const int64_t k = logits.size(1);
@@ -238,7 +221,7 @@ int run_train(const Recipe& r, const TrainArgs& args) {
       }
       quant::finish_calibration(*model);
       std::vector<int32_t> labels;
-      const Tensor logits = all_logits([&](const Tensor& x) { return (*model)(autograd::Variable(x)).value(); },
+      const Tensor logits = trainers::collect_logits([&](const Tensor& x) { return (*model)(autograd::Variable(x)).value(); },
                                        *l.test, &labels);
       test_accuracy = 100.0 * correct_of(logits, labels) / std::max<size_t>(labels.size(), 1);
       std::printf("== PTQ: calibrated on %lld training images; quantized model: test accuracy %.2f%%\n",
@@ -256,9 +239,9 @@ int run_train(const Recipe& r, const TrainArgs& args) {
       if (r.validate_export) {
         const quant::runtime::Model int8 = quant::runtime::load_model(path);
         std::vector<int32_t> labels;
-        const Tensor ql = all_logits([&](const Tensor& x) { return (*model)(autograd::Variable(x)).value(); },
+        const Tensor ql = trainers::collect_logits([&](const Tensor& x) { return (*model)(autograd::Variable(x)).value(); },
                                      *l.test, &labels);
-        const Tensor il = all_logits([&](const Tensor& x) { return int8.run(x); }, *l.test);
+        const Tensor il = trainers::collect_logits([&](const Tensor& x) { return int8.run(x); }, *l.test);
         int64_t differ = 0;
         for (int64_t i = 0; i < ql.numel(); ++i) differ += ql.data<float>()[i] != il.data<float>()[i];
         const double int8_acc = 100.0 * correct_of(il, labels) / std::max<size_t>(labels.size(), 1);
@@ -309,7 +292,7 @@ int run_eval(const std::string& model_path, const std::string& dataset, const st
   data::DataLoader test(load_split(dataset, data_dir, data::Split::test), lo);
   std::vector<int32_t> labels;
   const auto t0 = std::chrono::steady_clock::now();
-  const Tensor logits = all_logits([&](const Tensor& x) { return m.run(x); }, test, &labels);
+  const Tensor logits = trainers::collect_logits([&](const Tensor& x) { return m.run(x); }, test, &labels);
   const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const int64_t correct = correct_of(logits, labels);
   const double acc = 100.0 * correct / std::max<size_t>(labels.size(), 1);

@@ -72,21 +72,6 @@ void pretrain(nn::ModulePtr model, const Loaders& l, int64_t epochs, std::shared
   t.fit();
 }
 
-/// Logits of `model` (eval mode) on the whole test set, [10000, 10].
-Tensor test_logits(const std::function<Tensor(const Tensor&)>& run, data::DataLoader& test) {
-  autograd::NoGradGuard ng;
-  std::vector<float> out;
-  data::Batch b;
-  test.start_epoch(0);
-  int64_t k = 0;
-  while (test.next(b)) {
-    const Tensor logits = run(b.x);
-    k = logits.size(1);
-    out.insert(out.end(), logits.data<float>(), logits.data<float>() + logits.numel());
-  }
-  return Tensor::from_vector<float>(out, {static_cast<int64_t>(out.size()) / std::max<int64_t>(k, 1), k});
-}
-
 std::vector<int32_t> argmax_rows(const Tensor& logits) {
   std::vector<int32_t> out;
   const int64_t n = logits.size(0), k = logits.size(1);
@@ -99,7 +84,7 @@ std::vector<int32_t> argmax_rows(const Tensor& logits) {
 
 /// Predictions of `model` (eval mode) on the whole test set.
 std::vector<int32_t> predict(nn::Module& model, data::DataLoader& test) {
-  return argmax_rows(test_logits([&](const Tensor& x) { return model(autograd::Variable(x)).value(); }, test));
+  return argmax_rows(trainers::collect_logits([&](const Tensor& x) { return model(autograd::Variable(x)).value(); }, test));
 }
 
 /// The test set's labels, in loader order.
@@ -306,10 +291,10 @@ int main(int argc, char** argv) {
     const std::string export_path = out + "/mnist_cnn_int8.h5";
     quant::runtime::save_model(export_path, quant::convert(*model, {1, 28, 28}), "qforge mnist_qat");
     const quant::runtime::Model int8 = quant::runtime::load_model(export_path);
-    const Tensor qat_logits = test_logits([&](const Tensor& x) { return (*model)(autograd::Variable(x)).value(); }, *l.test);
-    const Tensor int8_logits = test_logits([&](const Tensor& x) { return int8.run(x); }, *l.test);
+    const Tensor qat_logits = trainers::collect_logits([&](const Tensor& x) { return (*model)(autograd::Variable(x)).value(); }, *l.test);
+    const Tensor int8_logits = trainers::collect_logits([&](const Tensor& x) { return int8.run(x); }, *l.test);
     quant::set_int8_eval(*model, false);
-    const Tensor sim_logits = test_logits([&](const Tensor& x) { return (*model)(autograd::Variable(x)).value(); }, *l.test);
+    const Tensor sim_logits = trainers::collect_logits([&](const Tensor& x) { return (*model)(autograd::Variable(x)).value(); }, *l.test);
     quant::set_int8_eval(*model, true);
     int64_t differ = 0, correct = 0;
     const auto int8_pred = argmax_rows(int8_logits), qat_pred = argmax_rows(qat_logits), sim_pred = argmax_rows(sim_logits);
@@ -337,7 +322,7 @@ int main(int argc, char** argv) {
       } catch (const Error&) {
         continue;  // no kernels of that level in this build
       }
-      const Tensor other = test_logits([&](const Tensor& x) { return int8.run(x, &table); }, *l.test);
+      const Tensor other = trainers::collect_logits([&](const Tensor& x) { return int8.run(x, &table); }, *l.test);
       int64_t d = 0;
       for (int64_t i = 0; i < other.numel(); ++i) d += other.data<float>()[i] != int8_logits.data<float>()[i];
       std::printf("  with %s kernels: %lld of %lld logits differ\n", quant::kernels::isa_name(isa),

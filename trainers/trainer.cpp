@@ -363,4 +363,22 @@ std::string Trainer::latest_checkpoint() const {
   return best;
 }
 
+Tensor collect_logits(const std::function<Tensor(const Tensor&)>& run, data::DataLoader& loader,
+                      std::vector<int32_t>* labels) {
+  autograd::NoGradGuard ng;
+  std::vector<float> out;
+  data::Batch b;
+  loader.start_epoch(0);
+  int64_t k = 1;
+  while (loader.next(b)) {
+    const Tensor logits = run(b.x);
+    QF_CHECK_SHAPE(logits.ndim() == 2 && logits.size(0) == b.y.numel())
+        << "collect_logits: expected [" << b.y.numel() << ", K] outputs, got " << logits.desc();
+    k = logits.size(1);
+    out.insert(out.end(), logits.data<float>(), logits.data<float>() + logits.numel());
+    if (labels) labels->insert(labels->end(), b.y.data<int32_t>(), b.y.data<int32_t>() + b.y.numel());
+  }
+  return Tensor::from_vector<float>(out, {static_cast<int64_t>(out.size()) / k, k});
+}
+
 }  // namespace qforge::trainers

@@ -150,6 +150,12 @@ class Trainer {
 /// PTQ) from a trained float model. Throws FormatError naming the file.
 void load_model_from_checkpoint(const std::string& path, nn::Module& model);
 
+/// The outputs of `run` (a model's forward in eval mode, or an int8 model)
+/// over a whole loader from its first batch, as one [N, K] f32 tensor, under
+/// NoGradGuard; with `labels`, the loader's labels in the same order.
+Tensor collect_logits(const std::function<Tensor(const Tensor&)>& run, data::DataLoader& loader,
+                      std::vector<int32_t>* labels = nullptr);
+
 /// Argmax over the last axis of [N, C] logits compared with i32 targets [N]:
 /// the number of correct predictions.
 int64_t count_correct(const Tensor& logits, const Tensor& targets);

@@ -179,6 +179,27 @@ inline void max_bytes(uint8_t* out, const uint8_t* in, int64_t n) {
   for (; i < n; ++i) out[i] = out[i] > in[i] ? out[i] : in[i];
 }
 
+/// The output geometry of a pooling window over NHWC codes; normalizes
+/// stride 0 to the kernel size and checks the window (messages name `what`).
+struct PoolGeom {
+  int64_t N, H, W, C, OH, OW;
+};
+PoolGeom pool_geometry(const Tensor& x, std::array<int64_t, 2> kernel, std::array<int64_t, 2>& stride,
+                       std::array<int64_t, 2> padding, const char* what) {
+  QF_CHECK_DTYPE(x.dtype() == DType::u8) << what << ": expects u8 codes, got " << x.desc();
+  QF_CHECK_SHAPE(x.ndim() == 4) << what << ": input must be NHWC [N, H, W, C], got " << x.desc();
+  for (int d = 0; d < 2; ++d) {
+    if (stride[d] == 0) stride[d] = kernel[d];
+    QF_CHECK(kernel[d] >= 1 && stride[d] >= 1 && padding[d] >= 0 && 2 * padding[d] <= kernel[d])
+        << what << ": bad kernel/stride/padding";
+  }
+  PoolGeom g{x.size(0), x.size(1), x.size(2), x.size(3), 0, 0};
+  g.OH = out_size(g.H, kernel[0], stride[0], padding[0], 1);
+  g.OW = out_size(g.W, kernel[1], stride[1], padding[1], 1);
+  QF_CHECK_SHAPE(g.OH >= 1 && g.OW >= 1) << what << ": input " << x.desc() << " is smaller than the window";
+  return g;
+}
+
 }  // namespace
 
 Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) {
@@ -305,16 +326,8 @@ Tensor qlinear(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
 
 Tensor qmax_pool2d(const Tensor& x, std::array<int64_t, 2> kernel, std::array<int64_t, 2> stride,
                    std::array<int64_t, 2> padding) {
-  QF_CHECK_DTYPE(x.dtype() == DType::u8) << "qmax_pool2d: expects u8 codes, got " << x.desc();
-  QF_CHECK_SHAPE(x.ndim() == 4) << "qmax_pool2d: input must be NHWC [N, H, W, C], got " << x.desc();
-  for (int d = 0; d < 2; ++d) {
-    if (stride[d] == 0) stride[d] = kernel[d];
-    QF_CHECK(kernel[d] >= 1 && stride[d] >= 1 && padding[d] >= 0 && 2 * padding[d] <= kernel[d])
-        << "qmax_pool2d: bad kernel/stride/padding";
-  }
-  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
-  const int64_t OH = out_size(H, kernel[0], stride[0], padding[0], 1), OW = out_size(W, kernel[1], stride[1], padding[1], 1);
-  QF_CHECK_SHAPE(OH >= 1 && OW >= 1) << "qmax_pool2d: input " << x.desc() << " is smaller than the window";
+  const PoolGeom g = pool_geometry(x, kernel, stride, padding, "qmax_pool2d");
+  const int64_t N = g.N, H = g.H, W = g.W, C = g.C, OH = g.OH, OW = g.OW;
   Tensor y = Tensor::empty({N, OH, OW, C}, DType::u8);
   const uint8_t* px = x.data<uint8_t>();
   uint8_t* py = y.data<uint8_t>();
@@ -354,17 +367,10 @@ bool same_qparams(const ActQParams& a, const ActQParams& b) {
 
 Tensor qavg_pool2d(const Tensor& x, const ActQParams& in, const ActQParams& out, std::array<int64_t, 2> kernel,
                    std::array<int64_t, 2> stride, std::array<int64_t, 2> padding) {
-  check_nhwc_codes(x, "qavg_pool2d");
   in.check("qavg_pool2d input");
   out.check("qavg_pool2d output");
-  for (int d = 0; d < 2; ++d) {
-    if (stride[d] == 0) stride[d] = kernel[d];
-    QF_CHECK(kernel[d] >= 1 && stride[d] >= 1 && padding[d] >= 0 && 2 * padding[d] <= kernel[d])
-        << "qavg_pool2d: bad kernel/stride/padding";
-  }
-  const int64_t N = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
-  const int64_t OH = out_size(H, kernel[0], stride[0], padding[0], 1), OW = out_size(W, kernel[1], stride[1], padding[1], 1);
-  QF_CHECK_SHAPE(OH >= 1 && OW >= 1) << "qavg_pool2d: input " << x.desc() << " is smaller than the window";
+  const PoolGeom g = pool_geometry(x, kernel, stride, padding, "qavg_pool2d");
+  const int64_t N = g.N, H = g.H, W = g.W, C = g.C, OH = g.OH, OW = g.OW;
   const QuantMultiplier m = rescale_multiplier(in.scale, out.scale, kernel[0] * kernel[1]);
   Tensor y = Tensor::empty({N, OH, OW, C}, DType::u8);
   const uint8_t* px = x.data<uint8_t>();
