@@ -6,11 +6,15 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <cstring>
+#include <iterator>
 #include <sstream>
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "core/rng.h"
 #include "data/cifar10.h"
+#include "data/idx.h"
 #include "data/mnist.h"
 #include "nn/zoo.h"
 #include "quant/convert.h"
@@ -231,7 +235,10 @@ int run_train(const Recipe& r, const TrainArgs& args) {
       model->eval();
       const std::string path = fs::path(r.export_path).is_absolute() ? r.export_path : out + "/" + r.export_path;
       if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
-      quant::runtime::save_model(path, quant::convert(*model, input_shape_of(r.dataset)), "qforge train " + r.path);
+      quant::runtime::Model exported = quant::convert(*model, input_shape_of(r.dataset));
+      exported.input_mean = r.mean;  // so that tools can feed raw pixels (qforge run)
+      exported.input_std = r.std;
+      quant::runtime::save_model(path, exported, "qforge train " + r.path);
       const auto bytes = fs::file_size(path);
       std::printf("exported int8 model: %s (%.0f KB)\n", path.c_str(), bytes / 1024.0);
       summary.push_back({"export_path", json_string(path)});
@@ -282,7 +289,10 @@ int run_eval(const std::string& model_path, const std::string& dataset, const st
   data::LoaderOptions lo;
   lo.batch_size = 256;
   lo.shuffle = false;
-  if (dataset == "mnist") {
+  if (!m.input_mean.empty()) {
+    lo.mean = m.input_mean;
+    lo.std = m.input_std;
+  } else if (dataset == "mnist") {
     lo.mean = {0.1307f};
     lo.std = {0.3081f};
   } else {
@@ -305,6 +315,125 @@ int run_eval(const std::string& model_path, const std::string& dataset, const st
                                  {"count", std::to_string(labels.size())},
                                  {"images_per_s", num(labels.size() / sec, 1)}})
                           .c_str());
+  return 0;
+}
+
+int run_bench(const std::string& model_path, int64_t batch, int threads, double min_sec) {
+  if (threads > 0) set_num_threads(threads);
+  const quant::runtime::Model m = quant::runtime::load_model(model_path);
+  Generator g(0);
+  Tensor x = Tensor::empty({batch, m.input_shape[0], m.input_shape[1], m.input_shape[2]});
+  normal_(x, 0, 1, g);
+  for (int i = 0; i < 3; ++i) m.run(x);  // warm-up: packs weights, grows buffers
+  std::vector<double> ts;
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(min_sec);
+  while (ts.size() < 10 || std::chrono::steady_clock::now() < end) {
+    const auto t0 = std::chrono::steady_clock::now();
+    m.run(x);
+    ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ts.begin(), ts.end());
+  const double p50 = ts[ts.size() / 2], p10 = ts[ts.size() / 10], p90 = ts[ts.size() * 9 / 10];
+  const char* isa = quant::kernels::isa_name(quant::kernels::kernels().isa);
+  std::printf("%s: batch %lld, %d threads, %s kernels, %zu calls: latency p50 %.3f ms (p10 %.3f, p90 %.3f), "
+              "%.0f images/s\n",
+              model_path.c_str(), static_cast<long long>(batch), num_threads(), isa, ts.size(), p50 * 1e3, p10 * 1e3,
+              p90 * 1e3, batch / p50);
+  std::printf("%s\n", json_line({{"command", "\"bench\""},
+                                 {"batch", std::to_string(batch)},
+                                 {"threads", std::to_string(num_threads())},
+                                 {"latency_ms_p50", num(p50 * 1e3, 4)},
+                                 {"latency_ms_p10", num(p10 * 1e3, 4)},
+                                 {"latency_ms_p90", num(p90 * 1e3, 4)},
+                                 {"images_per_s", num(batch / p50, 1)},
+                                 {"kernels", json_string(isa)},
+                                 {"calls", std::to_string(ts.size())}})
+                          .c_str());
+  return 0;
+}
+
+int run_predict(const std::string& model_path, const std::string& input, const std::string& labels_path,
+                bool raw, int64_t show) {
+  const quant::runtime::Model m = quant::runtime::load_model(model_path);
+  const int64_t C = m.input_shape[0], H = m.input_shape[1], W = m.input_shape[2], per = C * H * W;
+  Tensor pixels;
+  if (raw) {
+    std::ifstream f(input, std::ios::binary);
+    if (!f) throw RecipeError("cannot open input '" + input + "'");
+    std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (bytes.empty() || bytes.size() % static_cast<size_t>(per) != 0)
+      throw RecipeError("raw input '" + input + "' has " + std::to_string(bytes.size()) +
+                        " bytes, not a multiple of one image (" + std::to_string(C) + "x" + std::to_string(H) + "x" +
+                        std::to_string(W) + " = " + std::to_string(per) + " bytes)");
+    pixels = Tensor::empty({static_cast<int64_t>(bytes.size()) / per, C, H, W}, DType::u8);
+    std::memcpy(pixels.raw(), bytes.data(), bytes.size());
+  } else {
+    try {
+      pixels = data::read_idx(input);
+    } catch (const Error& e) {
+      throw RecipeError(e.what());
+    }
+    const bool fits = (pixels.ndim() == 3 && C == 1 && pixels.size(1) == H && pixels.size(2) == W) ||
+                      (pixels.ndim() == 4 && pixels.size(1) == C && pixels.size(2) == H && pixels.size(3) == W);
+    if (!fits)
+      throw RecipeError("input '" + input + "' holds images of shape " + pixels.desc() + "; the model takes " +
+                        std::to_string(C) + "x" + std::to_string(H) + "x" + std::to_string(W));
+  }
+  if (m.input_mean.empty())
+    throw RecipeError(model_path + " holds no input normalization (exported before it was recorded); re-export it");
+  const int64_t n = pixels.size(0);
+  std::vector<int32_t> labels;
+  if (!labels_path.empty()) {
+    Tensor l;
+    try {
+      l = data::read_idx(labels_path, 1);
+    } catch (const Error& e) {
+      throw RecipeError(e.what());
+    }
+    if (l.size(0) != n)
+      throw RecipeError("labels '" + labels_path + "' hold " + std::to_string(l.size(0)) + " labels for " +
+                        std::to_string(n) + " images");
+    for (int64_t i = 0; i < n; ++i) labels.push_back(l.data<uint8_t>()[i]);
+  }
+  std::vector<int32_t> pred;
+  std::vector<float> conf;
+  for (int64_t b = 0; b < n; b += 256) {
+    const int64_t e = std::min(n, b + 256);
+    Tensor chunk = Tensor::empty({e - b, C, H, W}, DType::u8);
+    std::memcpy(chunk.raw(), pixels.data<uint8_t>() + b * per, static_cast<size_t>((e - b) * per));
+    const Tensor logits = m.run(m.normalize_pixels(chunk));
+    const int64_t k = logits.size(1);
+    for (int64_t i = 0; i < e - b; ++i) {
+      const float* row = logits.data<float>() + i * k;
+      const int64_t best = std::max_element(row, row + k) - row;
+      double z = 0;  // softmax in float, at the end
+      for (int64_t j = 0; j < k; ++j) z += std::exp(static_cast<double>(row[j] - row[best]));
+      pred.push_back(static_cast<int32_t>(best));
+      conf.push_back(static_cast<float>(1.0 / z));
+    }
+  }
+  int64_t correct = 0;
+  for (size_t i = 0; i < labels.size(); ++i) correct += pred[i] == labels[i];
+  for (int64_t i = 0; i < std::min(n, show); ++i) {
+    std::string verdict;
+    if (!labels.empty()) verdict = pred[i] == labels[i] ? "  correct" : "  label " + std::to_string(labels[i]);
+    std::printf("image %lld: class %d (p %.3f)%s\n", static_cast<long long>(i), pred[i], conf[i], verdict.c_str());
+  }
+  if (n > show) std::printf("... %lld more\n", static_cast<long long>(n - show));
+  std::string list = "[";
+  for (size_t i = 0; i < pred.size(); ++i) {
+    if (i) list += ',';
+    list += std::to_string(pred[i]);
+  }
+  list += ']';
+  std::vector<std::pair<std::string, std::string>> kv = {{"command", "\"run\""}, {"count", std::to_string(n)}};
+  if (!labels.empty()) {
+    std::printf("accuracy %.2f%% (%lld of %lld)\n", 100.0 * correct / n, static_cast<long long>(correct),
+                static_cast<long long>(n));
+    kv.push_back({"accuracy", num(100.0 * correct / n, 2)});
+  }
+  kv.push_back({"predictions", list});
+  std::printf("%s\n", json_line(kv).c_str());
   return 0;
 }
 

@@ -25,6 +25,19 @@ int run_train(const Recipe& recipe, const TrainArgs& args);
 /// Evaluates an int8 export on a dataset's test split. JSON: accuracy, count.
 int run_eval(const std::string& model_path, const std::string& dataset, const std::string& data_dir);
 
+/// Latency and throughput of an int8 model on random input: calls of `batch`
+/// images for at least `min_sec` seconds. JSON: batch, threads,
+/// latency_ms_p50 (one call), images_per_s, kernels.
+int run_bench(const std::string& model_path, int64_t batch, int threads, double min_sec);
+
+/// Predictions of an int8 model for raw 8-bit images: an IDX file ([N, H, W]
+/// for one channel, or [N, C, H, W]) or, with raw, bytes [N, C, H, W]. The
+/// model's recorded normalization turns pixels into its input. With a label
+/// file (IDX, [N]) also the accuracy. Prints the first `show` predictions.
+/// JSON: count, predictions, accuracy (with labels).
+int run_predict(const std::string& model_path, const std::string& input, const std::string& labels_path, bool raw,
+                int64_t show);
+
 /// One JSON object from key/value pairs already formatted as JSON values.
 std::string json_line(const std::vector<std::pair<std::string, std::string>>& kv);
 std::string json_string(const std::string& s);

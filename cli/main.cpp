@@ -1,10 +1,13 @@
 // qforge: the command line.
 //   qforge train RECIPE [--set key.path=value ...] [--out DIR] [--resume]
 //   qforge eval MODEL [--dataset mnist|cifar10] [--data DIR]
+//   qforge run MODEL --input FILE [--labels FILE] [--raw] [--show N]
+//   qforge bench MODEL [--batch N] [--threads N] [--min-sec S]
 // Exit codes: 0 success, 1 failure at run time, 2 bad input.
 #include <cstdio>
 #include <cxxopts.hpp>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -23,6 +26,10 @@ void usage() {
       "      FP32 training, QAT or PTQ, export and validation as the recipe says\n"
       "  eval MODEL [--dataset mnist|cifar10] [--data DIR]\n"
       "      accuracy of an exported int8 model on a test set\n"
+      "  run MODEL --input FILE [--labels FILE] [--raw] [--show N]\n"
+      "      predictions of an int8 model for 8-bit images (IDX, or raw bytes)\n"
+      "  bench MODEL [--batch N] [--threads N] [--min-sec S]\n"
+      "      latency and throughput of an int8 model\n"
       "Run 'qforge <command> --help' for a command's options.");
 }
 
@@ -113,6 +120,84 @@ int eval(int argc, char** argv) {
   }
 }
 
+/// Runs `body`, mapping errors to exit codes: bad input (RecipeError,
+/// FormatError, a missing file) is 2, anything else at run time is 1.
+int guarded(const std::string& cmd, const std::function<int()>& body) {
+  try {
+    return body();
+  } catch (const cli::RecipeError& e) {
+    return fail_input(cmd, e.what());
+  } catch (const FormatError& e) {
+    return fail_input(cmd, e.what());
+  } catch (const IOError& e) {
+    return fail_input(cmd, e.what());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "qforge %s: %s\n", cmd.c_str(), e.what());
+    std::printf("%s\n", cli::json_line({{"command", cli::json_string(cmd)}, {"error", cli::json_string(e.what())}}).c_str());
+    return 1;
+  }
+}
+
+/// Parses a subcommand's options; returns -1 to go on, else an exit code.
+int parse(cxxopts::Options& o, int argc, char** argv, const std::string& cmd, cxxopts::ParseResult& a) {
+  try {
+    a = o.parse(argc, argv);
+  } catch (const std::exception& e) {
+    return fail_input(cmd, e.what());
+  }
+  if (a.count("help")) {
+    std::puts(o.help().c_str());
+    return 0;
+  }
+  return -1;
+}
+
+int run_cmd(int argc, char** argv) {
+  cxxopts::Options o("qforge run", "predictions of an int8 model for 8-bit images");
+  o.add_options()("model", "int8 model file", cxxopts::value<std::string>())(
+      "input", "images: an IDX file ([N, H, W] or [N, C, H, W], gzipped or not), or raw bytes with --raw",
+      cxxopts::value<std::string>())("labels", "optional IDX labels [N], for the accuracy",
+                                     cxxopts::value<std::string>())(
+      "raw", "the input is raw bytes [N, C, H, W]")(
+      "show", "print this many predictions", cxxopts::value<int64_t>()->default_value("10"))("h,help", "show help");
+  o.parse_positional({"model"});
+  o.positional_help("MODEL");
+  cxxopts::ParseResult a;
+  if (const int rc = parse(o, argc, argv, "run", a); rc >= 0) return rc;
+  if (!a.count("model") || !a.count("input")) return fail_input("run", "needs MODEL and --input FILE");
+  const std::string model = a["model"].as<std::string>(), input = a["input"].as<std::string>();
+  if (!std::filesystem::is_regular_file(model)) return fail_input("run", "no such model file '" + model + "'");
+  if (!std::filesystem::is_regular_file(input)) return fail_input("run", "no such input file '" + input + "'");
+  const int64_t show = a["show"].as<int64_t>();
+  if (show < 0) return fail_input("run", "--show must be >= 0");
+  return guarded("run", [&] {
+    return cli::run_predict(model, input, a.count("labels") ? a["labels"].as<std::string>() : "", a.count("raw") > 0,
+                            show);
+  });
+}
+
+int bench(int argc, char** argv) {
+  cxxopts::Options o("qforge bench", "latency and throughput of an int8 model on random input");
+  o.add_options()("model", "int8 model file", cxxopts::value<std::string>())(
+      "batch", "images per call", cxxopts::value<int64_t>()->default_value("64"))(
+      "threads", "worker threads (0 = all cores)", cxxopts::value<int>()->default_value("0"))(
+      "min-sec", "seconds of timed calls", cxxopts::value<double>()->default_value("2"))("h,help", "show help");
+  o.parse_positional({"model"});
+  o.positional_help("MODEL");
+  cxxopts::ParseResult a;
+  if (const int rc = parse(o, argc, argv, "bench", a); rc >= 0) return rc;
+  if (!a.count("model")) return fail_input("bench", "needs a model file (qforge bench MODEL)");
+  const std::string model = a["model"].as<std::string>();
+  const int64_t batch = a["batch"].as<int64_t>();
+  const int threads = a["threads"].as<int>();
+  const double min_sec = a["min-sec"].as<double>();
+  if (!std::filesystem::is_regular_file(model)) return fail_input("bench", "no such model file '" + model + "'");
+  if (batch < 1 || batch > 65536) return fail_input("bench", "--batch must be in [1, 65536]");
+  if (threads < 0 || threads > 1024) return fail_input("bench", "--threads must be in [0, 1024]");
+  if (!(min_sec > 0 && min_sec <= 3600)) return fail_input("bench", "--min-sec must be in (0, 3600]");
+  return guarded("bench", [&] { return cli::run_bench(model, batch, threads, min_sec); });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -123,6 +208,8 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   if (cmd == "train") return train(argc - 1, argv + 1);
   if (cmd == "eval") return eval(argc - 1, argv + 1);
+  if (cmd == "run") return run_cmd(argc - 1, argv + 1);
+  if (cmd == "bench") return bench(argc - 1, argv + 1);
   std::fprintf(stderr, "qforge: unknown command '%s'\n", cmd.c_str());
   usage();
   return 2;

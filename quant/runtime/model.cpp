@@ -103,6 +103,13 @@ std::vector<int64_t> Model::validate_into(std::vector<std::vector<int64_t>>* sha
   QF_CHECK_FORMAT(ops.size() >= 2 && ops.front().kind == OpKind::quantize && ops.back().kind == OpKind::dequantize)
       << "int8 model: the ops must start with quantize and end with dequantize";
   for (int64_t d : input_shape) QF_CHECK_FORMAT(d >= 1 && d <= (1 << 20)) << "int8 model: bad input shape";
+  QF_CHECK_FORMAT(input_mean.size() == input_std.size() &&
+                  (input_mean.empty() || static_cast<int64_t>(input_mean.size()) == input_shape[0]))
+      << "int8 model: input_mean and input_std need " << input_shape[0] << " values each (or none), got "
+      << input_mean.size() << " and " << input_std.size();
+  for (size_t c = 0; c < input_std.size(); ++c)
+    QF_CHECK_FORMAT(std::isfinite(input_mean[c]) && std::isfinite(input_std[c]) && input_std[c] > 0)
+        << "int8 model: bad input normalization mean " << input_mean[c] << ", std " << input_std[c];
   std::vector<std::vector<int64_t>> out_shape(ops.size());
   std::vector<ActQParams> out_q(ops.size());
   std::vector<int> uses(ops.size(), 0);
@@ -247,6 +254,23 @@ std::vector<int64_t> Model::validate_into(std::vector<std::vector<int64_t>>* sha
   return out_shape.back();
 }
 
+Tensor Model::normalize_pixels(const Tensor& pixels) const {
+  QF_CHECK(!input_mean.empty()) << "int8 model: the file holds no input normalization (input_mean, input_std)";
+  QF_CHECK_DTYPE(pixels.dtype() == DType::u8) << "int8 model: pixels must be u8, got " << pixels.desc();
+  const int64_t C = input_shape[0], HW = input_shape[1] * input_shape[2];
+  QF_CHECK_SHAPE(pixels.ndim() >= 2 && pixels.numel() == pixels.size(0) * C * HW)
+      << "int8 model: pixels must be [N, " << C << ", " << input_shape[1] << ", " << input_shape[2] << "], got "
+      << pixels.desc();
+  Tensor x = Tensor::empty({pixels.size(0), C, input_shape[1], input_shape[2]});
+  const uint8_t* p = pixels.data<uint8_t>();
+  float* o = x.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const int64_t c = (i / HW) % C;
+    o[i] = (static_cast<float>(p[i]) / 255.0f - input_mean[c]) / input_std[c];
+  }
+  return x;
+}
+
 Tensor Model::run(const Tensor& x, const kernels::KernelTable* k) const {
   QF_CHECK_DTYPE(x.dtype() == DType::f32) << "int8 model: input must be f32, got " << x.desc();
   const int64_t per = input_shape[0] * input_shape[1] * input_shape[2];
@@ -378,6 +402,10 @@ void save_model(const std::string& path, const Model& m, const std::string& prod
       Tensor::from_vector<int32_t>({static_cast<int32_t>(m.input_shape[0]), static_cast<int32_t>(m.input_shape[1]),
                                     static_cast<int32_t>(m.input_shape[2])},
                                    {3});
+  if (!m.input_mean.empty()) {
+    a.tensors["input_mean"] = Tensor::from_vector<float>(m.input_mean, {static_cast<int64_t>(m.input_mean.size())});
+    a.tensors["input_std"] = Tensor::from_vector<float>(m.input_std, {static_cast<int64_t>(m.input_std.size())});
+  }
   for (size_t i = 0; i < m.ops.size(); ++i) {
     const Op& op = m.ops[i];
     a.strings[key(i, "kind")] = op_kind_name(op.kind);
@@ -457,6 +485,11 @@ Model load_model(const std::string& path) {
     Model m;
     const auto shape = get_vec<int32_t>(a, "input_shape", DType::i32, 3);
     for (int d = 0; d < 3; ++d) m.input_shape[d] = shape[d];
+    if (a.tensors.count("input_mean") || a.tensors.count("input_std")) {
+      QF_CHECK_FORMAT(shape[0] >= 1 && shape[0] <= 4096) << "input_shape channels " << shape[0];
+      m.input_mean = get_vec<float>(a, "input_mean", DType::f32, shape[0]);
+      m.input_std = get_vec<float>(a, "input_std", DType::f32, shape[0]);
+    }
     const int64_t n = a.get_int("num_ops");
     QF_CHECK_FORMAT(n >= 2 && n <= 100000) << "num_ops = " << n;
     for (int64_t i = 0; i < n; ++i) {

@@ -10,7 +10,8 @@
 // order):
 //   strings  format = "qforge-int8-model", producer
 //   ints     format_version = 3, num_ops
-//   tensor   input_shape (i32 [3]: C, H, W)
+//   tensor   input_shape (i32 [3]: C, H, W); optional input_mean and
+//            input_std (f32 [C])
 //   per op i, under "op/NNNN/": strings kind and name; tensors params (i32:
 //   qparams and geometry, laid out in model.cpp), scales (f32: activation
 //   scales) and, when the op names its inputs, inputs (i32); for conv2d and
@@ -76,6 +77,14 @@ class Model {
   std::vector<Op> ops;
   /// The input the model takes, without the batch: {C, H, W}.
   std::array<int64_t, 3> input_shape{1, 1, 1};
+  /// Optional: how raw 8-bit pixels become the float input the model was
+  /// trained on, x = (p / 255 - mean[c]) / std[c] (both empty, or C values
+  /// each). run() takes the float input; tools (qforge run) use this to feed
+  /// raw images.
+  std::vector<float> input_mean, input_std;
+  /// Raw u8 pixels [N, C, H, W] -> the float input, with input_mean and
+  /// input_std (ValueError when the model has none).
+  Tensor normalize_pixels(const Tensor& pixels) const;
 
   /// Checks the graph: it starts with quantize and ends with dequantize;
   /// every op reads earlier ops only, and every op but the last is read;

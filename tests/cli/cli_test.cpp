@@ -109,6 +109,38 @@ TEST_F(Cli, TrainQatExportsAModelThatEqualsTheQatModelAndEvalReadsIt) {
   ASSERT_EQ(e.code, 0) << e.out;
   EXPECT_EQ(field(e.json, "accuracy"), field(t.json, "int8_accuracy"));
   EXPECT_EQ(field(e.json, "count"), "10000");
+
+  // run: raw test images through the normalization recorded in the export.
+  const std::string images = kSource + "/data/mnist/t10k-images-idx3-ubyte.gz",
+                    labels = kSource + "/data/mnist/t10k-labels-idx1-ubyte.gz";
+  const CliRun p = run("run " + model + " --input " + images + " --labels " + labels + " --show 2");
+  ASSERT_EQ(p.code, 0) << p.out;
+  EXPECT_EQ(field(p.json, "accuracy"), field(t.json, "int8_accuracy"));
+  EXPECT_EQ(field(p.json, "count"), "10000");
+  EXPECT_EQ(field(p.json, "predictions").substr(0, 1), "[");
+  // The same first two images as raw bytes.
+  {
+    std::ofstream raw(path("two.raw"), std::ios::binary);
+    for (int i = 0; i < 2 * 784; ++i) raw.put(static_cast<char>(i % 251));
+  }
+  const CliRun rr = run("run " + model + " --raw --input " + path("two.raw"));
+  ASSERT_EQ(rr.code, 0) << rr.out;
+  EXPECT_EQ(field(rr.json, "count"), "2");
+  {
+    std::ofstream odd(path("odd.raw"), std::ios::binary);
+    odd << "123";
+  }
+  EXPECT_EQ(run("run " + model + " --raw --input " + path("odd.raw")).code, 2);
+  EXPECT_EQ(run("run " + model + " --input " + labels).code, 2);  // labels are not images
+  EXPECT_EQ(run("run " + model).code, 2);
+
+  // bench
+  const CliRun b = run("bench " + model + " --batch 3 --threads 1 --min-sec 0.2");
+  ASSERT_EQ(b.code, 0) << b.out;
+  EXPECT_EQ(field(b.json, "batch"), "3");
+  EXPECT_EQ(field(b.json, "threads"), "1");
+  for (const char* k : {"latency_ms_p50", "images_per_s", "kernels"}) EXPECT_NE(field(b.json, k), "") << k;
+  EXPECT_EQ(run("bench " + model + " --batch 0").code, 2);
 }
 
 TEST_F(Cli, PtqRecipeRuns) {

@@ -167,6 +167,27 @@ void counting_ref(const kernels::QGemmParams& p) {
   kernels::qu8s8_gemm_requant__ref(p);
 }
 
+TEST_F(ModelFile, InputNormalizationRoundTripsAndIsChecked) {
+  Model m = small_model();
+  m.input_mean = {0.5f, 0.25f};
+  m.input_std = {0.2f, 0.4f};
+  save_model(path("n.h5"), m);
+  const Model back = load_model(path("n.h5"));
+  EXPECT_EQ(back.input_mean, m.input_mean);
+  EXPECT_EQ(back.input_std, m.input_std);
+  Tensor pixels = Tensor::empty({1, 2, 8, 8}, DType::u8);
+  for (int64_t i = 0; i < pixels.numel(); ++i) pixels.data<uint8_t>()[i] = static_cast<uint8_t>(i * 3);
+  const Tensor x = back.normalize_pixels(pixels);
+  EXPECT_FLOAT_EQ(x.data<float>()[5], (15 / 255.0f - 0.5f) / 0.2f);
+  EXPECT_FLOAT_EQ(x.data<float>()[64 + 1], (195 / 255.0f - 0.25f) / 0.4f);
+  EXPECT_THROW(small_model().normalize_pixels(pixels), ValueError);  // none recorded
+  m.input_std = {0.2f, 0.0f};
+  EXPECT_THROW(m.validate(), FormatError);
+  m.input_std = {0.2f};
+  EXPECT_THROW(m.validate(), FormatError);
+  expect_bad([](Archive& a) { a.tensors["input_mean"] = Tensor::from_vector<float>({0.1f}, {1}); }, "input_mean");
+}
+
 TEST_F(ModelFile, RunUsesTheKernelTableItIsGivenAndEveryLevelAgrees) {
   const Model m = small_model();
   const Tensor x = randn({3, 2, 8, 8}, 6);
