@@ -6,10 +6,12 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <cstring>
 #include <iterator>
 #include <sstream>
 
+#include "core/archive.h"
 #include "core/error.h"
 #include "core/parallel.h"
 #include "core/rng.h"
@@ -124,6 +126,21 @@ int64_t correct_of(const Tensor& logits, const std::vector<int32_t>& labels) {
   return correct;
 }
 
+/// The global qconfig and the per-name overrides of a recipe.
+quant::QConfigMap make_qconfig_map(const Recipe& r) {
+  quant::QConfigMap map;
+  map.set_global(make_qconfig(r, r.weight.bits, r.activation.bits));
+  for (const auto& o : r.overrides) {
+    if (o.keep_float) {
+      map.set_name(o.match, std::nullopt);
+    } else {
+      map.set_name(o.match, make_qconfig(r, o.weight_bits.value_or(r.weight.bits),
+                                         o.activation_bits.value_or(r.activation.bits)));
+    }
+  }
+  return map;
+}
+
 std::array<int64_t, 3> input_shape_of(const std::string& dataset) {
   return dataset == "mnist" ? std::array<int64_t, 3>{1, 28, 28} : std::array<int64_t, 3>{3, 32, 32};
 }
@@ -184,15 +201,7 @@ int run_train(const Recipe& r, const TrainArgs& args) {
   if (r.quant) {
     quant::PrepareOptions po;
     po.auto_fuse = r.auto_fuse;
-    po.qconfig.set_global(make_qconfig(r, r.weight.bits, r.activation.bits));
-    for (const auto& o : r.overrides) {
-      if (o.keep_float) {
-        po.qconfig.set_name(o.match, std::nullopt);
-      } else {
-        po.qconfig.set_name(o.match, make_qconfig(r, o.weight_bits.value_or(r.weight.bits),
-                                                  o.activation_bits.value_or(r.activation.bits)));
-      }
-    }
+    po.qconfig = make_qconfig_map(r);
     if (qat) {
       quant::prepare_qat(*model, po);
       quant::QatSchedule qs;
@@ -279,41 +288,154 @@ int run_train(const Recipe& r, const TrainArgs& args) {
   return 0;
 }
 
-int run_eval(const std::string& model_path, const std::string& dataset, const std::string& data_dir) {
-  const quant::runtime::Model m = quant::runtime::load_model(model_path);
-  const auto shape = input_shape_of(dataset);
-  if (m.input_shape != shape)
-    throw RecipeError(model_path + " takes inputs of " + std::to_string(m.input_shape[0]) + "x" +
-                      std::to_string(m.input_shape[1]) + "x" + std::to_string(m.input_shape[2]) + ", not " + dataset +
-                      "'s images");
+namespace {
+
+data::LoaderOptions test_loader_options(const std::vector<float>& mean, const std::vector<float>& std) {
   data::LoaderOptions lo;
   lo.batch_size = 256;
   lo.shuffle = false;
-  if (!m.input_mean.empty()) {
-    lo.mean = m.input_mean;
-    lo.std = m.input_std;
-  } else if (dataset == "mnist") {
-    lo.mean = {0.1307f};
-    lo.std = {0.3081f};
-  } else {
-    lo.mean = {0.4914f, 0.4822f, 0.4465f};
-    lo.std = {0.2470f, 0.2435f, 0.2616f};
+  lo.mean = mean;
+  lo.std = std;
+  return lo;
+}
+
+std::vector<float> default_mean(const std::string& dataset) {
+  return dataset == "mnist" ? std::vector<float>{0.1307f} : std::vector<float>{0.4914f, 0.4822f, 0.4465f};
+}
+std::vector<float> default_std(const std::string& dataset) {
+  return dataset == "mnist" ? std::vector<float>{0.3081f} : std::vector<float>{0.2470f, 0.2435f, 0.2616f};
+}
+
+/// The recipe of the run that wrote `checkpoint`: `recipe_path`, or the
+/// recipe.yaml that qforge train leaves in its output directory (a parent
+/// of the checkpoint's directory).
+Recipe recipe_of(const std::string& checkpoint, const std::string& recipe_path, const std::string& source_dir) {
+  if (!recipe_path.empty()) return parse_recipe(recipe_path, {}, source_dir, false);
+  fs::path dir = fs::absolute(checkpoint).parent_path();
+  for (int up = 0; up < 4 && !dir.empty(); ++up, dir = dir.parent_path())
+    if (fs::is_regular_file(dir / "recipe.yaml")) return parse_recipe((dir / "recipe.yaml").string(), {}, source_dir, false);
+  throw RecipeError(checkpoint + ": no recipe.yaml in the directories above it (qforge train writes one into its "
+                    "output directory); pass --recipe");
+}
+
+struct Rebuilt {
+  nn::ModulePtr model;
+  bool quantized = false;
+};
+
+/// The recipe's model, prepared for QAT when the checkpoint holds
+/// fake-quant state, with the checkpoint's weights and qparams.
+Rebuilt rebuild(const std::string& checkpoint, const Recipe& r) {
+  const Archive a = load_archive(checkpoint);
+  Rebuilt out;
+  bool any_model = false;
+  for (const auto& [k, t] : a.tensors) {
+    if (k.rfind("model/", 0) != 0) continue;
+    any_model = true;
+    if (k.find("_fake_quant.") != std::string::npos) out.quantized = true;
   }
-  data::DataLoader test(load_split(dataset, data_dir, data::Split::test), lo);
+  if (!any_model)
+    throw RecipeError(checkpoint + " is not a qforge train checkpoint (no model/ entries); an int8 export? use it "
+                      "directly");
+  Generator g(r.seed);
+  nn::ModelArgs margs;
+  for (const auto& [k, v] : r.model_args) margs.set(k, v);
+  out.model = nn::make_model(r.model, margs, g);
+  if (out.quantized) {
+    quant::PrepareOptions po;
+    po.auto_fuse = r.auto_fuse;
+    po.qconfig = make_qconfig_map(r);
+    quant::prepare_qat(*out.model, po);
+  }
+  trainers::load_model_from_checkpoint(checkpoint, *out.model);
+  out.model->eval();
+  return out;
+}
+
+}  // namespace
+
+bool is_int8_model(const std::string& path) {
+  try {
+    const Archive a = load_archive(path);
+    return a.strings.count("format") && a.strings.at("format") == "qforge-int8-model";
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+int run_eval(const std::string& model_path, const std::string& dataset_in, const std::string& data_dir_in,
+             const std::string& recipe_path, const std::string& source_dir) {
+  std::string kind, dataset = dataset_in, data_dir = data_dir_in;
+  std::vector<float> mean, std;
+  std::function<Tensor(const Tensor&)> forward;
+  std::optional<quant::runtime::Model> int8;
+  Rebuilt rebuilt;
+  if (is_int8_model(model_path)) {
+    kind = "int8";
+    int8 = quant::runtime::load_model(model_path);
+    if (dataset.empty()) dataset = int8->input_shape[0] == 3 ? "cifar10" : "mnist";
+    if (int8->input_shape != input_shape_of(dataset))
+      throw RecipeError(model_path + " takes inputs of " + std::to_string(int8->input_shape[0]) + "x" +
+                        std::to_string(int8->input_shape[1]) + "x" + std::to_string(int8->input_shape[2]) + ", not " +
+                        dataset + "'s images");
+    mean = int8->input_mean.empty() ? default_mean(dataset) : int8->input_mean;
+    std = int8->input_std.empty() ? default_std(dataset) : int8->input_std;
+    forward = [&](const Tensor& x) { return int8->run(x); };
+  } else {
+    const Recipe r = recipe_of(model_path, recipe_path, source_dir);
+    rebuilt = rebuild(model_path, r);
+    kind = rebuilt.quantized ? "qat" : "fp32";
+    if (dataset.empty()) dataset = r.dataset;
+    if (dataset != r.dataset) throw RecipeError(model_path + " was trained on " + r.dataset + ", not " + dataset);
+    if (data_dir.empty()) data_dir = r.data_dir;
+    mean = r.mean;
+    std = r.std;
+    forward = [&](const Tensor& x) { return (*rebuilt.model)(autograd::Variable(x)).value(); };
+  }
+  if (data_dir.empty())
+    data_dir = dataset == "mnist" ? data::default_mnist_dir(source_dir) : source_dir + "/../shared/data/cifar10";
+  if (!fs::is_directory(data_dir)) throw RecipeError("no such data directory '" + data_dir + "'");
+  data::DataLoader test(load_split(dataset, data_dir, data::Split::test), test_loader_options(mean, std));
   std::vector<int32_t> labels;
   const auto t0 = std::chrono::steady_clock::now();
-  const Tensor logits = trainers::collect_logits([&](const Tensor& x) { return m.run(x); }, test, &labels);
+  const Tensor logits = trainers::collect_logits(forward, test, &labels);
   const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const int64_t correct = correct_of(logits, labels);
   const double acc = 100.0 * correct / std::max<size_t>(labels.size(), 1);
-  std::printf("%s on %s test (%zu images, %s kernels): accuracy %.2f%% (%lld correct), %.0f images/s\n",
-              model_path.c_str(), dataset.c_str(), labels.size(),
-              quant::kernels::isa_name(quant::kernels::kernels().isa), acc, static_cast<long long>(correct),
-              labels.size() / sec);
+  std::printf("%s (%s) on %s test (%zu images%s): accuracy %.2f%% (%lld correct), %.0f images/s\n",
+              model_path.c_str(), kind.c_str(), dataset.c_str(), labels.size(),
+              kind == "fp32" ? "" : (std::string(", ") + quant::kernels::isa_name(quant::kernels::kernels().isa) +
+                                     " kernels").c_str(),
+              acc, static_cast<long long>(correct), labels.size() / sec);
   std::printf("%s\n", json_line({{"command", "\"eval\""},
+                                 {"kind", json_string(kind)},
                                  {"accuracy", num(acc, 2)},
                                  {"count", std::to_string(labels.size())},
                                  {"images_per_s", num(labels.size() / sec, 1)}})
+                          .c_str());
+  return 0;
+}
+
+int run_export(const std::string& checkpoint, const std::string& out_path, const std::string& recipe_path,
+               const std::string& source_dir) {
+  if (is_int8_model(checkpoint)) throw RecipeError(checkpoint + " is already an int8 model");
+  const Recipe r = recipe_of(checkpoint, recipe_path, source_dir);
+  const Rebuilt rb = rebuild(checkpoint, r);
+  if (!rb.quantized)
+    throw RecipeError(checkpoint + " is an FP32 checkpoint; export needs a QAT checkpoint (a recipe with "
+                      "quant.enabled: true and mode qat)");
+  quant::runtime::Model m = quant::convert(*rb.model, input_shape_of(r.dataset));
+  m.input_mean = r.mean;
+  m.input_std = r.std;
+  if (fs::path(out_path).has_parent_path()) fs::create_directories(fs::path(out_path).parent_path());
+  quant::runtime::save_model(out_path, m, "qforge export " + checkpoint);
+  const auto bytes = fs::file_size(out_path);
+  std::printf("exported %s (recipe %s) to %s: %zu ops, %.0f KB\n", checkpoint.c_str(), r.path.c_str(),
+              out_path.c_str(), m.ops.size(), bytes / 1024.0);
+  std::printf("%s\n", json_line({{"command", "\"export\""},
+                                 {"path", json_string(out_path)},
+                                 {"bytes", std::to_string(bytes)},
+                                 {"ops", std::to_string(m.ops.size())}})
                           .c_str());
   return 0;
 }

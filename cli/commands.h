@@ -22,8 +22,22 @@ struct TrainArgs {
 /// export_path, export_bytes.
 int run_train(const Recipe& recipe, const TrainArgs& args);
 
-/// Evaluates an int8 export on a dataset's test split. JSON: accuracy, count.
-int run_eval(const std::string& model_path, const std::string& dataset, const std::string& data_dir);
+/// Evaluates an int8 export, or a qforge train checkpoint (FP32 or QAT,
+/// rebuilt from the run's recipe), on a dataset's test split. An empty
+/// dataset or data_dir takes the recipe's (checkpoints) or mnist's defaults.
+/// JSON: accuracy, count, kind (int8 | fp32 | qat).
+int run_eval(const std::string& model_path, const std::string& dataset, const std::string& data_dir,
+             const std::string& recipe_path, const std::string& source_dir);
+
+/// Converts a QAT checkpoint of qforge train to the int8 file, rebuilding
+/// the prepared model from the run's recipe (`recipe_path`, or the
+/// recipe.yaml that qforge train left in a parent directory of the
+/// checkpoint). JSON: path, bytes.
+int run_export(const std::string& checkpoint, const std::string& out_path, const std::string& recipe_path,
+               const std::string& source_dir);
+
+/// True when `path` is an int8 model file (not a checkpoint).
+bool is_int8_model(const std::string& path);
 
 /// Latency and throughput of an int8 model on random input: calls of `batch`
 /// images for at least `min_sec` seconds. JSON: batch, threads,

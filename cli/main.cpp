@@ -1,6 +1,7 @@
 // qforge: the command line.
 //   qforge train RECIPE [--set key.path=value ...] [--out DIR] [--resume]
-//   qforge eval MODEL [--dataset mnist|cifar10] [--data DIR]
+//   qforge eval MODEL|CHECKPOINT [--dataset mnist|cifar10] [--data DIR] [--recipe FILE]
+//   qforge export CHECKPOINT --out FILE [--recipe FILE]
 //   qforge run MODEL --input FILE [--labels FILE] [--raw] [--show N]
 //   qforge bench MODEL [--batch N] [--threads N] [--min-sec S]
 // Exit codes: 0 success, 1 failure at run time, 2 bad input.
@@ -13,7 +14,6 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
-#include "data/mnist.h"
 
 using namespace qforge;
 
@@ -24,8 +24,10 @@ void usage() {
       "usage: qforge <command> [options]\n"
       "  train RECIPE [--set key.path=value ...] [--out DIR] [--resume]\n"
       "      FP32 training, QAT or PTQ, export and validation as the recipe says\n"
-      "  eval MODEL [--dataset mnist|cifar10] [--data DIR]\n"
-      "      accuracy of an exported int8 model on a test set\n"
+      "  eval MODEL|CHECKPOINT [--dataset mnist|cifar10] [--data DIR] [--recipe FILE]\n"
+      "      accuracy of an int8 export, an FP32 or a QAT checkpoint on a test set\n"
+      "  export CHECKPOINT --out FILE [--recipe FILE]\n"
+      "      a QAT checkpoint to an int8 model file\n"
       "  run MODEL --input FILE [--labels FILE] [--raw] [--show N]\n"
       "      predictions of an int8 model for 8-bit images (IDX, or raw bytes)\n"
       "  bench MODEL [--batch N] [--threads N] [--min-sec S]\n"
@@ -37,87 +39,6 @@ int fail_input(const std::string& cmd, const std::string& msg) {
   std::fprintf(stderr, "qforge %s: %s\n", cmd.c_str(), msg.c_str());
   std::printf("%s\n", cli::json_line({{"command", cli::json_string(cmd)}, {"error", cli::json_string(msg)}}).c_str());
   return 2;
-}
-
-int train(int argc, char** argv) {
-  cxxopts::Options o("qforge train", "FP32 training, QAT or PTQ, export and validation, as a recipe says");
-  o.add_options()("recipe", "recipe file (YAML)", cxxopts::value<std::string>())(
-      "set", "override a recipe value: key.path=value (repeatable)", cxxopts::value<std::vector<std::string>>())(
-      "out", "output directory (default out/<recipe name>)", cxxopts::value<std::string>())(
-      "resume", "continue an interrupted run from its newest checkpoints in the output directory")(
-      "h,help", "show help");
-  o.parse_positional({"recipe"});
-  o.positional_help("RECIPE");
-  cxxopts::ParseResult a;
-  try {
-    a = o.parse(argc, argv);
-  } catch (const std::exception& e) {
-    return fail_input("train", e.what());
-  }
-  if (a.count("help")) {
-    std::puts(o.help().c_str());
-    return 0;
-  }
-  if (!a.count("recipe")) return fail_input("train", "needs a recipe file (qforge train RECIPE)");
-  cli::Recipe r;
-  try {
-    r = cli::parse_recipe(a["recipe"].as<std::string>(),
-                          a.count("set") ? a["set"].as<std::vector<std::string>>() : std::vector<std::string>{},
-                          QFORGE_SOURCE_DIR);
-  } catch (const cli::RecipeError& e) {
-    return fail_input("train", e.what());
-  }
-  cli::TrainArgs ta;
-  ta.out_dir = a.count("out") ? a["out"].as<std::string>() : "";
-  ta.resume = a.count("resume") > 0;
-  ta.source_dir = QFORGE_SOURCE_DIR;
-  try {
-    return cli::run_train(r, ta);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "qforge train: %s\n", e.what());
-    std::printf("%s\n", cli::json_line({{"command", "\"train\""}, {"error", cli::json_string(e.what())}}).c_str());
-    return 1;
-  }
-}
-
-int eval(int argc, char** argv) {
-  cxxopts::Options o("qforge eval", "accuracy of an exported int8 model on a test set");
-  o.add_options()("model", "int8 model file (HDF5, from qforge train or export)", cxxopts::value<std::string>())(
-      "dataset", "mnist or cifar10", cxxopts::value<std::string>()->default_value("mnist"))(
-      "data", "dataset directory (default: the dataset's usual place)", cxxopts::value<std::string>())(
-      "h,help", "show help");
-  o.parse_positional({"model"});
-  o.positional_help("MODEL");
-  cxxopts::ParseResult a;
-  try {
-    a = o.parse(argc, argv);
-  } catch (const std::exception& e) {
-    return fail_input("eval", e.what());
-  }
-  if (a.count("help")) {
-    std::puts(o.help().c_str());
-    return 0;
-  }
-  if (!a.count("model")) return fail_input("eval", "needs a model file (qforge eval MODEL)");
-  const std::string model = a["model"].as<std::string>(), dataset = a["dataset"].as<std::string>();
-  if (dataset != "mnist" && dataset != "cifar10")
-    return fail_input("eval", "--dataset must be mnist or cifar10, got '" + dataset + "'");
-  const std::string dir = a.count("data") ? a["data"].as<std::string>()
-                          : dataset == "mnist" ? data::default_mnist_dir(QFORGE_SOURCE_DIR)
-                                               : std::string(QFORGE_SOURCE_DIR) + "/../shared/data/cifar10";
-  if (!std::filesystem::is_regular_file(model)) return fail_input("eval", "no such model file '" + model + "'");
-  if (!std::filesystem::is_directory(dir)) return fail_input("eval", "no such data directory '" + dir + "'");
-  try {
-    return cli::run_eval(model, dataset, dir);
-  } catch (const FormatError& e) {
-    return fail_input("eval", e.what());
-  } catch (const cli::RecipeError& e) {
-    return fail_input("eval", e.what());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "qforge eval: %s\n", e.what());
-    std::printf("%s\n", cli::json_line({{"command", "\"eval\""}, {"error", cli::json_string(e.what())}}).c_str());
-    return 1;
-  }
 }
 
 /// Runs `body`, mapping errors to exit codes: bad input (RecipeError,
@@ -150,6 +71,40 @@ int parse(cxxopts::Options& o, int argc, char** argv, const std::string& cmd, cx
     return 0;
   }
   return -1;
+}
+
+int train(int argc, char** argv) {
+  cxxopts::Options o("qforge train", "FP32 training, QAT or PTQ, export and validation, as a recipe says");
+  o.add_options()("recipe", "recipe file (YAML)", cxxopts::value<std::string>())(
+      "set", "override a recipe value: key.path=value (repeatable)", cxxopts::value<std::vector<std::string>>())(
+      "out", "output directory (default out/<recipe name>)", cxxopts::value<std::string>())(
+      "resume", "continue an interrupted run from its newest checkpoints in the output directory")(
+      "h,help", "show help");
+  o.parse_positional({"recipe"});
+  o.positional_help("RECIPE");
+  cxxopts::ParseResult a;
+  if (const int rc = parse(o, argc, argv, "train", a); rc >= 0) return rc;
+  if (!a.count("recipe")) return fail_input("train", "needs a recipe file (qforge train RECIPE)");
+  cli::Recipe r;
+  try {
+    r = cli::parse_recipe(a["recipe"].as<std::string>(),
+                          a.count("set") ? a["set"].as<std::vector<std::string>>() : std::vector<std::string>{},
+                          QFORGE_SOURCE_DIR);
+  } catch (const cli::RecipeError& e) {
+    return fail_input("train", e.what());
+  }
+  cli::TrainArgs ta;
+  ta.out_dir = a.count("out") ? a["out"].as<std::string>() : "";
+  ta.resume = a.count("resume") > 0;
+  ta.source_dir = QFORGE_SOURCE_DIR;
+  // Errors while training (a corrupt checkpoint on resume, say) are run-time failures.
+  return guarded("train", [&]() -> int {
+    try {
+      return cli::run_train(r, ta);
+    } catch (const Error& e) {
+      throw std::runtime_error(e.what());
+    }
+  });
 }
 
 int run_cmd(int argc, char** argv) {
@@ -198,6 +153,49 @@ int bench(int argc, char** argv) {
   return guarded("bench", [&] { return cli::run_bench(model, batch, threads, min_sec); });
 }
 
+int eval(int argc, char** argv) {
+  cxxopts::Options o("qforge eval", "accuracy of an int8 export, or of a qforge train checkpoint, on a test set");
+  o.add_options()("model", "int8 model file, or a checkpoint (FP32 or QAT) of qforge train",
+                  cxxopts::value<std::string>())(
+      "dataset", "mnist or cifar10 (default: the recipe's, or from the model's input)", cxxopts::value<std::string>())(
+      "data", "dataset directory (default: the recipe's, or the dataset's usual place)", cxxopts::value<std::string>())(
+      "recipe", "the run's recipe, for a checkpoint (default: recipe.yaml in a parent directory)",
+      cxxopts::value<std::string>())("h,help", "show help");
+  o.parse_positional({"model"});
+  o.positional_help("MODEL");
+  cxxopts::ParseResult a;
+  if (const int rc = parse(o, argc, argv, "eval", a); rc >= 0) return rc;
+  if (!a.count("model")) return fail_input("eval", "needs a model file (qforge eval MODEL)");
+  const std::string model = a["model"].as<std::string>();
+  const std::string dataset = a.count("dataset") ? a["dataset"].as<std::string>() : "";
+  if (!dataset.empty() && dataset != "mnist" && dataset != "cifar10")
+    return fail_input("eval", "--dataset must be mnist or cifar10, got '" + dataset + "'");
+  if (!std::filesystem::is_regular_file(model)) return fail_input("eval", "no such model file '" + model + "'");
+  return guarded("eval", [&] {
+    return cli::run_eval(model, dataset, a.count("data") ? a["data"].as<std::string>() : "",
+                         a.count("recipe") ? a["recipe"].as<std::string>() : "", QFORGE_SOURCE_DIR);
+  });
+}
+
+int export_cmd(int argc, char** argv) {
+  cxxopts::Options o("qforge export", "convert a QAT checkpoint of qforge train to an int8 model file");
+  o.add_options()("checkpoint", "QAT checkpoint (e.g. out/RUN/qat/ckpt/epoch_0001.h5)", cxxopts::value<std::string>())(
+      "out", "int8 model file to write", cxxopts::value<std::string>())(
+      "recipe", "the run's recipe (default: recipe.yaml in a parent directory of the checkpoint)",
+      cxxopts::value<std::string>())("h,help", "show help");
+  o.parse_positional({"checkpoint"});
+  o.positional_help("CHECKPOINT");
+  cxxopts::ParseResult a;
+  if (const int rc = parse(o, argc, argv, "export", a); rc >= 0) return rc;
+  if (!a.count("checkpoint") || !a.count("out")) return fail_input("export", "needs CHECKPOINT and --out FILE");
+  const std::string ckpt = a["checkpoint"].as<std::string>();
+  if (!std::filesystem::is_regular_file(ckpt)) return fail_input("export", "no such checkpoint '" + ckpt + "'");
+  return guarded("export", [&] {
+    return cli::run_export(ckpt, a["out"].as<std::string>(), a.count("recipe") ? a["recipe"].as<std::string>() : "",
+                           QFORGE_SOURCE_DIR);
+  });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -209,6 +207,7 @@ int main(int argc, char** argv) {
   if (cmd == "train") return train(argc - 1, argv + 1);
   if (cmd == "eval") return eval(argc - 1, argv + 1);
   if (cmd == "run") return run_cmd(argc - 1, argv + 1);
+  if (cmd == "export") return export_cmd(argc - 1, argv + 1);
   if (cmd == "bench") return bench(argc - 1, argv + 1);
   std::fprintf(stderr, "qforge: unknown command '%s'\n", cmd.c_str());
   usage();

@@ -99,6 +99,7 @@ const Field& schema() {
 
 struct Checker {
   std::string file;
+  bool check_files = true;
   std::set<std::string> set_paths;  // key paths that came from --set
 
   [[noreturn]] void fail(const YAML::Node& node, const std::string& path, const std::string& msg) const {
@@ -365,20 +366,21 @@ Recipe build(const YAML::Node& root, const Checker& c, const std::string& name, 
       r.data_dir = source_dir.empty() ? "../shared/data/cifar10" : source_dir + "/../shared/data/cifar10";
     }
   }
-  if (!fs::is_directory(r.data_dir))
+  if (c.check_files && !fs::is_directory(r.data_dir))
     c.fail(root["data"] && root["data"]["dir"] ? root["data"]["dir"] : root, "data.dir",
            "no such directory '" + r.data_dir + "'" +
                (root["data"] && root["data"]["dir"] ? "" : " (the default for " + r.dataset + "; set data.dir)"));
   r.pretrained = get<std::string>(root, "pretrained", "");
-  if (!r.pretrained.empty() && !fs::is_regular_file(r.pretrained))
+  if (c.check_files && !r.pretrained.empty() && !fs::is_regular_file(r.pretrained))
     c.fail(root["pretrained"], "pretrained", "no such file '" + r.pretrained + "'");
   return r;
 }
 
 Recipe parse_node(YAML::Node root, const std::string& name, const std::vector<std::string>& sets,
-                  const std::string& source_dir) {
+                  const std::string& source_dir, bool check_files) {
   Checker c;
   c.file = name;
+  c.check_files = check_files;
   if (!root.IsDefined() || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
   if (!root.IsMap()) throw RecipeError(name + ": a recipe is a mapping of sections (model, data, training, ...)");
   for (const auto& s : sets) apply_set(root, s, c.set_paths);
@@ -388,7 +390,7 @@ Recipe parse_node(YAML::Node root, const std::string& name, const std::vector<st
 }  // namespace
 
 Recipe parse_recipe_text(const std::string& text, const std::string& name, const std::vector<std::string>& sets,
-                         const std::string& source_dir) {
+                         const std::string& source_dir, bool check_files) {
   YAML::Node root;
   try {
     root = YAML::Load(text);
@@ -396,10 +398,11 @@ Recipe parse_recipe_text(const std::string& text, const std::string& name, const
     throw RecipeError(name + ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1) +
                       ": YAML syntax error: " + e.msg);
   }
-  return parse_node(root, name, sets, source_dir);
+  return parse_node(root, name, sets, source_dir, check_files);
 }
 
-Recipe parse_recipe(const std::string& path, const std::vector<std::string>& sets, const std::string& source_dir) {
+Recipe parse_recipe(const std::string& path, const std::vector<std::string>& sets, const std::string& source_dir,
+                    bool check_files) {
   if (!fs::is_regular_file(path)) throw RecipeError(path + ": no such recipe file");
   YAML::Node root;
   try {
@@ -410,7 +413,7 @@ Recipe parse_recipe(const std::string& path, const std::vector<std::string>& set
   } catch (const YAML::Exception& e) {
     throw RecipeError(path + ": " + e.msg);
   }
-  return parse_node(root, path, sets, source_dir);
+  return parse_node(root, path, sets, source_dir, check_files);
 }
 
 std::string to_yaml(const Recipe& r) {

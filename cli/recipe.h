@@ -84,12 +84,14 @@ struct Recipe {
 /// Reads, overrides and checks a recipe. `sets` are "key.path=value" texts.
 /// Relative paths in the recipe (data.dir, pretrained) resolve against
 /// `base_dir` (the working directory by default); the dataset's default
-/// directory comes from `source_dir`.
+/// directory comes from `source_dir`. check_files = false skips the checks
+/// that the data directory and the pretrained file exist (for reading back a
+/// finished run's recipe, whose data may have moved).
 Recipe parse_recipe(const std::string& path, const std::vector<std::string>& sets = {},
-                    const std::string& source_dir = "");
+                    const std::string& source_dir = "", bool check_files = true);
 /// The same from YAML text (tests); `name` stands for the file in messages.
 Recipe parse_recipe_text(const std::string& text, const std::string& name, const std::vector<std::string>& sets = {},
-                         const std::string& source_dir = "");
+                         const std::string& source_dir = "", bool check_files = true);
 
 /// The recipe as YAML, every value resolved (written next to a run's
 /// outputs, so that the run can be reproduced and its checkpoints read back).

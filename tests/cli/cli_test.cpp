@@ -134,6 +134,31 @@ TEST_F(Cli, TrainQatExportsAModelThatEqualsTheQatModelAndEvalReadsIt) {
   EXPECT_EQ(run("run " + model + " --input " + labels).code, 2);  // labels are not images
   EXPECT_EQ(run("run " + model).code, 2);
 
+  // export from the last QAT checkpoint (the recipe comes from the run's
+  // recipe.yaml): the same model, so the same predictions.
+  const CliRun x = run("export " + path("qat/qat/ckpt/epoch_0001.h5") + " --out " + path("re.h5"));
+  ASSERT_EQ(x.code, 0) << x.out;
+  EXPECT_EQ(field(x.json, "path"), "\"" + path("re.h5") + "\"");
+  const CliRun p2 = run("run " + path("re.h5") + " --input " + images + " --labels " + labels);
+  ASSERT_EQ(p2.code, 0);
+  EXPECT_EQ(field(p2.json, "predictions"), field(p.json, "predictions"));
+  // eval reads checkpoints too: the QAT one gives the QAT eval accuracy.
+  const CliRun q = run("eval " + path("qat/qat/ckpt/epoch_0001.h5"));
+  ASSERT_EQ(q.code, 0) << q.out;
+  EXPECT_EQ(field(q.json, "kind"), "\"qat\"");
+  EXPECT_EQ(field(q.json, "accuracy"), field(t.json, "test_accuracy"));
+  const CliRun f = run("eval " + path("qat/fp32/ckpt/epoch_0001.h5"));
+  ASSERT_EQ(f.code, 0) << f.out;
+  EXPECT_EQ(field(f.json, "kind"), "\"fp32\"");
+  EXPECT_EQ(run("export " + path("qat/fp32/ckpt/epoch_0001.h5") + " --out " + path("no.h5")).code, 2);
+  EXPECT_EQ(run("export " + model + " --out " + path("no.h5")).code, 2);  // already int8
+  fs::copy_file(path("qat/qat/ckpt/epoch_0001.h5"), path("lonely.h5"));
+  const CliRun lonely = run("export " + path("lonely.h5") + " --out " + path("no.h5"));
+  EXPECT_EQ(lonely.code, 2);
+  EXPECT_NE(lonely.json.find("no recipe.yaml"), std::string::npos) << lonely.json;
+  EXPECT_EQ(run("export " + path("lonely.h5") + " --out " + path("yes.h5") + " --recipe " + path("qat/recipe.yaml")).code,
+            0);
+
   // bench
   const CliRun b = run("bench " + model + " --batch 3 --threads 1 --min-sec 0.2");
   ASSERT_EQ(b.code, 0) << b.out;
