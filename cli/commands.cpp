@@ -306,10 +306,10 @@ std::vector<float> default_std(const std::string& dataset) {
   return dataset == "mnist" ? std::vector<float>{0.3081f} : std::vector<float>{0.2470f, 0.2435f, 0.2616f};
 }
 
-/// The recipe of the run that wrote `checkpoint`: `recipe_path`, or the
-/// recipe.yaml that qforge train leaves in its output directory (a parent
-/// of the checkpoint's directory).
-Recipe recipe_of(const std::string& checkpoint, const std::string& recipe_path, const std::string& source_dir) {
+}  // namespace
+
+Recipe recipe_of_checkpoint(const std::string& checkpoint, const std::string& recipe_path,
+                            const std::string& source_dir) {
   if (!recipe_path.empty()) return parse_recipe(recipe_path, {}, source_dir, false);
   fs::path dir = fs::absolute(checkpoint).parent_path();
   for (int up = 0; up < 4 && !dir.empty(); ++up, dir = dir.parent_path())
@@ -318,16 +318,12 @@ Recipe recipe_of(const std::string& checkpoint, const std::string& recipe_path, 
                     "output directory); pass --recipe");
 }
 
-struct Rebuilt {
-  nn::ModulePtr model;
-  bool quantized = false;
-};
-
-/// The recipe's model, prepared for QAT when the checkpoint holds
-/// fake-quant state, with the checkpoint's weights and qparams.
-Rebuilt rebuild(const std::string& checkpoint, const Recipe& r) {
+void rebuild_from_checkpoint(const std::string& checkpoint, const Recipe& r, nn::ModulePtr& model, bool& quantized) {
   const Archive a = load_archive(checkpoint);
-  Rebuilt out;
+  struct {
+    nn::ModulePtr model;
+    bool quantized = false;
+  } out;
   bool any_model = false;
   for (const auto& [k, t] : a.tensors) {
     if (k.rfind("model/", 0) != 0) continue;
@@ -349,10 +345,9 @@ Rebuilt rebuild(const std::string& checkpoint, const Recipe& r) {
   }
   trainers::load_model_from_checkpoint(checkpoint, *out.model);
   out.model->eval();
-  return out;
+  model = out.model;
+  quantized = out.quantized;
 }
-
-}  // namespace
 
 bool is_int8_model(const std::string& path) {
   try {
@@ -369,7 +364,8 @@ int run_eval(const std::string& model_path, const std::string& dataset_in, const
   std::vector<float> mean, std;
   std::function<Tensor(const Tensor&)> forward;
   std::optional<quant::runtime::Model> int8;
-  Rebuilt rebuilt;
+  nn::ModulePtr rebuilt;
+  bool quantized = false;
   if (is_int8_model(model_path)) {
     kind = "int8";
     int8 = quant::runtime::load_model(model_path);
@@ -382,15 +378,15 @@ int run_eval(const std::string& model_path, const std::string& dataset_in, const
     std = int8->input_std.empty() ? default_std(dataset) : int8->input_std;
     forward = [&](const Tensor& x) { return int8->run(x); };
   } else {
-    const Recipe r = recipe_of(model_path, recipe_path, source_dir);
-    rebuilt = rebuild(model_path, r);
-    kind = rebuilt.quantized ? "qat" : "fp32";
+    const Recipe r = recipe_of_checkpoint(model_path, recipe_path, source_dir);
+    rebuild_from_checkpoint(model_path, r, rebuilt, quantized);
+    kind = quantized ? "qat" : "fp32";
     if (dataset.empty()) dataset = r.dataset;
     if (dataset != r.dataset) throw RecipeError(model_path + " was trained on " + r.dataset + ", not " + dataset);
     if (data_dir.empty()) data_dir = r.data_dir;
     mean = r.mean;
     std = r.std;
-    forward = [&](const Tensor& x) { return (*rebuilt.model)(autograd::Variable(x)).value(); };
+    forward = [&](const Tensor& x) { return (*rebuilt)(autograd::Variable(x)).value(); };
   }
   if (data_dir.empty())
     data_dir = dataset == "mnist" ? data::default_mnist_dir(source_dir) : source_dir + "/../shared/data/cifar10";
@@ -419,12 +415,14 @@ int run_eval(const std::string& model_path, const std::string& dataset_in, const
 int run_export(const std::string& checkpoint, const std::string& out_path, const std::string& recipe_path,
                const std::string& source_dir) {
   if (is_int8_model(checkpoint)) throw RecipeError(checkpoint + " is already an int8 model");
-  const Recipe r = recipe_of(checkpoint, recipe_path, source_dir);
-  const Rebuilt rb = rebuild(checkpoint, r);
-  if (!rb.quantized)
+  const Recipe r = recipe_of_checkpoint(checkpoint, recipe_path, source_dir);
+  nn::ModulePtr model;
+  bool quantized = false;
+  rebuild_from_checkpoint(checkpoint, r, model, quantized);
+  if (!quantized)
     throw RecipeError(checkpoint + " is an FP32 checkpoint; export needs a QAT checkpoint (a recipe with "
                       "quant.enabled: true and mode qat)");
-  quant::runtime::Model m = quant::convert(*rb.model, input_shape_of(r.dataset));
+  quant::runtime::Model m = quant::convert(*model, input_shape_of(r.dataset));
   m.input_mean = r.mean;
   m.input_std = r.std;
   if (fs::path(out_path).has_parent_path()) fs::create_directories(fs::path(out_path).parent_path());

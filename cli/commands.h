@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cli/recipe.h"
+#include "nn/module.h"
 
 namespace qforge::cli {
 
@@ -38,6 +39,25 @@ int run_export(const std::string& checkpoint, const std::string& out_path, const
 
 /// True when `path` is an int8 model file (not a checkpoint).
 bool is_int8_model(const std::string& path);
+
+/// The recipe of the run that wrote `checkpoint`: `recipe_path`, or the
+/// recipe.yaml that qforge train leaves in its output directory (a parent
+/// of the checkpoint's directory). RecipeError when there is none.
+Recipe recipe_of_checkpoint(const std::string& checkpoint, const std::string& recipe_path,
+                            const std::string& source_dir);
+
+/// The recipe's model, prepared for QAT when the checkpoint holds fake-quant
+/// state (`quantized`), with the checkpoint's weights and qparams, in eval
+/// mode.
+void rebuild_from_checkpoint(const std::string& checkpoint, const Recipe& r, nn::ModulePtr& model, bool& quantized);
+
+/// Per-layer qparams and weight ranges of an int8 model or a checkpoint; for
+/// a QAT checkpoint also the per-layer SQNR of its int8 model against the
+/// float model on `images` training images, and with plot_dir SVG charts
+/// (sqnr.svg, hist_<layer>.svg). JSON: kind, ops, layers [{name, sqnr_db}],
+/// min_sqnr_db, worst_layer.
+int run_inspect(const std::string& path, const std::string& recipe_path, const std::string& plot_dir, int64_t images,
+                const std::string& source_dir);
 
 /// Latency and throughput of an int8 model on random input: calls of `batch`
 /// images for at least `min_sec` seconds. JSON: batch, threads,

@@ -4,6 +4,7 @@
 //   qforge export CHECKPOINT --out FILE [--recipe FILE]
 //   qforge run MODEL --input FILE [--labels FILE] [--raw] [--show N]
 //   qforge bench MODEL [--batch N] [--threads N] [--min-sec S]
+//   qforge inspect MODEL|CHECKPOINT [--recipe FILE] [--plot DIR] [--images N]
 // Exit codes: 0 success, 1 failure at run time, 2 bad input.
 #include <cstdio>
 #include <cxxopts.hpp>
@@ -32,6 +33,8 @@ void usage() {
       "      predictions of an int8 model for 8-bit images (IDX, or raw bytes)\n"
       "  bench MODEL [--batch N] [--threads N] [--min-sec S]\n"
       "      latency and throughput of an int8 model\n"
+      "  inspect MODEL|CHECKPOINT [--recipe FILE] [--plot DIR] [--images N]\n"
+      "      per-layer qparams and weight ranges; per-layer SQNR (and SVG charts) for a QAT checkpoint\n"
       "Run 'qforge <command> --help' for a command's options.");
 }
 
@@ -196,6 +199,28 @@ int export_cmd(int argc, char** argv) {
   });
 }
 
+int inspect(int argc, char** argv) {
+  cxxopts::Options o("qforge inspect", "per-layer qparams, weight ranges and SQNR of a model or checkpoint");
+  o.add_options()("model", "int8 model file, or a checkpoint of qforge train", cxxopts::value<std::string>())(
+      "recipe", "the run's recipe, for a checkpoint (default: recipe.yaml in a parent directory)",
+      cxxopts::value<std::string>())("plot", "write SVG charts into this directory", cxxopts::value<std::string>())(
+      "images", "training images for the SQNR batch", cxxopts::value<int64_t>()->default_value("256"))(
+      "h,help", "show help");
+  o.parse_positional({"model"});
+  o.positional_help("MODEL|CHECKPOINT");
+  cxxopts::ParseResult a;
+  if (const int rc = parse(o, argc, argv, "inspect", a); rc >= 0) return rc;
+  if (!a.count("model")) return fail_input("inspect", "needs a model or checkpoint file");
+  const std::string model = a["model"].as<std::string>();
+  const int64_t images = a["images"].as<int64_t>();
+  if (!std::filesystem::is_regular_file(model)) return fail_input("inspect", "no such file '" + model + "'");
+  if (images < 1 || images > 60000) return fail_input("inspect", "--images must be in [1, 60000]");
+  return guarded("inspect", [&] {
+    return cli::run_inspect(model, a.count("recipe") ? a["recipe"].as<std::string>() : "",
+                            a.count("plot") ? a["plot"].as<std::string>() : "", images, QFORGE_SOURCE_DIR);
+  });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -209,6 +234,7 @@ int main(int argc, char** argv) {
   if (cmd == "run") return run_cmd(argc - 1, argv + 1);
   if (cmd == "export") return export_cmd(argc - 1, argv + 1);
   if (cmd == "bench") return bench(argc - 1, argv + 1);
+  if (cmd == "inspect") return inspect(argc - 1, argv + 1);
   std::fprintf(stderr, "qforge: unknown command '%s'\n", cmd.c_str());
   usage();
   return 2;

@@ -99,7 +99,14 @@ void check_window(const Op& op, const std::string& at, std::vector<int64_t>& sha
 
 }  // namespace
 
-std::vector<int64_t> Model::validate_into(std::vector<std::vector<int64_t>>* shapes) const {
+std::vector<ActQParams> Model::output_qparams() const {
+  std::vector<ActQParams> q;
+  validate_into(nullptr, &q);
+  return q;
+}
+
+std::vector<int64_t> Model::validate_into(std::vector<std::vector<int64_t>>* shapes,
+                                          std::vector<ActQParams>* qparams) const {
   QF_CHECK_FORMAT(ops.size() >= 2 && ops.front().kind == OpKind::quantize && ops.back().kind == OpKind::dequantize)
       << "int8 model: the ops must start with quantize and end with dequantize";
   for (int64_t d : input_shape) QF_CHECK_FORMAT(d >= 1 && d <= (1 << 20)) << "int8 model: bad input shape";
@@ -251,6 +258,7 @@ std::vector<int64_t> Model::validate_into(std::vector<std::vector<int64_t>>* sha
   }
   for (size_t i = 0; i + 1 < ops.size(); ++i)
     QF_CHECK_FORMAT(uses[i] > 0) << op_label(i, ops[i]) << ": its output is never read";
+  if (qparams) *qparams = out_q;
   return out_shape.back();
 }
 
@@ -271,7 +279,9 @@ Tensor Model::normalize_pixels(const Tensor& pixels) const {
   return x;
 }
 
-Tensor Model::run(const Tensor& x, const kernels::KernelTable* k) const {
+Tensor Model::run(const Tensor& x, const kernels::KernelTable* k) const { return run(x, k, nullptr); }
+
+Tensor Model::run(const Tensor& x, const kernels::KernelTable* k, const OpCallback& each) const {
   QF_CHECK_DTYPE(x.dtype() == DType::f32) << "int8 model: input must be f32, got " << x.desc();
   const int64_t per = input_shape[0] * input_shape[1] * input_shape[2];
   QF_CHECK_SHAPE(x.ndim() >= 2 && x.numel() == x.size(0) * per)
@@ -335,6 +345,7 @@ Tensor Model::run(const Tensor& x, const kernels::KernelTable* k) const {
     }
     for (int32_t j : reads[i])
       if (--pending[static_cast<size_t>(j)] == 0) out[static_cast<size_t>(j)] = Tensor();
+    if (each) each(i, y);
     out[i] = std::move(y);
   }
   return out.back();

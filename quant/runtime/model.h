@@ -26,6 +26,7 @@
 // as the QAT eval path does, so a file cannot carry inconsistent ones.
 
 #include <array>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -99,12 +100,21 @@ class Model {
   std::vector<std::vector<int64_t>> input_shapes() const;
   /// The ops that op i reads (resolving an empty `inputs`).
   std::vector<int32_t> inputs_of(size_t i) const;
+  /// The qparams of each op's output codes (dequantize: of its input);
+  /// validates first.
+  std::vector<ActQParams> output_qparams() const;
   /// Runs a batch: f32 [N, C, H, W] (or [N, C*H*W] for a linear first layer)
   /// -> f32 outputs. `k` picks the kernels (null: the dispatched ones).
   Tensor run(const Tensor& x, const kernels::KernelTable* k = nullptr) const;
+  /// The same, calling `each(i, output)` after op i with its output (u8
+  /// codes, NHWC [N, H, W, C] or [N, F]; the float result for the last op),
+  /// for inspection.
+  using OpCallback = std::function<void(size_t, const Tensor&)>;
+  Tensor run(const Tensor& x, const kernels::KernelTable* k, const OpCallback& each) const;
 
  private:
-  std::vector<int64_t> validate_into(std::vector<std::vector<int64_t>>* shapes) const;
+  std::vector<int64_t> validate_into(std::vector<std::vector<int64_t>>* shapes,
+                                     std::vector<ActQParams>* qparams = nullptr) const;
 };
 
 /// Writes the model (atomically; see save_archive).

@@ -159,6 +159,24 @@ TEST_F(Cli, TrainQatExportsAModelThatEqualsTheQatModelAndEvalReadsIt) {
   EXPECT_EQ(run("export " + path("lonely.h5") + " --out " + path("yes.h5") + " --recipe " + path("qat/recipe.yaml")).code,
             0);
 
+  // inspect: qparams of the int8 file; SQNR per layer and charts from the QAT checkpoint.
+  const CliRun i8 = run("inspect " + model);
+  ASSERT_EQ(i8.code, 0) << i8.out;
+  EXPECT_EQ(field(i8.json, "kind"), "\"int8\"");
+  EXPECT_NE(i8.out.find("conv2d           conv2"), std::string::npos) << i8.out;
+  const CliRun in = run("inspect " + path("qat/qat/ckpt/epoch_0001.h5") + " --images 64 --plot " + path("plots"));
+  ASSERT_EQ(in.code, 0) << in.out;
+  EXPECT_EQ(field(in.json, "kind"), "\"qat\"");
+  EXPECT_NE(in.json.find("{\"name\":\"conv1\",\"sqnr_db\":"), std::string::npos) << in.json;
+  EXPECT_GT(std::stod(field(in.json, "min_sqnr_db")), 15.0);  // int8 tracks float closely
+  for (const char* f : {"sqnr.svg", "hist_conv1.svg", "hist_fc.svg"}) {
+    std::ifstream svg(path("plots/") + f);
+    std::string head(4, ' ');
+    svg.read(head.data(), 4);
+    EXPECT_EQ(head, "<svg") << f;
+  }
+  EXPECT_EQ(run("inspect " + path("qat/qat/ckpt/epoch_0001.h5") + " --images 0").code, 2);
+
   // bench
   const CliRun b = run("bench " + model + " --batch 3 --threads 1 --min-sec 0.2");
   ASSERT_EQ(b.code, 0) << b.out;
