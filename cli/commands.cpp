@@ -205,6 +205,7 @@ int run_train(const Recipe& r, const TrainArgs& args) {
     if (qat) {
       quant::prepare_qat(*model, po);
       quant::QatSchedule qs;
+      qs.fake_quant = quant::Milestone::step(static_cast<int64_t>(r.fake_quant_from * qat_steps));
       if (r.freeze_bn < 1) qs.freeze_bn = quant::Milestone::step(static_cast<int64_t>(r.freeze_bn * qat_steps));
       if (r.freeze_observers < 1)
         qs.freeze_observers = quant::Milestone::step(static_cast<int64_t>(r.freeze_observers * qat_steps));

@@ -77,19 +77,20 @@ const Field& schema() {
                             integer("threads", 0, 1024), integer("max_steps_per_epoch", 0, 1e12)}),
            map("quant", {boolean("enabled"), choice("mode", {"qat", "ptq"}), integer("epochs", 1, 100000),
                          number("lr", 0, 100), choice("method", {"ste", "lsq"}),
-                         map("weight", {integer("bits", 1, 8), choice("observer", kObservers)}),
-                         map("activation", {integer("bits", 1, 8), choice("observer", kObservers)}),
+                         map("weight", {integer("bits", 2, 8), choice("observer", kObservers)}),
+                         map("activation", {integer("bits", 2, 8), choice("observer", kObservers)}),
                          {"overrides",
                           Kind::map_list,
                           0,
                           0,
                           false,
                           {},
-                          {string("match"), boolean("float"), integer("weight_bits", 1, 8),
-                           integer("activation_bits", 1, 8)},
+                          {string("match"), boolean("float"), integer("weight_bits", 2, 8),
+                           integer("activation_bits", 2, 8)},
                           ""},
                          choice("fuse", {"auto", "none"}),
-                         map("schedule", {number("freeze_bn", 0, 1), number("freeze_observers", 0, 1)}),
+                         map("schedule", {number("fake_quant_from", 0, 1), number("freeze_bn", 0, 1),
+                                          number("freeze_observers", 0, 1)}),
                          integer("calibration_images", 1, 1e7)}),
            map("export", {boolean("enabled"), string("path"), boolean("validate")}), string("pretrained")});
   return root;
@@ -347,6 +348,7 @@ Recipe build(const YAML::Node& root, const Checker& c, const std::string& name, 
     }
   }
   r.auto_fuse = get<std::string>(root, "quant.fuse", "auto") == "auto";
+  r.fake_quant_from = get<double>(root, "quant.schedule.fake_quant_from", r.fake_quant_from);
   r.freeze_bn = get<double>(root, "quant.schedule.freeze_bn", r.freeze_bn);
   r.freeze_observers = get<double>(root, "quant.schedule.freeze_observers", r.freeze_observers);
   r.calibration_images = get<int64_t>(root, "quant.calibration_images", r.calibration_images);
@@ -461,7 +463,8 @@ std::string to_yaml(const Recipe& r) {
     e << YAML::EndSeq;
   }
   e << YAML::Key << "fuse" << YAML::Value << (r.auto_fuse ? "auto" : "none") << YAML::Key << "schedule" << YAML::Value
-    << YAML::BeginMap << YAML::Key << "freeze_bn" << YAML::Value << r.freeze_bn << YAML::Key << "freeze_observers"
+    << YAML::BeginMap << YAML::Key << "fake_quant_from" << YAML::Value << r.fake_quant_from << YAML::Key
+    << "freeze_bn" << YAML::Value << r.freeze_bn << YAML::Key << "freeze_observers"
     << YAML::Value << r.freeze_observers << YAML::EndMap << YAML::Key << "calibration_images" << YAML::Value
     << r.calibration_images << YAML::EndMap;
   e << YAML::Key << "export" << YAML::Value << YAML::BeginMap << YAML::Key << "enabled" << YAML::Value << r.do_export

@@ -70,6 +70,7 @@ struct Recipe {
   TensorQuantRecipe weight{8, ""}, activation{8, ""};
   std::vector<QuantOverride> overrides;
   bool auto_fuse = true;
+  double fake_quant_from = 0;      // fraction of the QAT steps before fake quant starts (observers record)
   double freeze_bn = 0.5;          // fraction of the QAT steps (1: never)
   double freeze_observers = 0.7;
   int64_t calibration_images = 1000;

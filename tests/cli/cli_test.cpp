@@ -186,13 +186,21 @@ TEST_F(Cli, TrainQatExportsAModelThatEqualsTheQatModelAndEvalReadsIt) {
   EXPECT_EQ(run("bench " + model + " --batch 0").code, 2);
 }
 
-TEST_F(Cli, PtqRecipeRuns) {
+TEST_F(Cli, PtqAndLsqRecipesRun) {
   const CliRun t = run("train " + kSource +
                     "/recipes/mnist_ptq_int8.yaml --set training.epochs=1 --set training.max_steps_per_epoch=10 "
                     "--set quant.calibration_images=200 --out " + path("ptq"));
   ASSERT_EQ(t.code, 0) << t.out;
   EXPECT_EQ(field(t.json, "int8_mismatches"), "0");
   EXPECT_EQ(field(t.json, "int8_accuracy"), field(t.json, "test_accuracy"));
+  // 4-bit LSQ, with fake quant starting a third of the way into QAT.
+  const CliRun l = run("train " + kSource +
+                    "/recipes/mnist_lsq_w4a4.yaml --set training.epochs=1 --set training.max_steps_per_epoch=9 "
+                    "--set quant.epochs=1 --set quant.schedule.fake_quant_from=0.34 --out " + path("lsq"));
+  ASSERT_EQ(l.code, 0) << l.out;
+  EXPECT_NE(l.out.find("fake_quant from step 3"), std::string::npos) << l.out;
+  EXPECT_EQ(field(l.json, "int8_mismatches"), "0");
+  EXPECT_EQ(field(l.json, "int8_accuracy"), field(l.json, "test_accuracy"));
 }
 
 TEST_F(Cli, AKilledRunResumesToTheSameResult) {

@@ -74,7 +74,9 @@ TEST(Recipe, EveryBadInputGetsOneMessageWithLineAndColumn) {
   EXPECT_EQ(error_of("quant:\n  enabled: maybe\n"), "r.yaml:2:12: quant.enabled: expected true or false, got 'maybe'");
   EXPECT_EQ(error_of("data: 3\n"), "r.yaml:1:7: data: expected a mapping of keys");
   // ranges and choices
-  EXPECT_EQ(error_of("quant:\n  weight: {bits: 9}\n"), "r.yaml:2:18: quant.weight.bits: must be in [1, 8], got 9");
+  EXPECT_EQ(error_of("quant:\n  weight: {bits: 9}\n"), "r.yaml:2:18: quant.weight.bits: must be in [2, 8], got 9");
+  EXPECT_EQ(error_of("quant:\n  activation: {bits: 1}\n"),
+            "r.yaml:2:22: quant.activation.bits: must be in [2, 8], got 1");
   EXPECT_EQ(error_of("training:\n  optimizer: {lr: 0}\n"),
             "r.yaml:2:19: training.optimizer.lr: must be in (0, 100], got 0");
   EXPECT_EQ(error_of("training:\n  optimizer: {name: adma}\n"),
