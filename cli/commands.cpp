@@ -156,14 +156,23 @@ int run_train(const Recipe& r, const TrainArgs& args) {
     f << "# the recipe as run (" << r.path << "), every default resolved\n" << to_yaml(r);
   }
   if (r.threads > 0) set_num_threads(r.threads);
-  const Loaders l = make_loaders(r);
+  Loaders l;
+  try {
+    l = make_loaders(r);
+  } catch (const Error& e) {  // a directory without the dataset's files: bad input
+    throw RecipeError("data.dir '" + r.data_dir + "': " + e.what());
+  }
   Generator init(r.seed);
   manual_seed(r.seed + 1);
   nn::ModelArgs margs;
   for (const auto& [k, v] : r.model_args) margs.set(k, v);
   auto model = nn::make_model(r.model, margs, init);
   if (!r.pretrained.empty()) {
-    trainers::load_model_from_checkpoint(r.pretrained, *model);
+    try {
+      trainers::load_model_from_checkpoint(r.pretrained, *model);
+    } catch (const Error& e) {
+      throw RecipeError(std::string("pretrained: ") + e.what());
+    }
     std::printf("== FP32 weights from %s\n", r.pretrained.c_str());
   }
   const int64_t per_epoch = r.max_steps_per_epoch > 0 ? std::min(r.max_steps_per_epoch, l.train->batches_per_epoch())

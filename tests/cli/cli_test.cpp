@@ -83,6 +83,12 @@ TEST_F(Cli, BadInputExitsWith2AndAJsonError) {
       << bad.json;
   EXPECT_EQ(run("train " + kSource + "/recipes/mnist_fp32.yaml --set training.epochs=-1").code, 2);
   EXPECT_EQ(run("train " + kSource + "/recipes/mnist_fp32.yaml --set nonsense").code, 2);
+  fs::create_directories(path("empty"));
+  const CliRun nodata = run("train " + kSource + "/recipes/mnist_fp32.yaml --set data.dir=" + path("empty"));
+  EXPECT_EQ(nodata.code, 2);
+  EXPECT_NE(nodata.json.find("missing train-images-idx3-ubyte"), std::string::npos) << nodata.json;
+  std::ofstream(path("fake_ckpt.h5")) << "junk";
+  EXPECT_EQ(run("train " + kSource + "/recipes/mnist_fp32.yaml --set pretrained=" + path("fake_ckpt.h5")).code, 2);
   EXPECT_EQ(run("eval /no/such.h5").code, 2);
   std::ofstream(path("junk.h5")) << "not hdf5";
   const CliRun junk = run("eval " + path("junk.h5"));
