@@ -5,20 +5,28 @@
 # top-level folder. Headers sit next to their sources and are included as
 # "<folder>/<file>.h" from the repository root.
 function(qforge_add_module name)
-  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;PRIVATE_DEPS" ${ARGN})
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;PRIVATE_DEPS;EXPORT_NAME" ${ARGN})
   set(target qforge_${name})
-  if(ARG_SOURCES)
-    add_library(${target} ${ARG_SOURCES})
-    target_include_directories(${target} PUBLIC
-      $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}>)
-    target_link_libraries(${target} PUBLIC ${ARG_DEPS} PRIVATE ${ARG_PRIVATE_DEPS} qforge_build_flags)
-  else()
-    # A folder whose code has not landed yet: it still takes its place in the graph.
-    add_library(${target} INTERFACE)
-    target_include_directories(${target} INTERFACE $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}>)
-    target_link_libraries(${target} INTERFACE ${ARG_DEPS})
+  if(NOT ARG_EXPORT_NAME)
+    set(ARG_EXPORT_NAME ${name})
   endif()
+  add_library(${target} ${ARG_SOURCES})
+  # In the tree, "core/tensor.h" resolves from the repository root; installed,
+  # headers sit in <prefix>/include/qforge/<folder>/, reachable both as
+  # "core/tensor.h" and as <qforge/core/tensor.h>.
+  target_include_directories(${target} PUBLIC
+    $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}>
+    $<BUILD_INTERFACE:${PROJECT_BINARY_DIR}/include>
+    $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}/qforge>
+    $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
+  target_link_libraries(${target} PUBLIC ${ARG_DEPS} PRIVATE ${ARG_PRIVATE_DEPS}
+    $<BUILD_INTERFACE:qforge_build_flags>)
+  set_target_properties(${target} PROPERTIES EXPORT_NAME ${ARG_EXPORT_NAME})
   add_library(qforge::${name} ALIAS ${target})
+  if(NOT ARG_EXPORT_NAME STREQUAL name)
+    add_library(qforge::${ARG_EXPORT_NAME} ALIAS ${target})
+  endif()
+  set_property(GLOBAL APPEND PROPERTY QFORGE_INSTALL_TARGETS ${target})
 endfunction()
 
 # qforge_add_test_folder(<folder> DEPS ...)

@@ -296,6 +296,7 @@ Tensor Model::run(const Tensor& x, const kernels::KernelTable* k, const OpCallba
     for (int32_t j : reads[i]) ++pending[static_cast<size_t>(j)];
   }
   std::vector<Tensor> out(ops.size());
+  std::vector<std::vector<int64_t>> flatten_nhwc(ops.size());  // a flatten's input map [H, W, C]
   for (size_t i = 0; i < ops.size(); ++i) {
     const Op& op = ops[i];
     const Tensor t = reads[i].empty() ? x.reshape({N, input_shape[0], input_shape[1], input_shape[2]})
@@ -330,6 +331,7 @@ Tensor Model::run(const Tensor& x, const kernels::KernelTable* k, const OpCallba
         break;
       }
       case OpKind::flatten:
+        if (t.ndim() == 4) flatten_nhwc[i] = {t.size(1), t.size(2), t.size(3)};
         y = t.reshape({N, t.numel() / N});
         break;
       case OpKind::relu: {
@@ -339,9 +341,20 @@ Tensor Model::run(const Tensor& x, const kernels::KernelTable* k, const OpCallba
         for (int64_t e = 0; e < y.numel(); ++e) p[e] = std::max(p[e], zp);
         break;
       }
-      case OpKind::dequantize:
-        y = dequantize(t.ndim() == 4 ? to_nchw(t) : t, op.q);
+      case OpKind::dequantize: {
+        // Outputs follow the float model's NCHW order: a map goes back to
+        // NCHW, and so does a flattened map (flatten works on NHWC codes).
+        Tensor codes = t;
+        const size_t from = static_cast<size_t>(reads[i][0]);
+        if (ops[from].kind == OpKind::flatten && !flatten_nhwc[from].empty()) {
+          const auto& d = flatten_nhwc[from];
+          codes = to_nchw(t.reshape({N, d[0], d[1], d[2]})).reshape({N, d[0] * d[1] * d[2]});
+        } else if (t.ndim() == 4) {
+          codes = to_nchw(t);
+        }
+        y = dequantize(codes, op.q);
         break;
+      }
     }
     for (int32_t j : reads[i])
       if (--pending[static_cast<size_t>(j)] == 0) out[static_cast<size_t>(j)] = Tensor();

@@ -270,6 +270,27 @@ TEST_F(GraphFile, ResidualGraphRunsOpByOpAndRoundTrips) {
   EXPECT_EQ(std::memcmp(y.raw(), y2.raw(), y.nbytes()), 0);
 }
 
+TEST_F(GraphFile, AFlattenedOutputComesOutInTheFloatModelsChannelOrder) {
+  // quantize -> conv -> flatten -> dequantize gives the conv output's NCHW
+  // values, flattened as the float model's Flatten would (C, H, W).
+  Model m = residual_model();
+  m.ops.resize(2);  // quantize, conv A
+  Op f;
+  f.kind = OpKind::flatten;
+  m.ops.push_back(f);
+  Op d;
+  d.kind = OpKind::dequantize;
+  d.q = m.ops[1].layer.output;
+  m.ops.push_back(d);
+  Model map = m;
+  map.ops.erase(map.ops.begin() + 2);  // without the flatten: an NCHW map
+  const Tensor x = randn({2, 3, 6, 6}, 11, 1.0);
+  const Tensor flat = m.run(x), nchw = map.run(x);
+  ASSERT_EQ(flat.shape(), (Shape{2, 4 * 6 * 6}));
+  ASSERT_EQ(nchw.shape(), (Shape{2, 4, 6, 6}));
+  EXPECT_EQ(std::memcmp(flat.raw(), nchw.raw(), flat.nbytes()), 0);
+}
+
 TEST_F(GraphFile, BadGraphsGetClearErrors) {
   auto expect_bad = [](const Model& m, const std::string& needle) {
     try {
