@@ -225,6 +225,45 @@ Variable Sequential::forward(const Variable& x) {
   return h;
 }
 
+Variable BinaryModule::forward(const Variable&) {
+  QF_THROW(ValueError) << type_name() << " takes two inputs: its parent block calls forward2(a, b)";
+  __builtin_unreachable();
+}
+
+Variable Add::forward2(const Variable& a, const Variable& b) {
+  QF_CHECK_SHAPE(a.value().shape() == b.value().shape())
+      << "Add: shapes differ: " << a.value().desc() << " and " << b.value().desc();
+  const Variable s = autograd::add(a, b);
+  return relu_ ? autograd::relu(s) : s;
+}
+
+BasicBlock::BasicBlock(int64_t in, int64_t out, int64_t stride, Generator& gen) : Module("BasicBlock") {
+  QF_CHECK(in >= 1 && out >= 1 && stride >= 1) << "BasicBlock: bad widths " << in << " -> " << out << " or stride "
+                                                << stride;
+  auto main = std::make_shared<Sequential>();
+  main->push_back("conv1", std::make_shared<Conv2d>(in, out, 3, stride, 1, false, 1, gen));
+  main->push_back("bn1", std::make_shared<BatchNorm2d>(out));
+  main->push_back("relu1", std::make_shared<ReLU>());
+  main->push_back("conv2", std::make_shared<Conv2d>(out, out, 3, 1, 1, false, 1, gen));
+  main->push_back("bn2", std::make_shared<BatchNorm2d>(out));
+  register_module("main", main);
+  if (stride != 1 || in != out) {
+    auto sc = std::make_shared<Sequential>();
+    sc->push_back("conv", std::make_shared<Conv2d>(in, out, 1, stride, 0, false, 1, gen));
+    sc->push_back("bn", std::make_shared<BatchNorm2d>(out));
+    register_module("shortcut", sc);
+  } else {
+    register_module("shortcut", std::make_shared<Identity>());
+  }
+  register_module("add", std::make_shared<Add>(true));
+}
+
+Variable BasicBlock::forward(const Variable& x) {
+  auto* add = dynamic_cast<BinaryModule*>(get_module("add").get());
+  QF_CHECK(add) << "BasicBlock: child 'add' must take two inputs, got " << get_module("add")->type_name();
+  return add->forward2(get_module("main")->forward(x), get_module("shortcut")->forward(x));
+}
+
 Module& Sequential::operator[](size_t i) const {
   QF_CHECK_INDEX(i < size()) << "Sequential: index " << i << " out of range for " << size() << " children";
   return *named_children()[i].second;

@@ -170,6 +170,7 @@ class AdaptiveAvgPool2d : public Module {
   AdaptiveAvgPool2d(int64_t out_h, int64_t out_w);
   explicit AdaptiveAvgPool2d(int64_t out) : AdaptiveAvgPool2d(out, out) {}
   Variable forward(const Variable& x) override;
+  std::array<int64_t, 2> output_size() const { return {out_h_, out_w_}; }
   std::string extra_repr() const override;
 
  private:
@@ -197,6 +198,40 @@ class Dropout : public Module {
 
  private:
   double p_;
+};
+
+/// A module of two inputs (a residual add). forward(x) is an error: its
+/// parent (a block) calls forward2.
+class BinaryModule : public Module {
+ public:
+  using Module::Module;
+  virtual Variable forward2(const Variable& a, const Variable& b) = 0;
+  Variable forward(const Variable& x) override;
+};
+
+/// a + b of equal shapes, optionally followed by ReLU (ResNet's add-ReLU).
+class Add : public BinaryModule {
+ public:
+  explicit Add(bool relu = false) : BinaryModule("Add"), relu_(relu) {}
+  Variable forward2(const Variable& a, const Variable& b) override;
+  bool relu() const { return relu_; }
+  std::string extra_repr() const override { return relu_ ? "relu" : ""; }
+
+ private:
+  bool relu_;
+};
+
+/// ResNet's basic block: out = add(main(x), shortcut(x)) with children
+///   main:     Sequential conv1 3x3 (stride s, pad 1), bn1, relu1, conv2 3x3
+///             (pad 1), bn2 (no conv biases);
+///   shortcut: Identity, or (when the stride or the width changes) a
+///             Sequential conv 1x1 (stride s) + bn ("option B" projection);
+///   add:      Add with ReLU (prepare_qat swaps in a quantized add).
+/// Input [N, in, H, W], output [N, out, H/s, W/s].
+class BasicBlock : public Module {
+ public:
+  BasicBlock(int64_t in, int64_t out, int64_t stride, Generator& gen = default_generator());
+  Variable forward(const Variable& x) override;
 };
 
 /// Runs its children in order. Children are named "0", "1", ... unless given

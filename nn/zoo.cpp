@@ -80,6 +80,18 @@ std::map<std::string, ModelFactory>& registry() {
       a.check_known("mnist_cnn", {});
       return mnist_cnn(g);
     };
+    m["resnet20"] = [](const ModelArgs& a, Generator& g) -> ModulePtr {
+      a.check_known("resnet20", {"classes"});
+      const int64_t classes = a.get_int("classes", 10);
+      QF_CHECK(classes >= 1) << "resnet20: classes must be >= 1";
+      return resnet20(classes, g);
+    };
+    m["mobilenet_cifar"] = [](const ModelArgs& a, Generator& g) -> ModulePtr {
+      a.check_known("mobilenet_cifar", {"classes"});
+      const int64_t classes = a.get_int("classes", 10);
+      QF_CHECK(classes >= 1) << "mobilenet_cifar: classes must be >= 1";
+      return mobilenet_cifar(classes, g);
+    };
     m["lenet5"] = [](const ModelArgs& a, Generator& g) -> ModulePtr {
       a.check_known("lenet5", {});
       return lenet5(g);
@@ -142,6 +154,56 @@ std::shared_ptr<Sequential> mnist_cnn(Generator& gen) {
   m->push_back("relu3", std::make_shared<ReLU>());
   m->push_back("flatten", std::make_shared<Flatten>());
   m->push_back("fc", std::make_shared<Linear>(64 * 10 * 10, 10, true, gen));
+  m->push_back("dequant", std::make_shared<DeQuantStub>());
+  return m;
+}
+
+std::shared_ptr<Sequential> resnet20(int64_t classes, Generator& gen) {
+  auto m = std::make_shared<Sequential>();
+  m->push_back("quant", std::make_shared<QuantStub>());
+  m->push_back("conv", std::make_shared<Conv2d>(3, 16, 3, 1, 1, false, 1, gen));
+  m->push_back("bn", std::make_shared<BatchNorm2d>(16));
+  m->push_back("relu", std::make_shared<ReLU>());
+  int64_t in = 16;
+  for (int stage = 0; stage < 3; ++stage) {
+    const int64_t width = 16 << stage;
+    for (int b = 0; b < 3; ++b) {
+      const int64_t stride = stage > 0 && b == 0 ? 2 : 1;
+      m->push_back("layer" + std::to_string(stage + 1) + "_" + std::to_string(b),
+                   std::make_shared<BasicBlock>(in, width, stride, gen));
+      in = width;
+    }
+  }
+  m->push_back("pool", std::make_shared<AdaptiveAvgPool2d>(1));
+  m->push_back("flatten", std::make_shared<Flatten>());
+  m->push_back("fc", std::make_shared<Linear>(64, classes, true, gen));
+  m->push_back("dequant", std::make_shared<DeQuantStub>());
+  return m;
+}
+
+std::shared_ptr<Sequential> mobilenet_cifar(int64_t classes, Generator& gen) {
+  auto m = std::make_shared<Sequential>();
+  m->push_back("quant", std::make_shared<QuantStub>());
+  m->push_back("conv", std::make_shared<Conv2d>(3, 32, 3, 1, 1, false, 1, gen));
+  m->push_back("bn", std::make_shared<BatchNorm2d>(32));
+  m->push_back("relu", std::make_shared<ReLU6>());
+  int64_t in = 32;
+  const std::pair<int64_t, int64_t> blocks[] = {{64, 1}, {128, 2}, {128, 1}, {256, 2}, {256, 1}};
+  int i = 0;
+  for (const auto& [out, stride] : blocks) {
+    auto b = std::make_shared<Sequential>();
+    b->push_back("dw", std::make_shared<Conv2d>(in, in, 3, stride, 1, false, in, gen));
+    b->push_back("dw_bn", std::make_shared<BatchNorm2d>(in));
+    b->push_back("dw_relu", std::make_shared<ReLU6>());
+    b->push_back("pw", std::make_shared<Conv2d>(in, out, 1, 1, 0, false, 1, gen));
+    b->push_back("pw_bn", std::make_shared<BatchNorm2d>(out));
+    b->push_back("pw_relu", std::make_shared<ReLU6>());
+    m->push_back("block" + std::to_string(++i), b);
+    in = out;
+  }
+  m->push_back("pool", std::make_shared<AdaptiveAvgPool2d>(1));
+  m->push_back("flatten", std::make_shared<Flatten>());
+  m->push_back("fc", std::make_shared<Linear>(in, classes, true, gen));
   m->push_back("dequant", std::make_shared<DeQuantStub>());
   return m;
 }

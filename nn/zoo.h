@@ -51,6 +51,17 @@ std::vector<std::string> model_names();
 /// Every zoo model starts with a QuantStub named "quant" and ends with a
 /// DeQuantStub named "dequant".
 std::shared_ptr<Sequential> mnist_cnn(Generator& gen = default_generator());
+/// CIFAR ResNet-20 as ../shared/bench/README.md defines it (input [N, 3, 32,
+/// 32]): quant, a 3->16 3x3 stem conv + BN + ReLU, 3 stages of 3 BasicBlocks
+/// (16, 32, 64 wide; the first block of stages 2 and 3 has stride 2 and a
+/// 1x1 projection shortcut), global average pooling, flatten, fc 64->classes,
+/// dequant. 272,474 parameters with 10 classes.
+std::shared_ptr<Sequential> resnet20(int64_t classes = 10, Generator& gen = default_generator());
+/// A small depthwise-separable CIFAR net (input [N, 3, 32, 32]): a 3->32
+/// stem conv + BN + ReLU6, then 5 blocks of depthwise 3x3 (+BN+ReLU6) and
+/// pointwise 1x1 (+BN+ReLU6) to 64, 128 (stride 2), 128, 256 (stride 2), 256
+/// channels, global average pooling, fc 256->classes.
+std::shared_ptr<Sequential> mobilenet_cifar(int64_t classes = 10, Generator& gen = default_generator());
 /// LeNet-5 for 28x28 input: conv 1->6 5x5 pad 2 + ReLU, maxpool 2, conv 6->16
 /// 5x5 + ReLU, maxpool 2, fc 400->120 + ReLU, fc 120->84 + ReLU, fc 84->10.
 std::shared_ptr<Sequential> lenet5(Generator& gen = default_generator());

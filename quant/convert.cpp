@@ -12,6 +12,47 @@ struct Walker {
   runtime::Model model;
   bool have_q = false;
   runtime::ActQParams cur;
+  int32_t last = -1;  // the op producing the current value (-1: the model input)
+
+  /// Appends op, reading `last` (named explicitly unless it is the op just before).
+  void emit(runtime::Op op) {
+    if (last >= 0 && last != static_cast<int32_t>(model.ops.size()) - 1) op.inputs = {last};
+    model.ops.push_back(std::move(op));
+    last = static_cast<int32_t>(model.ops.size()) - 1;
+  }
+
+  void block(nn::Module& b, const std::string& path) {
+    QF_CHECK(have_q) << "convert: '" << path << "' (BasicBlock) lies outside the quantized region";
+    const int32_t in = last;
+    const runtime::ActQParams in_q = cur;
+    walk(*b.get_module("main"), path + ".main");
+    const int32_t main_out = last;
+    const runtime::ActQParams main_q = cur;
+    const auto sc = b.get_module("shortcut");
+    last = in;
+    cur = in_q;
+    if (sc->type_name() == "Sequential") {
+      walk(*sc, path + ".shortcut");
+    } else {
+      QF_CHECK(sc->type_name() == "Identity")
+          << "convert: '" << path << ".shortcut' (" << sc->type_name() << ") has no int8 form";
+    }
+    auto* add = dynamic_cast<QATAdd*>(b.get_module("add").get());
+    QF_CHECK(add) << "convert: '" << path << ".add' (" << b.get_module("add")->type_name()
+                  << ") is not quantized (prepare it with prepare_qat/prepare)";
+    const std::string why = add->int8_blocker();
+    QF_CHECK(why.empty()) << "convert: '" << path << ".add' has no int8 form: " << why;
+    runtime::Op op;
+    op.kind = runtime::OpKind::add;
+    op.name = path + ".add";
+    op.in_q = {main_q, cur};
+    op.q = runtime_act_qparams(add->output_fake_quant(), "convert: '" + op.name + "'");
+    op.activation = add->relu() ? Activation::relu : Activation::none;
+    op.inputs = {main_out, last};
+    model.ops.push_back(op);
+    last = static_cast<int32_t>(model.ops.size()) - 1;
+    cur = op.q;
+  }
 
   void walk(nn::Module& seq, const std::string& prefix) {
     for (const auto& [name, child] : seq.named_children()) {
@@ -21,6 +62,10 @@ struct Walker {
       op.name = path;
       if (type == "Sequential") {
         walk(*child, path);
+        continue;
+      }
+      if (type == "BasicBlock") {
+        block(*child, path);
         continue;
       }
       if (type == "Identity" || type == "Dropout") continue;
@@ -45,6 +90,15 @@ struct Walker {
           op.kind = dynamic_cast<QATConvBase*>(layer) ? runtime::OpKind::conv2d : runtime::OpKind::linear;
           op.layer = layer->to_qlayer();
           cur = op.layer.output;
+        } else if (auto* pool = dynamic_cast<QATAvgPool*>(child.get())) {
+          const std::string why = pool->int8_blocker();
+          QF_CHECK(why.empty()) << "convert: '" << path << "' (" << type << ") has no int8 form: " << why;
+          op.kind = pool->global() ? runtime::OpKind::global_avg_pool : runtime::OpKind::avg_pool2d;
+          op.kernel = pool->kernel();
+          op.stride = pool->stride();
+          op.padding = pool->padding();
+          op.in_q = {cur};
+          op.q = cur;  // the output keeps the input's qparams
         } else if (type == "MaxPool2d") {
           const auto& o = static_cast<nn::MaxPool2d&>(*child).options();
           op.kind = runtime::OpKind::max_pool2d;
@@ -65,7 +119,7 @@ struct Walker {
                                   "float layers cannot sit inside the quantized region)";
         }
       }
-      model.ops.push_back(std::move(op));
+      emit(std::move(op));
     }
   }
 };
@@ -84,11 +138,14 @@ runtime::Model convert(nn::Module& model, std::array<int64_t, 3> input_shape) {
     // The runtime flattens NHWC codes: a linear layer after a flatten of a
     // [C, H, W] map takes its inputs in (H, W, C) order.
     const auto shapes = w.model.input_shapes();
-    for (size_t i = 1; i < w.model.ops.size(); ++i)
-      if (w.model.ops[i].kind == runtime::OpKind::linear && w.model.ops[i - 1].kind == runtime::OpKind::flatten &&
-          shapes[i - 1].size() == 3)
-        runtime::reorder_linear_input_to_hwc(w.model.ops[i].layer, shapes[i - 1][0], shapes[i - 1][1],
-                                             shapes[i - 1][2]);
+    for (size_t i = 1; i < w.model.ops.size(); ++i) {
+      if (w.model.ops[i].kind != runtime::OpKind::linear) continue;
+      const size_t from = static_cast<size_t>(w.model.inputs_of(i)[0]);
+      if (w.model.ops[from].kind == runtime::OpKind::flatten && shapes[from].size() == 3 &&
+          (shapes[from][1] > 1 || shapes[from][2] > 1))
+        runtime::reorder_linear_input_to_hwc(w.model.ops[i].layer, shapes[from][0], shapes[from][1],
+                                             shapes[from][2]);
+    }
     w.model.validate();
   } catch (const Error& e) {
     QF_THROW(ValueError) << "convert: " << e.what();

@@ -149,7 +149,9 @@ void prepare_impl(nn::Module& root, const PrepareOptions& o, const char* who) {
   for (const auto& [name, m] : root.named_modules()) {
     if (name.empty() || swapped.count(name)) continue;
     const std::string& type = m->type_name();
-    if (type != "Conv2d" && type != "Linear" && type != "QuantStub") continue;
+    if (type != "Conv2d" && type != "Linear" && type != "QuantStub" && type != "Add" && type != "AdaptiveAvgPool2d" &&
+        type != "AvgPool2d")
+      continue;
     const std::optional<QConfig> q = o.qconfig.resolve(name, type);
     if (!q) continue;
     if (type == "Conv2d") swaps.emplace_back(name, std::make_shared<QATConv2d>(static_cast<nn::Conv2d&>(*m), *q));
@@ -157,6 +159,18 @@ void prepare_impl(nn::Module& root, const PrepareOptions& o, const char* who) {
     if (type == "QuantStub") {
       swaps.emplace_back(name, std::make_shared<QATQuantStub>(*q));
       has_stub = true;
+    }
+    if (type == "Add") swaps.emplace_back(name, std::make_shared<QATAdd>(static_cast<nn::Add&>(*m).relu(), *q));
+    if (type == "AdaptiveAvgPool2d" &&
+        static_cast<nn::AdaptiveAvgPool2d&>(*m).output_size() == std::array<int64_t, 2>{1, 1})
+      swaps.emplace_back(name, std::make_shared<QATAvgPool>(std::array<int64_t, 2>{0, 0},
+                                                            std::array<int64_t, 2>{0, 0},
+                                                            std::array<int64_t, 2>{0, 0}));
+    if (type == "AvgPool2d") {
+      const auto& o = static_cast<nn::AvgPool2d&>(*m).options();
+      // The integer pool counts padding in the divisor; other settings stay float.
+      if (o.count_include_pad || (o.padding[0] == 0 && o.padding[1] == 0))
+        swaps.emplace_back(name, std::make_shared<QATAvgPool>(o.kernel, o.stride, o.padding));
     }
   }
   QF_CHECK(has_stub || !o.require_quant_stub)
@@ -182,6 +196,20 @@ std::shared_ptr<FakeQuantize> link_chain(const nn::Module& seq, std::shared_ptr<
       current = std::dynamic_pointer_cast<FakeQuantize>(child->get_module("output_fake_quant"));
     } else if (type == "Sequential") {
       current = link_chain(*child, current);
+    } else if (auto* pool = dynamic_cast<QATAvgPool*>(child.get())) {
+      pool->set_input_quantizer(current);  // its output stays on the input's grid
+    } else if (type == "BasicBlock") {
+      const auto main_q = link_chain(*child->get_module("main"), current);
+      const auto sc = child->get_module("shortcut");
+      const auto sc_q = sc->type_name() == "Sequential" ? link_chain(*sc, current)
+                        : sc->type_name() == "Identity"   ? current
+                                                          : nullptr;
+      if (auto* add = dynamic_cast<QATAdd*>(child->get_module("add").get())) {
+        add->set_input_quantizers(main_q, sc_q);
+        current = std::dynamic_pointer_cast<FakeQuantize>(child->get_module("add")->get_module("output_fake_quant"));
+      } else {
+        current = nullptr;
+      }
     } else if (type == "Identity" || type == "MaxPool2d" || type == "Flatten" || type == "Dropout" ||
                type == "ReLU") {
       // values stay on the grid of `current`
@@ -198,6 +226,8 @@ void link_quantizers(nn::Module& root) {
   // Unlink everything first, so that layers outside any chain have no stale link.
   root.apply([](nn::Module& m) {
     if (auto* layer = dynamic_cast<QATLayer*>(&m)) layer->set_input_quantizer(nullptr);
+    if (auto* add = dynamic_cast<QATAdd*>(&m)) add->set_input_quantizers(nullptr, nullptr);
+    if (auto* pool = dynamic_cast<QATAvgPool*>(&m)) pool->set_input_quantizer(nullptr);
   });
   if (root.type_name() == "Sequential") {
     link_chain(root, nullptr);
@@ -210,6 +240,8 @@ void link_quantizers(nn::Module& root) {
 void set_int8_eval(nn::Module& root, bool on) {
   root.apply([&](nn::Module& m) {
     if (auto* layer = dynamic_cast<QATLayer*>(&m)) layer->set_int8_eval(on);
+    if (auto* add = dynamic_cast<QATAdd*>(&m)) add->set_int8_eval(on);
+    if (auto* pool = dynamic_cast<QATAvgPool*>(&m)) pool->set_int8_eval(on);
   });
 }
 

@@ -299,4 +299,107 @@ Variable QATQuantStub::forward(const Variable& x) { return output_fake_quant()(x
 
 FakeQuantize& QATQuantStub::output_fake_quant() const { return static_cast<FakeQuantize&>(child("output_fake_quant")); }
 
+// ---- add -------------------------------------------------------------------------
+
+namespace {
+
+/// Why an activation quantizer cannot feed the integer path ("" when it can).
+std::string input_blocker(const std::shared_ptr<FakeQuantize>& q, const char* which) {
+  if (!q) return std::string("the ") + which + " quantizer is not linked (not in a quantized chain)";
+  if (!q->fake_quant_enabled()) return "fake quant is off";
+  if (q->calibrating()) return "a quantizer is calibrating";
+  if (!q->has_qparams()) return "a quantizer has no qparams yet";
+  return act_blocker(*q, which);
+}
+
+}  // namespace
+
+QATAdd::QATAdd(bool relu, const QConfig& q) : nn::BinaryModule("QATAdd"), relu_(relu) {
+  q.validate("QATAdd");
+  QF_CHECK(!q.activation.spec.per_channel) << "QATAdd: its output is quantized per tensor; the activation config "
+                                              "asks for per-channel ("
+                                           << q.activation.spec.describe() << ")";
+  register_module("output_fake_quant", std::make_shared<FakeQuantize>(q.activation, 1));
+}
+
+FakeQuantize& QATAdd::output_fake_quant() const { return static_cast<FakeQuantize&>(child("output_fake_quant")); }
+
+void QATAdd::set_input_quantizers(const std::shared_ptr<FakeQuantize>& a, const std::shared_ptr<FakeQuantize>& b) {
+  in_[0] = a;
+  in_[1] = b;
+}
+
+std::string QATAdd::int8_blocker() const {
+  for (int i = 0; i < 2; ++i)
+    if (auto why = input_blocker(input_quantizer(i), i == 0 ? "first input" : "second input"); !why.empty())
+      return why;
+  return input_blocker(std::dynamic_pointer_cast<FakeQuantize>(get_module("output_fake_quant")), "output");
+}
+
+Variable QATAdd::forward2(const Variable& a, const Variable& b) {
+  QF_CHECK_SHAPE(a.value().shape() == b.value().shape())
+      << "QATAdd: shapes differ: " << a.value().desc() << " and " << b.value().desc();
+  if (!is_training() && int8_eval_ && int8_blocker().empty()) {
+    const runtime::ActQParams qa = runtime_act_qparams(*input_quantizer(0), "first input of QATAdd"),
+                              qb = runtime_act_qparams(*input_quantizer(1), "second input of QATAdd"),
+                              qo = runtime_act_qparams(output_fake_quant(), "output of QATAdd");
+    // Elementwise, so the NCHW layout needs no transpose.
+    const Tensor codes = runtime::qadd(runtime::quantize(a.value(), qa), qa, runtime::quantize(b.value(), qb), qb, qo,
+                                       relu_ ? Activation::relu : Activation::none);
+    return Variable(runtime::dequantize(codes, qo));
+  }
+  const Variable s = autograd::add(a, b);
+  return output_fake_quant()(relu_ ? autograd::relu(s) : s);
+}
+
+// ---- average pooling -------------------------------------------------------------
+
+QATAvgPool::QATAvgPool(std::array<int64_t, 2> kernel, std::array<int64_t, 2> stride, std::array<int64_t, 2> padding)
+    : nn::Module("QATAvgPool"), kernel_(kernel), stride_(stride), padding_(padding) {
+  for (int d = 0; d < 2; ++d) {
+    if (kernel_[d] != 0 && stride_[d] == 0) stride_[d] = kernel_[d];
+    QF_CHECK(kernel_[d] >= 0 && padding_[d] >= 0 && (kernel_[0] == 0) == (kernel_[d] == 0))
+        << "QATAvgPool: bad window";
+  }
+}
+
+std::string QATAvgPool::int8_blocker() const { return input_blocker(input_quantizer(), "input"); }
+
+std::string QATAvgPool::extra_repr() const {
+  if (global()) return "global";
+  std::ostringstream s;
+  s << "kernel=" << kernel_[0] << "x" << kernel_[1] << ", stride=" << stride_[0] << "x" << stride_[1];
+  return s.str();
+}
+
+Variable QATAvgPool::forward(const Variable& x) {
+  QF_CHECK_SHAPE(x.ndim() == 4) << "QATAvgPool: input must be [N, C, H, W], got " << x.value().desc();
+  const auto in = input_quantizer();
+  if (!is_training() && int8_eval_ && int8_blocker().empty()) {
+    const runtime::ActQParams q = runtime_act_qparams(*in, "input of QATAvgPool");
+    const Tensor codes = runtime::to_nhwc(runtime::quantize(x.value(), q));
+    const Tensor out = global() ? runtime::qglobal_avg_pool(codes, q, q)
+                                : runtime::qavg_pool2d(codes, q, q, kernel_, stride_, padding_);
+    return Variable(runtime::dequantize(runtime::to_nchw(out), q));
+  }
+  Variable y;
+  if (global()) {
+    y = autograd::global_avg_pool2d(x);
+  } else {
+    autograd::Pool2dOptions o;
+    o.kernel = kernel_;
+    o.stride = stride_;
+    o.padding = padding_;
+    y = autograd::avg_pool2d(x, o);
+  }
+  // Back onto the input's grid, as the integer pool does (no quantizer: the
+  // float value passes through).
+  if (in && in->fake_quant_enabled() && in->has_qparams() && act_blocker(*in, "input").empty()) {
+    const QParams p = in->qparams();
+    y = autograd::fake_quantize(y, Tensor::from_vector<float>(p.scale, {1}),
+                                Tensor::from_vector<int32_t>(p.zero_point, {1}), p.qmin, p.qmax);
+  }
+  return y;
+}
+
 }  // namespace qforge::quant

@@ -23,6 +23,7 @@
 //    otherwise (or with set_int8_eval(false)) eval runs the float simulation
 //    conv(x, fq(w_fold)) + b_fold.
 
+#include <array>
 #include <memory>
 #include <string>
 
@@ -166,6 +167,56 @@ class QATLinearBn1d : public QATLinearBase {
 
 /// The input boundary: fake-quantizes the model's input with the activation
 /// config (child "output_fake_quant"); the int8 runtime's quantize op.
+/// A residual add (+ ReLU) under QAT: relu(a + b) then the output
+/// quantizer ("output_fake_quant"). In eval mode with both inputs' quantizers
+/// linked, it runs the runtime's integer add (quant/runtime/qmath.h
+/// requantize_add) on their codes, as the exported model does.
+class QATAdd : public nn::BinaryModule {
+ public:
+  QATAdd(bool relu, const QConfig& q);
+  autograd::Variable forward2(const autograd::Variable& a, const autograd::Variable& b) override;
+  bool relu() const { return relu_; }
+  FakeQuantize& output_fake_quant() const;
+  /// The quantizers whose codes the two inputs carry (null: unknown).
+  void set_input_quantizers(const std::shared_ptr<FakeQuantize>& a, const std::shared_ptr<FakeQuantize>& b);
+  std::shared_ptr<FakeQuantize> input_quantizer(int i) const { return in_[i].lock(); }
+  void set_int8_eval(bool on) { int8_eval_ = on; }
+  /// "" when eval mode runs the integer add, else the reason it cannot.
+  std::string int8_blocker() const;
+  std::string extra_repr() const override { return relu_ ? "relu" : ""; }
+
+ private:
+  bool relu_;
+  std::weak_ptr<FakeQuantize> in_[2];
+  bool int8_eval_ = true;
+};
+
+/// Average pooling (global, or a k x k window) under QAT. Its output keeps
+/// the input's qparams (as in torch.ao): training averages in float and
+/// fake-quantizes the result with the input quantizer's current qparams (no
+/// observer of its own); eval mode runs the runtime's integer average pool on
+/// the input codes, as the exported model does.
+class QATAvgPool : public nn::Module {
+ public:
+  /// kernel {0, 0}: global average pooling.
+  QATAvgPool(std::array<int64_t, 2> kernel, std::array<int64_t, 2> stride, std::array<int64_t, 2> padding);
+  autograd::Variable forward(const autograd::Variable& x) override;
+  bool global() const { return kernel_[0] == 0; }
+  std::array<int64_t, 2> kernel() const { return kernel_; }
+  std::array<int64_t, 2> stride() const { return stride_; }
+  std::array<int64_t, 2> padding() const { return padding_; }
+  void set_input_quantizer(const std::shared_ptr<FakeQuantize>& q) { in_ = q; }
+  std::shared_ptr<FakeQuantize> input_quantizer() const { return in_.lock(); }
+  void set_int8_eval(bool on) { int8_eval_ = on; }
+  std::string int8_blocker() const;
+  std::string extra_repr() const override;
+
+ private:
+  std::array<int64_t, 2> kernel_, stride_, padding_;
+  std::weak_ptr<FakeQuantize> in_;
+  bool int8_eval_ = true;
+};
+
 class QATQuantStub : public nn::Module {
  public:
   explicit QATQuantStub(const QConfig& q);
