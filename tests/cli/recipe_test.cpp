@@ -82,7 +82,7 @@ TEST(Recipe, EveryBadInputGetsOneMessageWithLineAndColumn) {
   EXPECT_EQ(error_of("training:\n  optimizer: {name: adma}\n"),
             "r.yaml:2:21: training.optimizer.name: 'adma' is not one of: adam, adamw, sgd; did you mean 'adam'?");
   EXPECT_EQ(error_of("model: {name: mnist_cn}\n"),
-            "r.yaml:1:15: model.name: 'mnist_cn' is not a zoo model (lenet5, mlp, mnist_cnn); did you mean "
+            "r.yaml:1:15: model.name: 'mnist_cn' is not a zoo model (lenet5, mlp, mnist_cnn, mobilenet_cifar, resnet20); did you mean "
             "'mnist_cnn'?");
   EXPECT_NE(error_of("quant:\n  activation: {observer: per_channel_minmax}\n").find("per tensor"), std::string::npos);
   EXPECT_NE(error_of("data:\n  normalize: {mean: [0.1, 0.2], std: [1, 1]}\n").find("need 1 value(s) each"),
