@@ -91,7 +91,8 @@ class Tensor {
   Tensor reshape(const Shape& shape) const;
   /// A deep copy.
   Tensor clone() const;
-  /// A converted copy (or *this when already of that dtype and !copy).
+  /// A converted copy, or *this (sharing storage) when the dtype already
+  /// matches.
   Tensor to(DType dtype) const;
   /// Copies `src` (same numel and dtype) into this tensor's storage.
   void copy_from(const Tensor& src);

@@ -33,6 +33,12 @@ class ModelArgs {
   std::map<std::string, std::string> kv_;
 };
 
+/// Every zoo model is a Sequential that starts with a QuantStub named "quant"
+/// and ends with a DeQuantStub named "dequant", so that prepare_qat and
+/// convert find the quantized region.
+///
+/// A zoo entry: builds a model from its arguments (rejecting unknown keys
+/// with ModelArgs::check_known) and draws every initial weight from `gen`.
 using ModelFactory = std::function<ModulePtr(const ModelArgs&, Generator&)>;
 
 /// Adds a model to the zoo (replacing one of the same name).
@@ -48,8 +54,6 @@ std::vector<std::string> model_names();
 /// Input [N, 1, 28, 28]. Children: quant conv1 bn1 relu1 conv2 bn2 relu2 pool
 /// conv3 bn3 relu3 flatten fc dequant, the reference's names (quant and
 /// dequant are the QuantStub/DeQuantStub boundaries, identities in float).
-/// Every zoo model starts with a QuantStub named "quant" and ends with a
-/// DeQuantStub named "dequant".
 std::shared_ptr<Sequential> mnist_cnn(Generator& gen = default_generator());
 /// CIFAR ResNet-20 as ../shared/bench/README.md defines it (input [N, 3, 32,
 /// 32]): quant, a 3->16 3x3 stem conv + BN + ReLU, 3 stages of 3 BasicBlocks
@@ -65,7 +69,8 @@ std::shared_ptr<Sequential> mobilenet_cifar(int64_t classes = 10, Generator& gen
 /// LeNet-5 for 28x28 input: conv 1->6 5x5 pad 2 + ReLU, maxpool 2, conv 6->16
 /// 5x5 + ReLU, maxpool 2, fc 400->120 + ReLU, fc 120->84 + ReLU, fc 84->10.
 std::shared_ptr<Sequential> lenet5(Generator& gen = default_generator());
-/// Flatten, then Linear + ReLU for each hidden width, then Linear to classes.
+/// Flatten, then Linear + ReLU for each hidden width, then Linear to classes
+/// (between the QuantStub and DeQuantStub every zoo model has).
 std::shared_ptr<Sequential> mlp(int64_t in_features, const std::vector<int64_t>& hidden, int64_t classes,
                                 Generator& gen = default_generator());
 

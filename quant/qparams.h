@@ -1,7 +1,8 @@
 #pragma once
 // Quantization parameters and the one set of rules that turns a real range
-// into them. Every fake-quant path, observer and (later) the int8 runtime
-// uses these functions; docs/quantization.md states the rules.
+// into them. Every fake-quant path and observer uses these functions, and
+// the int8 runtime's arithmetic (quant/runtime/qmath.h) follows the same
+// rounding; docs/quantization.md states the rules.
 //
 // Rounding: real -> integer rounds half to even, q = nearbyint(x * inv_scale)
 // with inv_scale = 1.0f / scale computed in float (what PyTorch's fake-quant
@@ -37,7 +38,8 @@ struct QuantSpec {
   /// Use one bit less of range (for kernels that need the headroom).
   bool reduce_range = false;
 
-  /// Throws ValueError unless bits is 2..8 (and reduce_range leaves >= 2).
+  /// Throws ValueError unless bits is 2..8 (and reduce_range leaves >= 2)
+  /// and the axis is valid.
   void validate() const;
   int32_t qmin() const;
   int32_t qmax() const;

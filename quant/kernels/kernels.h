@@ -1,7 +1,7 @@
 #pragma once
 // int8 kernels of the runtime, chosen once at run time. Every kernel has a
-// scalar reference (always compiled, the fallback and the test oracle) and,
-// later, AVX2, AVX-512 VNNI and NEON versions that must equal it bit for bit.
+// scalar reference (always compiled, the fallback and the test oracle) and
+// AVX2, AVX-512 VNNI and NEON versions that must equal it bit for bit.
 // kernel_list.inc is the one list of kernels: the dispatch table, the tests
 // and the benchmarks all include it, so no kernel goes untested.
 //
@@ -68,15 +68,19 @@ const char* isa_name(Isa isa);
 /// True when this CPU can run kernels of that level.
 bool cpu_has(Isa isa);
 
-/// The kernels in use: the best the CPU supports, or what QFORGE_KERNELS
-/// (ref|avx2|avx512vnni|neon) forces. Forcing a level the CPU lacks, or that
-/// this build has no kernels for, throws ValueError with the reason.
+/// One level's kernels: what the runtime's ops call.
 struct KernelTable {
+  /// The instruction-set level of these kernels.
   Isa isa = Isa::ref;
+  /// The requantizing u8 x s8 GEMM (QGemmParams).
   QGemmFn qgemm = nullptr;
   /// Null when the level's GEMM takes B unpacked (ref, neon).
   QGemmPackFn qgemm_pack = nullptr;
 };
+/// The kernels in use: the best the CPU supports, or what QFORGE_KERNELS
+/// (ref|avx2|avx512vnni|neon) forces. Chosen once, on first call; the table
+/// lives for the whole program. Forcing a level the CPU lacks, or that this
+/// build has no kernels for, throws ValueError with the reason.
 const KernelTable& kernels();
 /// The table for one level, bypassing detection (tests and benchmarks): each
 /// op gets its kernel of that level, or of the best lower level the build

@@ -374,7 +374,7 @@ std::string key(size_t i, const char* field) {
   return buf;
 }
 
-// Each op stores its integers in one i64 tensor "params" and its activation
+// Each op stores its integers in one i32 tensor "params" and its activation
 // scales in one f32 tensor "scales" (few HDF5 datasets keep the file small):
 //   quantize, relu, dequantize: params [zp, qmin, qmax], scales [scale]
 //   max_pool2d: params [k0, k1, s0, s1, p0, p1]
