@@ -34,6 +34,14 @@ TEST(Recipe, DefaultsResolveAndShippedRecipesParse) {
     const Recipe s = parse_recipe(kSource + "/recipes/" + name + ".yaml", {}, kSource);
     EXPECT_EQ(s.model, "mnist_cnn") << name;
   }
+  // The CIFAR-10 recipes (their data and the LSQ recipe's pretrained file
+  // may be absent here: schema checks only).
+  for (const char* name : {"cifar10_resnet20_fp32", "cifar10_resnet20_qat_int8", "cifar10_resnet20_lsq_w4a4",
+                           "cifar10_mobilenet_qat_int8"}) {
+    const Recipe s = parse_recipe(kSource + "/recipes/" + name + ".yaml", {}, kSource, false);
+    EXPECT_EQ(s.dataset, "cifar10") << name;
+    EXPECT_EQ(s.mean.size(), 3u) << name;
+  }
   const Recipe demo = parse_recipe(kSource + "/recipes/mnist_qat_int8.yaml", {}, kSource);
   EXPECT_TRUE(demo.quant && demo.do_export && demo.validate_export);
   EXPECT_EQ(demo.quant_mode, "qat");
