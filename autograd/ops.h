@@ -14,17 +14,31 @@
 namespace qforge::autograd {
 
 // ---- elementwise.cpp: arithmetic with NumPy broadcasting -------------------
+/// a + b with NumPy broadcasting, as a new tensor of the broadcast shape. Inputs
+/// must be f32 or f64 of one dtype (DTypeError) and broadcast (ShapeError);
+/// each gradient is summed back to its input's shape.
 Variable add(const Variable& a, const Variable& b);
+/// a - b, broadcasting and checked as add().
 Variable sub(const Variable& a, const Variable& b);
+/// a * b elementwise, broadcasting and checked as add(). Backward keeps handles
+/// to the inputs' values: do not modify them in place before backward().
 Variable mul(const Variable& a, const Variable& b);
+/// a / b elementwise (IEEE: division by 0 gives inf or NaN), broadcasting and
+/// checked as add(). Backward keeps handles to b's value and the output.
 Variable div(const Variable& a, const Variable& b);
-/// a * s and a + s for a plain number s.
+/// a * s for a plain number s: same shape and dtype (f32 or f64, else DTypeError).
 Variable scale(const Variable& a, double s);
+/// a + s for a plain number s: same shape and dtype (f32 or f64, else DTypeError).
 Variable add_scalar(const Variable& a, double s);
+/// -a, i.e. scale(a, -1).
 Variable neg(const Variable& a);
+/// add(a, b).
 Variable operator+(const Variable& a, const Variable& b);
+/// sub(a, b).
 Variable operator-(const Variable& a, const Variable& b);
+/// mul(a, b).
 Variable operator*(const Variable& a, const Variable& b);
+/// div(a, b).
 Variable operator/(const Variable& a, const Variable& b);
 /// The broadcast shape of a and b; throws ShapeError when they do not broadcast.
 Shape broadcast_shapes(const Shape& a, const Shape& b);
@@ -32,10 +46,16 @@ Shape broadcast_shapes(const Shape& a, const Shape& b);
 Tensor sum_to_shape(const Tensor& t, const Shape& shape);
 
 // ---- activation.cpp ---------------------------------------------------------
+/// max(x, 0) elementwise as a new tensor of x's shape (f32 or f64, else
+/// DTypeError); the gradient passes where the output is > 0.
 Variable relu(const Variable& x);
+/// min(max(x, 0), 6); the gradient passes strictly inside (0, 6), else 0.
 Variable relu6(const Variable& x);
+/// x where x > 0, else negative_slope * x; the gradient is 1 or negative_slope likewise.
 Variable leaky_relu(const Variable& x, double negative_slope = 0.01);
+/// 1 / (1 + exp(-x)), evaluated without overflow for large |x|; same shape.
 Variable sigmoid(const Variable& x);
+/// tanh(x) elementwise; same shape. Backward uses the output: 1 - y^2.
 Variable tanh(const Variable& x);
 /// Clamps to [lo, hi]; the gradient is 1 strictly inside, 0 outside.
 Variable clamp(const Variable& x, double lo, double hi);
@@ -47,10 +67,15 @@ Variable matmul(const Variable& a, const Variable& b);
 Variable linear(const Variable& x, const Variable& weight, const Variable& bias = Variable());
 
 // ---- conv.cpp ---------------------------------------------------------------
+/// Settings of conv2d(); each pair is {height, width}. Invalid values throw ValueError.
 struct Conv2dOptions {
+  /// Window step, >= 1.
   std::array<int64_t, 2> stride{1, 1};
+  /// Zeros added on each side of the input, >= 0.
   std::array<int64_t, 2> padding{0, 0};
+  /// Spacing of the kernel taps, >= 1.
   std::array<int64_t, 2> dilation{1, 1};
+  /// Channel groups, >= 1; must divide C and OC (ShapeError otherwise).
   int64_t groups = 1;
 };
 /// NCHW convolution. x: [N,C,H,W], weight: [OC, C/groups, KH, KW], bias: [OC]
@@ -61,13 +86,25 @@ Variable conv2d(const Variable& x, const Variable& weight, const Variable& bias 
 int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation);
 
 // ---- pool.cpp ---------------------------------------------------------------
+/// Settings of max_pool2d() and avg_pool2d(); each pair is {height, width}.
+/// Invalid values throw ValueError.
 struct Pool2dOptions {
+  /// Window size, >= 1.
   std::array<int64_t, 2> kernel{2, 2};
+  /// Window step, >= 1, or 0 for the kernel size.
   std::array<int64_t, 2> stride{0, 0};  // 0 means "same as kernel"
+  /// Implicit padding on each side, from 0 to kernel / 2. Max pooling never picks
+  /// a padded position.
   std::array<int64_t, 2> padding{0, 0};
+  /// avg_pool2d only: whether padded positions count in a window's divisor
+  /// (PyTorch's rule).
   bool count_include_pad = true;  // avg_pool2d only
 };
+/// Maximum of each window: [N,C,H,W] -> [N,C,OH,OW], OH = conv_out_size(H,
+/// kernel, stride, pad, 1). NaN propagates; the gradient goes to the first
+/// maximum of each window. ShapeError unless 4-D with OH, OW >= 1.
 Variable max_pool2d(const Variable& x, const Pool2dOptions& opt);
+/// Mean of each window, with the shapes and checks of max_pool2d().
 Variable avg_pool2d(const Variable& x, const Pool2dOptions& opt);
 /// PyTorch's adaptive average pooling to [N, C, out_h, out_w].
 Variable adaptive_avg_pool2d(const Variable& x, int64_t out_h, int64_t out_w);
@@ -75,10 +112,18 @@ Variable adaptive_avg_pool2d(const Variable& x, int64_t out_h, int64_t out_w);
 Variable global_avg_pool2d(const Variable& x);
 
 // ---- shape.cpp --------------------------------------------------------------
+/// x with a new shape (one size may be -1): a view sharing x's storage, any
+/// dtype. ShapeError when the element count does not match.
 Variable reshape(const Variable& x, const Shape& shape);
 /// Merges axes start..end (inclusive; negative counts from the end).
 Variable flatten(const Variable& x, int start_axis = 1, int end_axis = -1);
+/// Output axis i is input axis dims[i] (negative counts from the end), as a new
+/// contiguous copy of any dtype. ShapeError unless dims has ndim entries;
+/// IndexError for an out-of-range or repeated axis.
 Variable permute(const Variable& x, const std::vector<int>& dims);
+/// xs joined along `axis` (negative counts from the end) into a new tensor of any
+/// dtype; ranks, dtypes and other sizes must match (ShapeError, DTypeError).
+/// ValueError when xs is empty; ShapeError for 0-d inputs; IndexError for axis.
 Variable concat(const std::vector<Variable>& xs, int axis);
 /// Elements start, start+step, ... < end along `axis` (start/end clamp to the size).
 Variable slice(const Variable& x, int axis, int64_t start, int64_t end, int64_t step = 1);
@@ -88,20 +133,33 @@ Variable slice(const Variable& x, int axis, int64_t start, int64_t end, int64_t 
 Variable sum(const Variable& x);
 /// Sum over the given axes.
 Variable sum(const Variable& x, const std::vector<int>& axes, bool keepdim = false);
+/// Mean of all elements (0-d result; 0 for an empty tensor). f32 or f64, else
+/// DTypeError.
 Variable mean(const Variable& x);
+/// Mean over the given axes (negative counts from the end; keepdim keeps them as
+/// size 1). IndexError for an out-of-range or repeated axis.
 Variable mean(const Variable& x, const std::vector<int>& axes, bool keepdim = false);
 
 // ---- loss.cpp ---------------------------------------------------------------
+/// exp(x) / sum(exp(x)) along `axis` (max-shifted for stability), same shape.
+/// f32 or f64, else DTypeError; IndexError for a bad axis.
 Variable softmax(const Variable& x, int axis = -1);
+/// x - logsumexp(x) along `axis`, more accurate than log(softmax(x)); checked as softmax().
 Variable log_softmax(const Variable& x, int axis = -1);
 /// Mean cross-entropy of logits [N, C] against class indices (i32 [N], each in
 /// [0, C)).
 Variable cross_entropy(const Variable& logits, const Tensor& targets);
 
 // ---- norm.cpp ---------------------------------------------------------------
+/// Settings of batch_norm().
 struct BatchNormOptions {
+  /// Normalize with batch statistics and update the running buffers; false
+  /// normalizes with the running buffers (batch statistics when there are none).
   bool training = true;
+  /// Weight of the batch in running = (1 - momentum) * running + momentum *
+  /// batch; in [0, 1], else ValueError.
   double momentum = 0.1;
+  /// Added to the variance before the square root; > 0, else ValueError.
   double eps = 1e-5;
 };
 /// Batch normalization over axis 1 of [N,C] or [N,C,H,W]. weight/bias ([C])

@@ -21,6 +21,8 @@ class Node;
 /// Gradient slots handed to a backward closure: one per op input.
 class GradSink {
  public:
+  /// Refers to `inputs` (a node's input list) without copying it: the vector must
+  /// outlive the sink, which backward() builds around one node's backward call.
   explicit GradSink(const std::vector<std::shared_ptr<Node>>& inputs) : inputs_(inputs) {}
   /// True when input i needs a gradient; skip computing it otherwise.
   bool needs(size_t i) const { return i < inputs_.size() && inputs_[i] != nullptr; }
@@ -53,6 +55,9 @@ class Node {
   /// Releases long input chains iteratively (an unrolled graph would
   /// otherwise recurse once per node and overflow the stack).
   ~Node();
+  /// Adds `g` to `grad`: ShapeError / DTypeError unless g has `shape` / `dtype`.
+  /// The first gradient is stored as is (sharing g's storage); later ones are added
+  /// in place, after cloning `grad` if its storage is shared.
   void accumulate(Tensor g);
 };
 
@@ -66,7 +71,12 @@ class Variable {
   explicit Variable(Tensor value, bool requires_grad = false);
 
   bool defined() const { return impl_ != nullptr; }
+  /// The value, a handle shared by every copy of this Variable; ValueError when
+  /// undefined. The reference is valid while some copy of the Variable lives.
   const Tensor& value() const;
+  /// Mutable value (ValueError when undefined): in-place writes are seen by every
+  /// copy and by graphs that kept it for backward; assigning through it skips
+  /// set_value()'s checks.
   Tensor& value();
   /// Replaces the value (same shape and dtype), keeping identity and grad.
   void set_value(const Tensor& v);
@@ -76,9 +86,12 @@ class Variable {
   int64_t size(int axis) const { return value().size(axis); }
   int64_t numel() const { return value().numel(); }
 
+  /// True for a leaf that tracks gradients or an op result recorded on the graph;
+  /// false when undefined.
   bool requires_grad() const;
   /// Only for leaves: switches gradient tracking on or off.
   void set_requires_grad(bool r);
+  /// True unless the variable is the output of a recorded op (true when undefined).
   bool is_leaf() const;
 
   /// The accumulated gradient; undefined until a backward reaches it.

@@ -17,17 +17,27 @@ namespace qforge {
 /// Tensors are f32, f64, i8, u8 or i32 of any shape, including 0-d and zero-size.
 /// Strings are UTF-8 without NUL bytes. Callers store uint64 values as int64.
 struct Archive {
+  /// Tensors by name: handles sharing storage with the tensors put in (save
+  /// writes their current bits; load gives each its own new storage).
   std::map<std::string, Tensor> tensors;
+  /// 64-bit integers by name (an unsigned 64-bit dataset loads as its int64 bit
+  /// pattern).
   std::map<std::string, int64_t> ints;
+  /// Doubles by name.
   std::map<std::string, double> floats;
+  /// UTF-8 strings by name (no NUL bytes).
   std::map<std::string, std::string> strings;
   /// The path the archive was loaded from (empty when built in memory); used in messages.
   std::string source;
 
   /// The named entry; throws FormatError naming the key and `source` when it is absent.
   const Tensor& tensor(const std::string& name) const;
+  /// The named int; throws FormatError naming the key and `source` when it is absent.
   int64_t get_int(const std::string& name) const;
+  /// The named float; throws FormatError naming the key and `source` when it is absent.
   double get_float(const std::string& name) const;
+  /// The named string; throws FormatError naming the key and `source` when it is
+  /// absent. The reference is valid while the entry stays in the archive.
   const std::string& get_string(const std::string& name) const;
 };
 

@@ -5,13 +5,18 @@
 
 namespace qforge {
 
-/// C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, all row-major.
+/// Both overloads: C[M,N] = alpha * op(A)[M,K] * op(B)[K,N] + beta * C, all row-major.
 /// op(X) is X, or X transposed when the matching flag is set; lda/ldb/ldc are
 /// the row strides of the matrices as stored. With beta == 0, C is not read.
 /// Large products are split over qforge's thread pool (see core/parallel.h);
 /// the split never divides K, so results do not depend on the thread count.
+/// Negative sizes throw ValueError; M or N of 0 returns without touching C.
+/// The f32 overload runs the backend that gemm_backend() names, picked on first use
+/// (QFORGE_GEMM=avx512|openblas|reference forces one; another value, or avx512
+/// without AVX-512F, throws ValueError).
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+/// The f64 overload: always OpenBLAS dgemm (QFORGE_GEMM does not apply).
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
           int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc);
 

@@ -72,8 +72,9 @@ Generator::State Generator::state() const {
 }
 
 void Generator::set_state(const State& st) {
+  // Checked before anything changes: a bad state leaves the generator as it was.
+  QF_CHECK((st[0] | st[1] | st[2] | st[3]) != 0) << "invalid generator state: all-zero xoshiro words";
   for (int i = 0; i < 4; ++i) s_[i] = st[i];
-  QF_CHECK((s_[0] | s_[1] | s_[2] | s_[3]) != 0) << "invalid generator state: all-zero xoshiro words";
   std::memcpy(&spare_, &st[4], sizeof(double));
   has_spare_ = st[5] != 0;
 }

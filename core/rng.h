@@ -18,9 +18,13 @@ class Generator {
   /// (as bits) and a flag saying whether it is valid.
   using State = std::array<uint64_t, 6>;
 
+  /// Seeded as by manual_seed(seed).
   explicit Generator(uint64_t seed = 0) { manual_seed(seed); }
+  /// Resets the state from `seed` (expanded by splitmix64) and drops the cached
+  /// normal: equal seeds give equal streams.
   void manual_seed(uint64_t seed);
 
+  /// The next raw 64-bit output of xoshiro256**; advances the state one step.
   uint64_t next_u64();
   /// Uniform in [0, 1) with 53 random bits.
   double uniform();
@@ -29,7 +33,10 @@ class Generator {
   /// Standard normal.
   double normal();
 
+  /// A copy of the whole state; set_state() of it continues the same stream.
   State state() const;
+  /// Restores a state from state(). Throws ValueError when the four xoshiro words
+  /// are all zero, leaving the generator unchanged.
   void set_state(const State& s);
 
  private:
@@ -43,8 +50,13 @@ Generator& default_generator();
 /// Seeds the default generator.
 void manual_seed(uint64_t seed);
 
-/// In-place fills of a floating tensor (f32 or f64).
+/// Fills `t` in place, element by element in flat order, with
+/// lo + (hi - lo) * g.uniform(). DTypeError unless f32 or f64; ValueError when
+/// lo > hi or `t` is undefined.
 void uniform_(Tensor& t, double lo, double hi, Generator& g = default_generator());
+/// Fills `t` in place, element by element in flat order, with
+/// mean + stddev * g.normal(). DTypeError unless f32 or f64; ValueError when
+/// stddev < 0 or `t` is undefined.
 void normal_(Tensor& t, double mean, double stddev, Generator& g = default_generator());
 
 /// fan_in of a weight tensor: size(1) times the product of sizes from axis 2

@@ -25,11 +25,18 @@ int64_t shape_numel(const Shape& s);
 /// so that a training step does not mmap and page-fault its activations anew.
 class Storage {
  public:
+  /// Allocates `bytes` rounded up to a multiple of 64 (at least 64), 64-byte
+  /// aligned and uninitialized; blocks of 64 KiB or more may be reused from the
+  /// cache. Throws Error when out of memory.
   explicit Storage(size_t bytes);
+  /// Parks a block of 64 KiB or more in the cache while the cache stays within
+  /// its bound (QFORGE_ALLOC_CACHE_MB, default 2048), else frees it.
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
+  /// The block, owned by this Storage and valid until it is destroyed.
   void* data() const { return ptr_; }
+  /// The allocated size: the requested bytes rounded up as above.
   size_t bytes() const { return bytes_; }
 
  private:
@@ -51,8 +58,13 @@ class Tensor {
 
   /// Uninitialized tensor.
   static Tensor empty(const Shape& shape, DType dtype = DType::f32);
+  /// A new tensor of zeros. Sizes must be >= 0 (ShapeError).
   static Tensor zeros(const Shape& shape, DType dtype = DType::f32);
+  /// A new tensor of ones. Sizes must be >= 0 (ShapeError).
   static Tensor ones(const Shape& shape, DType dtype = DType::f32);
+  /// A new tensor with every element `value`, converted by static_cast (integer
+  /// dtypes truncate toward zero; `value` must be representable). Sizes must be
+  /// >= 0 (ShapeError).
   static Tensor full(const Shape& shape, double value, DType dtype = DType::f32);
   /// A 0-d tensor holding one value.
   static Tensor scalar(double value, DType dtype = DType::f32);
@@ -74,17 +86,21 @@ class Tensor {
   /// "f32[2, 3]".
   std::string desc() const;
 
-  /// Typed pointer to the first element; throws DTypeError on a mismatch.
+  /// Typed pointer to the first element; throws ValueError for an undefined
+  /// tensor and DTypeError on a mismatch. Valid while any tensor shares the storage.
   template <class T>
   T* data() {
     check_dtype(dtype_of<T>());
     return reinterpret_cast<T*>(raw());
   }
+  /// Read-only data<T>(), with the same checks and lifetime.
   template <class T>
   const T* data() const {
     check_dtype(dtype_of<T>());
     return reinterpret_cast<const T*>(raw());
   }
+  /// Untyped pointer to the first element, without a dtype check. The tensor must
+  /// be defined (not checked). Valid while any tensor shares the storage.
   void* raw() const { return static_cast<char*>(storage_->data()) + offset_; }
 
   /// A view with a new shape (one size may be -1). Shares storage.
@@ -96,7 +112,10 @@ class Tensor {
   Tensor to(DType dtype) const;
   /// Copies `src` (same numel and dtype) into this tensor's storage.
   void copy_from(const Tensor& src);
+  /// Sets every element to `value` (converted as in full()) in place: every
+  /// tensor sharing the storage sees it. Throws ValueError when undefined.
   void fill_(double value);
+  /// Sets every byte to 0 in place (shared storage sees it); ValueError when undefined.
   void zero_();
   /// True when both tensors view the same storage.
   bool shares_storage(const Tensor& other) const { return storage_ == other.storage_; }
@@ -108,21 +127,25 @@ class Tensor {
   /// Values as doubles (slow; for tests and messages).
   std::vector<double> to_vector() const;
 
-  /// Eigen views of the flattened data.
+  /// Eigen view of the flattened data: aliases the storage (no copy) and checks
+  /// as data<T>() does.
   template <class T>
   Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>, Eigen::Unaligned> vec() {
     return {data<T>(), numel_};
   }
+  /// Read-only vec<T>().
   template <class T>
   Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>, Eigen::Unaligned> vec() const {
     return {data<T>(), numel_};
   }
-  /// Row-major matrix view of a 2-D tensor.
+  /// Row-major matrix view of a 2-D tensor, aliasing the storage; ShapeError
+  /// unless 2-D, otherwise checks as data<T>() does.
   template <class T>
   Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> mat() {
     QF_CHECK_SHAPE(ndim() == 2) << "mat(): expected a 2-D tensor, got " << desc();
     return {data<T>(), shape_[0], shape_[1]};
   }
+  /// Read-only mat<T>(), with the same checks.
   template <class T>
   Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> mat() const {
     QF_CHECK_SHAPE(ndim() == 2) << "mat(): expected a 2-D tensor, got " << desc();

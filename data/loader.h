@@ -30,6 +30,7 @@ struct LoaderOptions {
   /// Pad each image by crop_padding pixels of value 0 on every side, then crop
   /// an H x W window at a random offset (torchvision's RandomCrop(padding)).
   bool random_crop = false;
+  /// Padding of random_crop in pixels, >= 0 (ValueError otherwise); unused without random_crop.
   int crop_padding = 4;
   /// Mirror each image left-right with probability 1/2 (after the crop).
   bool hflip = false;

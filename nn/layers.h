@@ -19,6 +19,8 @@ namespace qforge::nn {
 /// y = x W^T + b. weight [out, in], bias [out].
 class Linear : public Module {
  public:
+  /// f32 weight and (when `bias`) bias, initialized from `gen` as described at
+  /// the top of this file. ValueError unless both sizes are >= 1.
   Linear(int64_t in_features, int64_t out_features, bool bias = true, Generator& gen = default_generator());
   Variable forward(const Variable& x) override;
   std::string extra_repr() const override;
@@ -32,19 +34,30 @@ class Linear : public Module {
   int64_t in_, out_;
 };
 
+/// Settings of a Conv2d; each pair is {height, width}. Conv2d's constructor
+/// throws ValueError for values outside the stated ranges.
 struct Conv2dSpec {
+  /// Input and output channels, >= 1, both divisible by groups.
   int64_t in_channels = 1, out_channels = 1;
+  /// Kernel size, >= 1.
   std::array<int64_t, 2> kernel{3, 3};
+  /// Window step, >= 1.
   std::array<int64_t, 2> stride{1, 1};
+  /// Zeros added on each side of the input, >= 0.
   std::array<int64_t, 2> padding{0, 0};
+  /// Spacing of the kernel taps, >= 1.
   std::array<int64_t, 2> dilation{1, 1};
+  /// Channel groups, >= 1 (groups == in_channels is depthwise).
   int64_t groups = 1;
+  /// Whether the layer has a bias parameter [out_channels].
   bool bias = true;
 };
 
 /// 2-D convolution over NCHW input. weight [out, in/groups, kh, kw].
 class Conv2d : public Module {
  public:
+  /// f32 weight and (with spec.bias) bias, initialized from `gen` as described at
+  /// the top of this file. ValueError for an invalid spec.
   explicit Conv2d(const Conv2dSpec& spec, Generator& gen = default_generator());
   /// Square kernel, stride and padding.
   Conv2d(int64_t in, int64_t out, int64_t kernel, int64_t stride = 1, int64_t padding = 0, bool bias = true,
@@ -52,19 +65,28 @@ class Conv2d : public Module {
   Variable forward(const Variable& x) override;
   std::string extra_repr() const override;
   const Conv2dSpec& spec() const { return spec_; }
+  /// The conv2d() options of spec() (stride, padding, dilation, groups), by value.
   autograd::Conv2dOptions options() const;
   Variable& weight() { return param("weight"); }
+  /// A handle to the bias parameter; undefined when spec().bias is false.
   Variable bias() const { return has_param("bias") ? param("bias") : Variable(); }
 
  private:
   Conv2dSpec spec_;
 };
 
+/// Settings of a BatchNorm; its constructor throws ValueError for values
+/// outside the stated ranges.
 struct BatchNormSpec {
+  /// Channels C, >= 1.
   int64_t num_features = 0;
+  /// Added to the variance before the square root, > 0.
   double eps = 1e-5;
+  /// Running-statistics update weight in [0, 1], as PyTorch defines it.
   double momentum = 0.1;
+  /// Learnable per-channel weight (initially 1) and bias (initially 0).
   bool affine = true;
+  /// Keep buffers running_mean (initially 0) and running_var (initially 1).
   bool track_running_stats = true;
 };
 
@@ -74,13 +96,21 @@ struct BatchNormSpec {
 /// statistics otherwise, as PyTorch does).
 class BatchNorm : public Module {
  public:
+  /// For subclasses: `type_name` as for Module; forward() then accepts only rank
+  /// `input_ndim` input with C = spec.num_features (else ShapeError). ValueError
+  /// for an invalid spec.
   BatchNorm(const char* type_name, int input_ndim, const BatchNormSpec& spec);
   Variable forward(const Variable& x) override;
   std::string extra_repr() const override;
   const BatchNormSpec& spec() const { return spec_; }
+  /// A handle to the weight parameter [C]; undefined unless spec().affine.
   Variable weight() const { return spec_.affine ? param("weight") : Variable(); }
+  /// A handle to the bias parameter [C]; undefined unless spec().affine.
   Variable bias() const { return spec_.affine ? param("bias") : Variable(); }
+  /// The running_mean buffer [C], sharing its storage (writes reach the layer);
+  /// undefined unless spec().track_running_stats.
   Tensor running_mean() { return spec_.track_running_stats ? buffer("running_mean") : Tensor(); }
+  /// The running_var buffer [C], sharing its storage; undefined unless spec().track_running_stats.
   Tensor running_var() { return spec_.track_running_stats ? buffer("running_var") : Tensor(); }
   /// While frozen, training mode still normalizes with (and no longer
   /// updates) the running statistics; QAT's BN freezing uses it.
@@ -93,6 +123,7 @@ class BatchNorm : public Module {
   bool frozen_ = false;
 };
 
+/// BatchNorm over [N, C]; the arguments are those of BatchNormSpec.
 class BatchNorm1d : public BatchNorm {
  public:
   explicit BatchNorm1d(int64_t num_features, double eps = 1e-5, double momentum = 0.1, bool affine = true,
@@ -100,6 +131,7 @@ class BatchNorm1d : public BatchNorm {
       : BatchNorm("BatchNorm1d", 2, {num_features, eps, momentum, affine, track_running_stats}) {}
 };
 
+/// BatchNorm over [N, C, H, W]; the arguments are those of BatchNormSpec.
 class BatchNorm2d : public BatchNorm {
  public:
   explicit BatchNorm2d(int64_t num_features, double eps = 1e-5, double momentum = 0.1, bool affine = true,
@@ -107,18 +139,21 @@ class BatchNorm2d : public BatchNorm {
       : BatchNorm("BatchNorm2d", 4, {num_features, eps, momentum, affine, track_running_stats}) {}
 };
 
+/// autograd::relu as a module without parameters.
 class ReLU : public Module {
  public:
   ReLU() : Module("ReLU") {}
   Variable forward(const Variable& x) override { return autograd::relu(x); }
 };
 
+/// autograd::relu6 as a module without parameters.
 class ReLU6 : public Module {
  public:
   ReLU6() : Module("ReLU6") {}
   Variable forward(const Variable& x) override { return autograd::relu6(x); }
 };
 
+/// Returns its input itself (the same Variable handle, no copy).
 class Identity : public Module {
  public:
   Identity() : Module("Identity") {}
@@ -142,32 +177,42 @@ class DeQuantStub : public Module {
   Variable forward(const Variable& x) override { return x; }
 };
 
+/// autograd::max_pool2d with a square window over [N, C, H, W].
 class MaxPool2d : public Module {
  public:
-  /// stride 0 means "equal to kernel".
+  /// stride 0 means "equal to kernel". ValueError unless kernel >= 1, stride >= 0
+  /// and 0 <= padding <= kernel / 2.
   explicit MaxPool2d(int64_t kernel, int64_t stride = 0, int64_t padding = 0);
   Variable forward(const Variable& x) override { return autograd::max_pool2d(x, opt_); }
   std::string extra_repr() const override;
+  /// The options forward() passes to max_pool2d.
   const autograd::Pool2dOptions& options() const { return opt_; }
 
  private:
   autograd::Pool2dOptions opt_;
 };
 
+/// autograd::avg_pool2d with a square window over [N, C, H, W].
 class AvgPool2d : public Module {
  public:
+  /// Arguments and checks as MaxPool2d's; count_include_pad counts padded
+  /// positions in each window's divisor.
   explicit AvgPool2d(int64_t kernel, int64_t stride = 0, int64_t padding = 0, bool count_include_pad = true);
   Variable forward(const Variable& x) override { return autograd::avg_pool2d(x, opt_); }
   std::string extra_repr() const override;
+  /// The options forward() passes to avg_pool2d.
   const autograd::Pool2dOptions& options() const { return opt_; }
 
  private:
   autograd::Pool2dOptions opt_;
 };
 
+/// autograd::adaptive_avg_pool2d: [N, C, H, W] -> [N, C, out_h, out_w].
 class AdaptiveAvgPool2d : public Module {
  public:
+  /// ValueError unless out_h and out_w are >= 1.
   AdaptiveAvgPool2d(int64_t out_h, int64_t out_w);
+  /// A square out x out output.
   explicit AdaptiveAvgPool2d(int64_t out) : AdaptiveAvgPool2d(out, out) {}
   Variable forward(const Variable& x) override;
   std::array<int64_t, 2> output_size() const { return {out_h_, out_w_}; }
@@ -177,6 +222,8 @@ class AdaptiveAvgPool2d : public Module {
   int64_t out_h_, out_w_;
 };
 
+/// autograd::flatten(x, start_axis, end_axis): merges those axes (inclusive); the
+/// default keeps axis 0 (the batch). Axes are checked in forward() (IndexError).
 class Flatten : public Module {
  public:
   explicit Flatten(int start_axis = 1, int end_axis = -1) : Module("Flatten"), start_(start_axis), end_(end_axis) {}
@@ -192,6 +239,7 @@ class Flatten : public Module {
 /// from the default generator, whose state checkpoints save.
 class Dropout : public Module {
  public:
+  /// ValueError unless 0 <= p < 1.
   explicit Dropout(double p = 0.5);
   Variable forward(const Variable& x) override;
   std::string extra_repr() const override;
@@ -205,6 +253,7 @@ class Dropout : public Module {
 class BinaryModule : public Module {
  public:
   using Module::Module;
+  /// The module's computation on its two inputs.
   virtual Variable forward2(const Variable& a, const Variable& b) = 0;
   Variable forward(const Variable& x) override;
 };
@@ -230,6 +279,7 @@ class Add : public BinaryModule {
 /// Input [N, in, H, W], output [N, out, H/s, W/s].
 class BasicBlock : public Module {
  public:
+  /// Conv weights come from `gen`. ValueError unless in, out and stride are >= 1.
   BasicBlock(int64_t in, int64_t out, int64_t stride, Generator& gen = default_generator());
   Variable forward(const Variable& x) override;
 };
@@ -239,6 +289,7 @@ class BasicBlock : public Module {
 class Sequential : public Module {
  public:
   Sequential() : Module("Sequential") {}
+  /// Children named "0", "1", ... in order; ValueError for a null module.
   explicit Sequential(std::initializer_list<ModulePtr> modules);
   /// Appends a child named by its position.
   Sequential& push_back(ModulePtr m);
@@ -246,6 +297,8 @@ class Sequential : public Module {
   Sequential& push_back(const std::string& name, ModulePtr m);
   Variable forward(const Variable& x) override;
   size_t size() const { return named_children().size(); }
+  /// Child i in order, whatever its name; IndexError when i >= size(). The
+  /// reference dangles once that child is replaced and no one else holds it.
   Module& operator[](size_t i) const;
 };
 

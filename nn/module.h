@@ -24,8 +24,14 @@ using autograd::Variable;
 /// Name -> tensor, sorted by name. Values share storage with the module.
 using StateDict = std::map<std::string, Tensor>;
 
+/// Base class of every layer and model (see the top of this file). Not
+/// copyable; shared through ModulePtr. Parameters are Variable handles and
+/// buffers Tensor handles, so what the accessors return shares storage with it.
 class Module {
  public:
+  /// `type_name` is shown by repr() and saved in checkpoints, and quant's
+  /// prepare/convert dispatch on it (prepare static_casts a "Conv2d" to nn::Conv2d,
+  /// ...): do not reuse a built-in layer's name. Starts in training mode.
   explicit Module(std::string type_name) : type_name_(std::move(type_name)) {}
   virtual ~Module() = default;
   Module(const Module&) = delete;
@@ -33,6 +39,7 @@ class Module {
 
   /// The layer's computation on one input.
   virtual Variable forward(const Variable& x) = 0;
+  /// Same as forward(x).
   Variable operator()(const Variable& x) { return forward(x); }
 
   /// "Conv2d", "Sequential", ...
@@ -46,7 +53,10 @@ class Module {
   /// Parameters in registration order, children after the module's own, with
   /// dotted names. recurse=false lists only this module's own.
   std::vector<std::pair<std::string, Variable>> named_parameters(bool recurse = true) const;
+  /// The Variables of named_parameters(recurse), same order: handles, not copies.
   std::vector<Variable> parameters(bool recurse = true) const;
+  /// Defined buffers with dotted names, the module's own first, then (with
+  /// recurse) its children's; the tensors share storage with the module.
   std::vector<std::pair<std::string, Tensor>> named_buffers(bool recurse = true) const;
   /// Direct children in registration order.
   const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& named_children() const { return children_; }
@@ -63,16 +73,24 @@ class Module {
   /// call their children through this in forward(), so that a child swapped
   /// by replace_module() takes effect.
   Module& child(const std::string& name) const;
-  /// Parameter / buffer of this module by its own (undotted) name.
+  /// Parameter of this module by its own (undotted) name; throws IndexError when
+  /// absent. The reference is valid until the module registers another parameter
+  /// or is destroyed.
   Variable& param(const std::string& name);
+  /// Const param(): same lookup, IndexError and lifetime.
   const Variable& param(const std::string& name) const;
+  /// True when this module's own parameters (not its children's) include `name`.
   bool has_param(const std::string& name) const;
+  /// Buffer of this module by its own name (possibly an undefined tensor); throws
+  /// IndexError when absent. Valid until another buffer is registered.
   Tensor& buffer(const std::string& name);
+  /// True when this module registered buffer `name` (even undefined).
   bool has_buffer(const std::string& name) const;
 
   // ---- modes and traversal ---------------------------------------------------
   /// Sets training mode on this module and every descendant.
   void train(bool on = true);
+  /// Same as train(false).
   void eval() { train(false); }
   bool is_training() const { return training_; }
   /// Calls fn on every module of the tree, children first, then this one.
@@ -125,6 +143,7 @@ class Module {
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
 };
 
+/// Shared ownership of a module: how children, factories and trainers hold them.
 using ModulePtr = std::shared_ptr<Module>;
 
 }  // namespace qforge::nn

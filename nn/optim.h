@@ -18,8 +18,13 @@ namespace qforge::nn {
 
 using autograd::Variable;
 
+/// Base of the optimizers: holds Variable handles to the parameters (the
+/// module's own) plus per-parameter state slots; subclasses implement update().
 class Optimizer {
  public:
+  /// `name` appears in messages and checkpoints. ValueError for an empty list, an
+  /// undefined or non-leaf parameter, a parameter listed twice, or an lr that is
+  /// not finite and >= 0.
   Optimizer(std::string name, std::vector<Variable> params, double lr);
   virtual ~Optimizer() = default;
 
@@ -30,6 +35,9 @@ class Optimizer {
   void zero_grad();
 
   double lr() const { return lr_; }
+  /// Sets the rate used from the next step() on (saved by state_dict()); ValueError
+  /// unless finite and >= 0. The Trainer calls it before every step (with the
+  /// schedule's rate when it has a schedule).
   void set_lr(double lr);
   /// Number of step() calls so far.
   int64_t steps() const { return steps_; }
@@ -61,11 +69,17 @@ class Optimizer {
   std::vector<std::map<std::string, Tensor>> state_;
 };
 
+/// SGD's settings, PyTorch's names; SGD's constructor throws ValueError outside the stated ranges.
 struct SGDOptions {
+  /// Learning rate, finite and >= 0.
   double lr = 0.01;
+  /// Momentum factor, >= 0 (0: plain SGD, no momentum buffer).
   double momentum = 0;
+  /// Dampening of the gradient added into the momentum buffer, >= 0.
   double dampening = 0;
+  /// L2 penalty added to the gradient (g += weight_decay * p), >= 0.
   double weight_decay = 0;
+  /// Nesterov momentum; needs momentum > 0 and dampening 0.
   bool nesterov = false;
 };
 
@@ -74,6 +88,7 @@ struct SGDOptions {
 /// (nesterov) or buf; p -= lr·g.
 class SGD : public Optimizer {
  public:
+  /// ValueError for options outside SGDOptions' ranges, or as Optimizer's constructor.
   SGD(std::vector<Variable> params, const SGDOptions& opt);
   const SGDOptions& options() const { return opt_; }
 
@@ -85,11 +100,18 @@ class SGD : public Optimizer {
   SGDOptions opt_;
 };
 
+/// Adam's and AdamW's settings; the constructor throws ValueError outside the stated ranges.
 struct AdamOptions {
+  /// Learning rate, finite and >= 0.
   double lr = 1e-3;
+  /// Decay of the first-moment average, in [0, 1).
   double beta1 = 0.9;
+  /// Decay of the second-moment average, in [0, 1).
   double beta2 = 0.999;
+  /// Added to the bias-corrected sqrt of the second moment, > 0.
   double eps = 1e-8;
+  /// >= 0: an L2 penalty added to the gradient for Adam, decoupled decay
+  /// (p *= 1 - lr * weight_decay) for AdamW.
   double weight_decay = 0;
 };
 
@@ -98,6 +120,8 @@ struct AdamOptions {
 /// parameter step count drives the bias corrections.
 class Adam : public Optimizer {
  public:
+  /// decoupled_weight_decay selects AdamW's rule and name. ValueError for options
+  /// outside AdamOptions' ranges, or as Optimizer's constructor.
   Adam(std::vector<Variable> params, const AdamOptions& opt, bool decoupled_weight_decay = false);
   const AdamOptions& options() const { return opt_; }
 
@@ -129,13 +153,17 @@ double clip_grad_norm(const std::vector<Variable>& params, double max_norm);
 class LrSchedule {
  public:
   virtual ~LrSchedule() = default;
+  /// The learning rate at 0-based optimizer step `step`; a pure function of it.
   virtual double lr_at(int64_t step) const = 0;
+  /// A one-line description for logs. Checkpoints store it and resuming requires
+  /// the same text (Trainer::load_checkpoint).
   virtual std::string describe() const = 0;
 };
 
 /// The same rate throughout.
 class ConstantLr : public LrSchedule {
  public:
+  /// ValueError unless lr is finite and > 0.
   explicit ConstantLr(double lr);
   double lr_at(int64_t) const override { return lr_; }
   std::string describe() const override;
@@ -147,6 +175,7 @@ class ConstantLr : public LrSchedule {
 /// lr · gamma^floor(step / step_size).
 class StepLr : public LrSchedule {
  public:
+  /// ValueError unless lr > 0 (finite), step_size >= 1 and gamma > 0.
   StepLr(double lr, int64_t step_size, double gamma = 0.1);
   double lr_at(int64_t step) const override;
   std::string describe() const override;
@@ -159,6 +188,7 @@ class StepLr : public LrSchedule {
 /// lr · gamma^(number of milestones <= step).
 class MultiStepLr : public LrSchedule {
  public:
+  /// ValueError unless lr > 0 (finite), gamma > 0 and milestones are non-decreasing.
   MultiStepLr(double lr, std::vector<int64_t> milestones, double gamma = 0.1);
   double lr_at(int64_t step) const override;
   std::string describe() const override;
@@ -171,6 +201,7 @@ class MultiStepLr : public LrSchedule {
 /// Cosine annealing from lr to min_lr over total_steps, then min_lr.
 class CosineLr : public LrSchedule {
  public:
+  /// ValueError unless lr > 0 (finite), total_steps >= 1 and 0 <= min_lr <= lr.
   CosineLr(double lr, int64_t total_steps, double min_lr = 0);
   double lr_at(int64_t step) const override;
   std::string describe() const override;
@@ -186,6 +217,8 @@ class CosineLr : public LrSchedule {
 /// it does not cycle momentum (betas stay as the optimizer has them).
 class OneCycleLr : public LrSchedule {
  public:
+  /// ValueError unless max_lr > 0 (finite), total_steps >= 2, pct_start in (0, 1)
+  /// and both div factors > 0.
   OneCycleLr(double max_lr, int64_t total_steps, double pct_start = 0.3, double div_factor = 25,
              double final_div_factor = 1e4);
   double lr_at(int64_t step) const override;
@@ -218,6 +251,7 @@ class WarmupLr : public LrSchedule {
 /// stages form one run.
 class ContinuedLr : public LrSchedule {
  public:
+  /// ValueError unless base is non-null and offset >= 0.
   ContinuedLr(std::shared_ptr<LrSchedule> base, int64_t offset);
   double lr_at(int64_t step) const override { return base_->lr_at(step + offset_); }
   std::string describe() const override;

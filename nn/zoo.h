@@ -18,10 +18,16 @@ namespace qforge::nn {
 class ModelArgs {
  public:
   ModelArgs() = default;
+  /// From key/value text pairs, e.g. {{"classes", "100"}}.
   ModelArgs(std::initializer_list<std::pair<const std::string, std::string>> kv) : kv_(kv) {}
+  /// Sets the value text of `key`, replacing any earlier value.
   void set(const std::string& key, const std::string& value) { kv_[key] = value; }
   bool has(const std::string& key) const { return kv_.count(key) != 0; }
+  /// The value of `key` parsed as an int64 (std::stoll; the whole text must
+  /// parse), or `fallback` when the key is absent; ValueError naming the key otherwise.
   int64_t get_int(const std::string& key, int64_t fallback) const;
+  /// The value of `key` parsed as a double (std::stod; the whole text must
+  /// parse), or `fallback` when the key is absent; ValueError naming the key otherwise.
   double get_double(const std::string& key, double fallback) const;
   /// A comma-separated list of integers ("256,128").
   std::vector<int64_t> get_ints(const std::string& key, const std::vector<int64_t>& fallback) const;

@@ -32,6 +32,9 @@
 
 namespace qforge::quant {
 
+/// Simulates quantizing one tensor stream (see the file comment). Owns its
+/// observer and, for LSQ, its step-size parameters; the QAT module it belongs to
+/// owns it as a child (shared_ptr), and other modules link to it only weakly.
 class FakeQuantize : public nn::Module {
  public:
   /// `channels` is the size of the channel axis for per-channel configs
@@ -45,8 +48,12 @@ class FakeQuantize : public nn::Module {
   autograd::Variable forward(const autograd::Variable& x) override;
   std::string extra_repr() const override;
 
+  /// Off: forward() returns x unchanged (the observer still records when it
+  /// would). On: forward() fake-quantizes. Changes no qparams.
   void enable_fake_quant(bool on) { fake_quant_on_ = on; }
   bool fake_quant_enabled() const { return fake_quant_on_; }
+  /// Off freezes the qparams: first syncs the buffers with the observer
+  /// (sync()), then stops it recording. On: the observer records again.
   void enable_observer(bool on);
   bool observer_enabled() const { return observer_->enabled(); }
   /// While on, the observer records in eval mode too (PTQ calibration).
@@ -56,6 +63,9 @@ class FakeQuantize : public nn::Module {
   /// qparams and the learned ones. Turning it on does not overwrite a step
   /// size that was already learned (restored from a checkpoint).
   void set_lsq_learning(bool on);
+  /// True while the LSQ step is being learned (buffer "lsq_active" is 1: set by
+  /// the first recording forward with fake quant on after set_lsq_learning(true),
+  /// or restored from a state dict). Always false for STE.
   bool lsq_learning() const;
   bool is_lsq() const { return cfg_.method == FakeQuantMethod::lsq; }
 

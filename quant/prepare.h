@@ -33,7 +33,11 @@ namespace qforge::quant {
 /// One fusion group: dotted module names, in data-flow order.
 using FusionGroup = std::vector<std::string>;
 
+/// What prepare_qat() and prepare() swap and fuse. Taken by const reference and
+/// not kept after the call.
 struct PrepareOptions {
+  /// Which modules get which QConfig; a module resolving to std::nullopt (and
+  /// every fusion group whose first module does) stays in float.
   QConfigMap qconfig;
   /// Find fusion groups in every Sequential (find_fusion_groups()).
   bool auto_fuse = true;
@@ -74,8 +78,14 @@ void prepare(nn::Module& root, const PrepareOptions& options = {});
 void finish_calibration(nn::Module& root);
 
 // ---- switches over every quantizer in the tree ---------------------------------
+/// FakeQuantize::enable_fake_quant(on) on every quantizer under root (root
+/// included); off passes values through unchanged.
 void enable_fake_quant(nn::Module& root, bool on = true);
+/// FakeQuantize::enable_observer(on) on every quantizer; turning observers off
+/// first syncs each quantizer's qparam buffers, which then stay fixed.
 void enable_observer(nn::Module& root, bool on = true);
+/// FakeQuantize::set_calibrating(on) on every quantizer: while on, observers
+/// also record in eval mode (PTQ calibration).
 void set_calibrating(nn::Module& root, bool on = true);
 /// Stops (or resumes) the running-statistics updates of every fused BN.
 void freeze_bn_stats(nn::Module& root, bool frozen = true);
@@ -101,13 +111,22 @@ void load_observer_state(nn::Module& root, const std::map<std::string, Tensor>& 
 /// after the first full epoch) or at a global optimizer step. at < 0 means
 /// never.
 struct Milestone {
+  /// What `at` counts: epochs (0-based, compared with the epoch argument) or
+  /// global optimizer steps.
   enum class Unit { epoch, step };
+  /// The unit of `at` (step unless set).
   Unit unit = Unit::step;
+  /// The epoch or step from which on the milestone is reached; < 0: never.
   int64_t at = -1;
 
+  /// A milestone that is never reached (at = -1).
   static Milestone never() { return {}; }
+  /// Reached from the start of epoch e on (epoch >= e).
   static Milestone epoch(int64_t e) { return {Unit::epoch, e}; }
+  /// Reached from global step s on (global_step >= s); step(0): from the start.
   static Milestone step(int64_t s) { return {Unit::step, s}; }
+  /// True when at >= 0 and epoch >= at (Unit::epoch) or global_step >= at
+  /// (Unit::step); the other argument is ignored.
   bool reached(int64_t epoch, int64_t global_step) const;
   /// "epoch 2", "step 500", "never".
   std::string describe() const;
@@ -128,6 +147,8 @@ struct QatSchedule {
   /// point from the observer or the data).
   Milestone lsq_learn = Milestone::step(0);
 
+  /// One line for logs: "fake_quant from step 0, observers frozen from never,
+  /// BN frozen from never, LSQ learning from step 0" (Milestone::describe each).
   std::string describe() const;
 };
 

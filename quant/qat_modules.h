@@ -48,7 +48,13 @@ class QATLayer : public nn::Module {
   const QConfig& qconfig() const { return qconfig_; }
   /// The float batch norm, or null for the variants without one.
   nn::BatchNorm* bn() const;
+  /// The weight quantizer: a reference to child "weight_fake_quant" (per output
+  /// channel when the config is), valid until that child is replaced
+  /// (replace_module) or the layer is destroyed.
   FakeQuantize& weight_fake_quant() const;
+  /// The output quantizer (after the fused activation): a reference to child
+  /// "output_fake_quant", valid until that child is replaced or the layer is
+  /// destroyed. The next layer in the chain links to it as its input quantizer.
   FakeQuantize& output_fake_quant() const;
   /// Stops (or resumes) updates of the batch norm's running statistics.
   void freeze_bn_stats(bool frozen = true);
@@ -59,6 +65,8 @@ class QATLayer : public nn::Module {
 
   /// The quantizer whose codes this layer consumes (null: unknown).
   void set_input_quantizer(const std::shared_ptr<FakeQuantize>& q) { input_q_ = q; }
+  /// The linked input quantizer. Held weakly (the layer does not own it): null
+  /// when none is linked or its module no longer exists.
   std::shared_ptr<FakeQuantize> input_quantizer() const { return input_q_.lock(); }
   /// Eval through the int8 arithmetic when possible (the default).
   void set_int8_eval(bool on) { int8_eval_ = on; }
@@ -105,21 +113,31 @@ class QATConvBase : public QATLayer {
   nn::Conv2dSpec spec_;
 };
 
+/// Conv2d under QAT, without batch norm or activation. Shares the conv's
+/// weight and bias Variables (registered as "weight" and "bias"). ValueError for
+/// an invalid qconfig or per-channel axes other than 0 (weight) / 1 (output).
 class QATConv2d : public QATConvBase {
  public:
   QATConv2d(const nn::Conv2d& conv, const QConfig& q)
       : QATConvBase("QATConv2d", conv, nullptr, FusedActivation::none, q) {}
 };
+/// Conv2d + ReLU (act relu) or ReLU6 (act relu6, type "QATConvReLU62d") under
+/// QAT; shares the conv's parameters as QATConv2d does.
 class QATConvReLU2d : public QATConvBase {
  public:
   QATConvReLU2d(const nn::Conv2d& conv, const QConfig& q, FusedActivation act = FusedActivation::relu)
       : QATConvBase(act == FusedActivation::relu6 ? "QATConvReLU62d" : "QATConvReLU2d", conv, nullptr, act, q) {}
 };
+/// Conv2d + BatchNorm2d under QAT: shares the conv's parameters and takes the
+/// batch norm itself (shared, not copied) as child "bn". ValueError when bn's
+/// num_features is not out_channels or it does not track running statistics.
 class QATConvBn2d : public QATConvBase {
  public:
   QATConvBn2d(const nn::Conv2d& conv, std::shared_ptr<nn::BatchNorm> bn, const QConfig& q)
       : QATConvBase("QATConvBn2d", conv, std::move(bn), FusedActivation::none, q) {}
 };
+/// Conv2d + BatchNorm2d + ReLU/ReLU6 (act) under QAT: the conv's parameters
+/// and child "bn" as in QATConvBn2d.
 class QATConvBnReLU2d : public QATConvBase {
  public:
   QATConvBnReLU2d(const nn::Conv2d& conv, std::shared_ptr<nn::BatchNorm> bn, const QConfig& q,
@@ -146,15 +164,23 @@ class QATLinearBase : public QATLayer {
   int64_t in_, out_;
 };
 
+/// Linear under QAT, without batch norm or activation. Shares the linear's
+/// weight and bias Variables (registered as "weight" and "bias"); ValueError for
+/// a qconfig QATConv2d rejects. Input [..., in_features].
 class QATLinear : public QATLinearBase {
  public:
   QATLinear(const nn::Linear& l, const QConfig& q) : QATLinearBase("QATLinear", l, nullptr, FusedActivation::none, q) {}
 };
+/// Linear + ReLU (act relu) or ReLU6 (act relu6, type "QATLinearReLU6") under
+/// QAT; shares the linear's parameters.
 class QATLinearReLU : public QATLinearBase {
  public:
   QATLinearReLU(const nn::Linear& l, const QConfig& q, FusedActivation act = FusedActivation::relu)
       : QATLinearBase(act == FusedActivation::relu6 ? "QATLinearReLU6" : "QATLinearReLU", l, nullptr, act, q) {}
 };
+/// Linear + BatchNorm1d (+ ReLU/ReLU6 unless act is none) under QAT: shares the
+/// linear's parameters and takes bn as child "bn" (ValueError as in QATConvBn2d).
+/// The float path needs a 2-D input [N, in] (ShapeError otherwise).
 class QATLinearBn1d : public QATLinearBase {
  public:
   QATLinearBn1d(const nn::Linear& l, std::shared_ptr<nn::BatchNorm> bn, const QConfig& q,
@@ -165,21 +191,26 @@ class QATLinearBn1d : public QATLinearBase {
                       l, std::move(bn), act, q) {}
 };
 
-/// The input boundary: fake-quantizes the model's input with the activation
-/// config (child "output_fake_quant"); the int8 runtime's quantize op.
 /// A residual add (+ ReLU) under QAT: relu(a + b) then the output
 /// quantizer ("output_fake_quant"). In eval mode with both inputs' quantizers
 /// linked, it runs the runtime's integer add (quant/runtime/qmath.h
 /// requantize_add) on their codes, as the exported model does.
 class QATAdd : public nn::BinaryModule {
  public:
+  /// relu: fuse a ReLU after the sum. ValueError when q is invalid or its
+  /// activation config is per channel (the output is quantized per tensor).
   QATAdd(bool relu, const QConfig& q);
   autograd::Variable forward2(const autograd::Variable& a, const autograd::Variable& b) override;
   bool relu() const { return relu_; }
+  /// A reference to child "output_fake_quant", valid until that child is
+  /// replaced or the module is destroyed.
   FakeQuantize& output_fake_quant() const;
   /// The quantizers whose codes the two inputs carry (null: unknown).
   void set_input_quantizers(const std::shared_ptr<FakeQuantize>& a, const std::shared_ptr<FakeQuantize>& b);
+  /// Input i's quantizer (i must be 0 or 1, unchecked). Held weakly: null when
+  /// unlinked or its module no longer exists.
   std::shared_ptr<FakeQuantize> input_quantizer(int i) const { return in_[i].lock(); }
+  /// Eval through the integer add when possible (the default), else float.
   void set_int8_eval(bool on) { int8_eval_ = on; }
   /// "" when eval mode runs the integer add, else the reason it cannot.
   std::string int8_blocker() const;
@@ -198,16 +229,22 @@ class QATAdd : public nn::BinaryModule {
 /// the input codes, as the exported model does.
 class QATAvgPool : public nn::Module {
  public:
-  /// kernel {0, 0}: global average pooling.
+  /// kernel {0, 0}: global average pooling. A stride of 0 means the kernel
+  /// size. ValueError for a negative kernel or padding, or a kernel 0 along one
+  /// axis only.
   QATAvgPool(std::array<int64_t, 2> kernel, std::array<int64_t, 2> stride, std::array<int64_t, 2> padding);
   autograd::Variable forward(const autograd::Variable& x) override;
   bool global() const { return kernel_[0] == 0; }
   std::array<int64_t, 2> kernel() const { return kernel_; }
   std::array<int64_t, 2> stride() const { return stride_; }
   std::array<int64_t, 2> padding() const { return padding_; }
+  /// The quantizer whose codes the input carries; its qparams are also the
+  /// output's. Held weakly (null: unknown; the float path then leaves the output unquantized).
   void set_input_quantizer(const std::shared_ptr<FakeQuantize>& q) { in_ = q; }
   std::shared_ptr<FakeQuantize> input_quantizer() const { return in_.lock(); }
+  /// Eval through the integer pool when possible (the default), else float.
   void set_int8_eval(bool on) { int8_eval_ = on; }
+  /// "" when eval mode runs the integer pool, else the reason it cannot.
   std::string int8_blocker() const;
   std::string extra_repr() const override;
 
@@ -217,10 +254,15 @@ class QATAvgPool : public nn::Module {
   bool int8_eval_ = true;
 };
 
+/// The input boundary: fake-quantizes the model's input with the activation
+/// config (child "output_fake_quant"); the int8 runtime's quantize op.
 class QATQuantStub : public nn::Module {
  public:
+  /// ValueError when q is invalid or its activation config is per channel.
   explicit QATQuantStub(const QConfig& q);
   autograd::Variable forward(const autograd::Variable& x) override;
+  /// The input quantizer: a reference to child "output_fake_quant", valid until
+  /// that child is replaced or the stub is destroyed.
   FakeQuantize& output_fake_quant() const;
 };
 

@@ -22,6 +22,7 @@
 
 namespace qforge::quant {
 
+/// How a FakeQuantize gets its qparams and trains through the rounding.
 enum class FakeQuantMethod {
   /// Observer-driven scale and zero point, straight-through gradient.
   ste,
@@ -41,6 +42,7 @@ enum class LsqInit {
 
 /// Quantization of one tensor stream (a weight or an activation).
 struct TensorQConfig {
+  /// The codes: bit width, signedness, scheme and granularity (QuantSpec).
   QuantSpec spec;
   /// Observer kind, as make_observer() takes it: "minmax", "moving_average",
   /// "per_channel_minmax", "moving_average_per_channel", "histogram",
@@ -50,11 +52,14 @@ struct TensorQConfig {
   double averaging_constant = 0.01;
   /// Percentile of the percentile observer, in (50, 100].
   double percentile = 99.99;
+  /// STE (the default) or LSQ, which adds a learnable step size (and with
+  /// lsq_learn_offset an offset) to the FakeQuantize.
   FakeQuantMethod method = FakeQuantMethod::ste;
   /// LSQ only: learn the offset too (LSQ+). Needs an affine spec.
   bool lsq_learn_offset = false;
   /// LSQ only: scale the step-size gradient by 1/sqrt(N * Qp).
   bool lsq_grad_scale = true;
+  /// LSQ only: where the step size starts when learning begins.
   LsqInit lsq_init = LsqInit::observer;
 
   /// Throws ValueError with a clear message when the fields do not fit
@@ -67,8 +72,14 @@ struct TensorQConfig {
 
 /// Weight and activation configs of one module.
 struct QConfig {
+  /// The module's output activations (after a fused activation), or for a
+  /// QuantStub the model's input. The int8 runtime takes unsigned per-tensor.
   TensorQConfig activation;
+  /// The module's weight (QAT layers take per-channel only along axis 0). The
+  /// int8 runtime takes signed symmetric weights.
   TensorQConfig weight;
+  /// Validates both streams (TensorQConfig::validate); ValueError naming
+  /// "activation of <what>" or "weight of <what>".
   void validate(const std::string& what) const;
 };
 
@@ -91,13 +102,28 @@ QConfig lsq_qconfig(int weight_bits, int activation_bits);
 /// override, then the global default. A std::nullopt entry means "keep in
 /// float". Globs use '*' (any run of characters, dots included) and '?'.
 struct QConfigMap {
+  /// The config of modules no override matches (std::nullopt: keep them in
+  /// float). Assigned directly, it is validated only when prepare builds a
+  /// module from it; set_global() validates at once.
   std::optional<QConfig> global = default_qconfig();
+  /// (exact type name, config) overrides, e.g. "Conv2d"; the last entry for a
+  /// type wins. Filled by set_type().
   std::vector<std::pair<std::string, std::optional<QConfig>>> by_type;
+  /// (name glob, config) overrides, checked before by_type; the last matching
+  /// glob wins. Filled by set_name().
   std::vector<std::pair<std::string, std::optional<QConfig>>> by_name;
 
+  /// Sets `global`. Validates q immediately (ValueError, the map unchanged);
+  /// returns *this for chaining.
   QConfigMap& set_global(std::optional<QConfig> q);
+  /// Appends a by_type override. Validates immediately: ValueError for an empty
+  /// type name or an invalid q (the map unchanged). Returns *this.
   QConfigMap& set_type(const std::string& type_name, std::optional<QConfig> q);
+  /// Appends a by_name override for a dotted module-path glob. Validates
+  /// immediately: ValueError for an empty glob or an invalid q. Returns *this.
   QConfigMap& set_name(const std::string& glob, std::optional<QConfig> q);
+  /// The config of module `name` of type `type_name` by the lookup rule above
+  /// (a copy); std::nullopt: keep the module in float.
   std::optional<QConfig> resolve(const std::string& name, const std::string& type_name) const;
 };
 

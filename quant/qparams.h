@@ -18,6 +18,7 @@
 
 namespace qforge::quant {
 
+/// How a real range maps onto the codes.
 enum class QScheme {
   /// zero point fixed (0 for signed, 2^(bits-1) for unsigned); range
   /// [-amax, amax] with amax = max(|min|, |max|).
@@ -29,11 +30,15 @@ enum class QScheme {
 
 /// What to quantize to: bit width, signedness, scheme and granularity.
 struct QuantSpec {
+  /// Bit width, 2..8 (validate()).
   int bits = 8;
+  /// Signed codes (two's complement range) or unsigned ones (from 0).
   bool is_signed = true;
+  /// Symmetric (fixed zero point) or affine (fitted zero point).
   QScheme scheme = QScheme::symmetric;
   /// Per channel along `axis` (weights: axis 0, the output channels).
   bool per_channel = false;
+  /// The channel axis when per_channel (validate(): >= 0).
   int axis = 0;
   /// Use one bit less of range (for kernels that need the headroom).
   bool reduce_range = false;
@@ -41,7 +46,10 @@ struct QuantSpec {
   /// Throws ValueError unless bits is 2..8 (and reduce_range leaves >= 2)
   /// and the axis is valid.
   void validate() const;
+  /// The smallest code: -2^(b-1) signed, 0 unsigned, where b is bits (bits - 1
+  /// with reduce_range). Does not validate.
   int32_t qmin() const;
+  /// The largest code: 2^(b-1) - 1 signed, 2^b - 1 unsigned (b as for qmin()).
   int32_t qmax() const;
   /// "int8 symmetric per-channel(axis 0)".
   std::string describe() const;
@@ -51,16 +59,20 @@ struct QuantSpec {
 /// finite and > 0; zero points are integers in [qmin, qmax]; real 0.0 maps
 /// exactly to the zero point.
 struct QParams {
+  /// [C] scales (C = 1 per tensor).
   std::vector<float> scale;
+  /// [C] zero points, one per scale.
   std::vector<int32_t> zero_point;
+  /// The code range (QuantSpec::qmin()/qmax() of the spec they came from).
   int32_t qmin = -128, qmax = 127;
   /// -1 for per tensor, else the channel axis.
   int axis = -1;
 
   bool per_channel() const { return axis >= 0; }
   size_t channels() const { return scale.size(); }
-  /// Scale and zero point as tensors (f32 [C] and i32 [C]; C = 1 per tensor).
+  /// The scales as a new f32 [C] tensor (C = 1 per tensor; copied).
   Tensor scale_tensor() const;
+  /// The zero points as a new i32 [C] tensor (copied).
   Tensor zero_point_tensor() const;
 };
 

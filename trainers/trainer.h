@@ -24,18 +24,26 @@
 
 namespace qforge::trainers {
 
+/// How fit() reports progress on stdout.
 enum class ProgressMode {
+  /// bar when stdout is a terminal, else lines.
   automatic,  // a bar on a terminal, plain lines otherwise
+  /// A bar redrawn in place (at most every 100 ms), then one line per epoch.
   bar,
+  /// A line every log_every steps (none when 0), plus one line per epoch.
   lines,
+  /// Prints nothing, not even the resume and cleanup notices.
   none,
 };
 
+/// Settings of a Trainer. Its constructor throws ValueError for epochs < 1, a
+/// negative count or clip_grad_norm, or resume without out_dir.
 struct TrainerOptions {
   /// Total epochs of the run (a resumed run continues up to this).
   int64_t epochs = 1;
   /// Where checkpoints (ckpt/epoch_NNNN.h5) and metrics.jsonl go; empty keeps
-  /// nothing on disk.
+  /// nothing on disk. A fresh run (resume off) first deletes any ckpt/epoch_*.h5
+  /// and metrics.jsonl an earlier run left there.
   std::string out_dir;
   /// Continue from the newest checkpoint in out_dir (a fresh start
   /// when there is none).
@@ -45,6 +53,7 @@ struct TrainerOptions {
   int64_t max_steps_per_epoch = 0;
   /// Clip the global gradient norm to this (0 = off).
   double clip_grad_norm = 0;
+  /// How fit() reports progress on stdout (see ProgressMode).
   ProgressMode progress = ProgressMode::automatic;
   /// Plain-line mode prints every this many steps (0 = only epoch lines).
   int64_t log_every = 100;
@@ -56,42 +65,66 @@ struct TrainerOptions {
 
 /// What a step hook sees.
 struct StepInfo {
+  /// 0-based epoch of the step.
   int64_t epoch = 0;
   /// Index of the batch within the epoch.
   int64_t step_in_epoch = 0;
   /// Optimizer steps taken before this one (over the whole run).
   int64_t global_step = 0;
+  /// Samples in this batch (fewer in a short last batch).
   int64_t batch_size = 0;
+  /// Learning rate of this step: the schedule's rate at global_step (the
+  /// optimizer's own rate without a schedule), already set on the optimizer.
   double lr = 0;
   /// The step's loss (on on_step_end; NaN on on_step_begin).
   double loss = 0;
 };
 
+/// Result of Trainer::evaluate(), over one whole epoch (epoch 0) of the loader.
 struct EvalResult {
+  /// Mean loss per sample: each batch's loss weighted by its size, so exact for a
+  /// batch-mean loss such as the default cross-entropy; 0 when count is 0.
   double loss = 0;
+  /// Percent of samples classified correctly: 100 * correct / count (0 when count is 0).
   double accuracy = 0;  // percent
+  /// Samples whose first largest logit is at the target class.
   int64_t correct = 0;
+  /// Samples evaluated.
   int64_t count = 0;
 };
 
+/// What fit() reports for each epoch it runs.
 struct EpochResult {
+  /// 0-based epoch.
   int64_t epoch = 0;
+  /// Mean training loss per sample (batch losses weighted by batch size), each
+  /// measured by the step's forward pass, before its update.
   double train_loss = 0;
+  /// Percent of training samples classified correctly by those same forward passes.
   double train_accuracy = 0;  // percent, on the training batches as seen
+  /// The test loader evaluated after the epoch; count 0 when not evaluated.
   EvalResult test;            // count 0 when not evaluated
+  /// Wall time of the epoch's steps (step hooks included; evaluation, epoch
+  /// hooks and the checkpoint not).
   double seconds = 0;
+  /// Training samples per second over `seconds`.
   double images_per_s = 0;
 };
 
+/// Runs the training loop described at the top of this file. Hooks run
+/// synchronously on the thread that calls fit(), in registration order.
 class Trainer {
  public:
   /// Loss of a batch: logits and i32 targets -> a scalar Variable.
   using LossFn = std::function<autograd::Variable(const autograd::Variable& logits, const Tensor& targets)>;
+  /// Called with the trainer and the step (see on_step_begin / on_step_end).
   using StepHook = std::function<void(Trainer&, const StepInfo&)>;
+  /// Called with the trainer and the 0-based epoch (see on_epoch_begin / on_epoch_end).
   using EpochHook = std::function<void(Trainer&, int64_t epoch)>;
 
   /// `schedule` and `test` may be null (constant LR; no evaluation). The
-  /// trainer shares ownership of everything it is given.
+  /// trainer shares ownership of everything it is given. ValueError when model,
+  /// optimizer or train is null, or for invalid options (see TrainerOptions).
   Trainer(nn::ModulePtr model, std::shared_ptr<nn::Optimizer> optimizer, std::shared_ptr<nn::LrSchedule> schedule,
           std::shared_ptr<data::DataLoader> train, std::shared_ptr<data::DataLoader> test, TrainerOptions opt);
 
@@ -102,10 +135,23 @@ class Trainer {
   /// model's mode is restored afterwards).
   EvalResult evaluate(data::DataLoader& loader);
 
+  /// Replaces the loss of fit() and evaluate(); the default is
+  /// autograd::cross_entropy (the batch mean). It must return a one-element
+  /// Variable; results are per-sample means only if it is a batch mean.
   void set_loss(LossFn fn) { loss_ = std::move(fn); }
+  /// Adds a hook run before each training step, after its lr is set on the
+  /// optimizer; info.loss is NaN.
   void on_step_begin(StepHook h) { step_begin_.push_back(std::move(h)); }
+  /// Adds a hook run after each optimizer step, before the progress and metrics
+  /// output; info.loss is the step's loss, and global_step() already counts it.
   void on_step_end(StepHook h) { step_end_.push_back(std::move(h)); }
+  /// Adds a hook run at the start of each epoch fit() runs, after model.train()
+  /// and before the first batch. A resumed run starts at epochs_done(): the
+  /// completed epochs get no calls.
   void on_epoch_begin(EpochHook h) { epoch_begin_.push_back(std::move(h)); }
+  /// Adds a hook run after the epoch's evaluation (if any), with epochs_done()
+  /// already epoch + 1, and before its checkpoint is written (extra_state() set
+  /// here is saved).
   void on_epoch_end(EpochHook h) { epoch_end_.push_back(std::move(h)); }
 
   /// State that hooks want checkpointed (e.g. observer or schedule state),

@@ -15,6 +15,8 @@
 
 namespace qforge::quant::kernels {
 
+/// v clamped to [INT32_MIN, INT32_MAX]: how a kernel's accumulator plus bias
+/// goes to int32 before requantize().
 inline int32_t saturate_i32(int64_t v) {
   return static_cast<int32_t>(v < INT32_MIN ? INT32_MIN : v > INT32_MAX ? INT32_MAX : v);
 }
@@ -57,6 +59,9 @@ inline uint8_t finish_output(const QGemmParams& p, int64_t n, int64_t sum) {
 /// zero points or bounds do not fit the contract above.
 void check(const QGemmParams& p);
 
+/// A requantizing GEMM kernel: computes the QGemmParams contract and writes
+/// only the M x N block of c. Kernels do not validate p (check() does) and
+/// assume the CPU has their level (cpu_has()).
 using QGemmFn = void (*)(const QGemmParams&);
 /// Packs B ([N, K], leading dimension ldb) into a kernel's own layout, once,
 /// so that layers can keep it (QGemmParams::b_packed).
@@ -64,6 +69,8 @@ using QGemmPackFn = std::vector<int32_t> (*)(const int8_t* b, int64_t ldb, int64
 
 /// Instruction-set levels a kernel can need.
 enum class Isa { ref, avx2, avx512vnni, neon };
+/// The level's name as QFORGE_KERNELS spells it ("ref", "avx2", "avx512vnni",
+/// "neon"), a static string; "?" for a value outside the enum.
 const char* isa_name(Isa isa);
 /// True when this CPU can run kernels of that level.
 bool cpu_has(Isa isa);
@@ -89,11 +96,24 @@ const KernelTable& kernels();
 KernelTable kernels_for(Isa isa);
 
 // ---- the kernels (kernel_list.inc names them) -------------------------------------
+/// Scalar reference, any CPU, no tiling: the oracle every SIMD kernel must
+/// equal bit for bit. Ignores b_packed.
 void qu8s8_gemm_requant__ref(const QGemmParams& p);
+/// AVX2 + FMA (x86 builds), 4 rows x 16 channels: packs B per call unless
+/// b_packed came from qgemm_pack__avx2_4x16. Needs cpu_has(Isa::avx2).
 void qu8s8_gemm_requant__avx2_4x16(const QGemmParams& p);
+/// Packs B for the AVX2 kernel ([N/16][K/2][16][2 x int16], zero-padded, then
+/// the channel sums). Compiled with AVX2 flags: needs cpu_has(Isa::avx2).
 std::vector<int32_t> qgemm_pack__avx2_4x16(const int8_t* b, int64_t ldb, int64_t N, int64_t K);
+/// AVX-512 F/BW/VL + VNNI (x86 builds), 4 rows x 64 channels (8 x 32 when
+/// K > 512): packs B per call unless b_packed came from
+/// qgemm_pack__avx512vnni_4x64. Needs cpu_has(Isa::avx512vnni).
 void qu8s8_gemm_requant__avx512vnni_4x64(const QGemmParams& p);
+/// Packs B for the VNNI kernel ([N/16][K/4][16][4 bytes], zero-padded, then
+/// the channel sums). Compiled with AVX-512 flags: needs cpu_has(Isa::avx512vnni).
 std::vector<int32_t> qgemm_pack__avx512vnni_4x64(const int8_t* b, int64_t ldb, int64_t N, int64_t K);
+/// NEON (AArch64 builds only; baseline there, no CPU check needed), 4 rows x 8
+/// channels: packs B on every call and ignores b_packed.
 void qu8s8_gemm_requant__neon_4x8(const QGemmParams& p);
 
 }  // namespace qforge::quant::kernels

@@ -35,6 +35,9 @@
 
 namespace qforge::quant::runtime {
 
+/// What an op does (file spelling: op_kind_name()). quantize: f32 NCHW input ->
+/// u8 NHWC codes; conv2d, linear, pools, flatten, relu, add, concat: codes ->
+/// codes; dequantize: codes -> f32 in the float model's NCHW order.
 enum class OpKind {
   quantize,
   conv2d,
@@ -48,9 +51,14 @@ enum class OpKind {
   add,
   concat
 };
+/// The kind's name as stored in files ("conv2d", ...), a static string; "?"
+/// for a value outside the enum.
 const char* op_kind_name(OpKind k);
 
+/// One node of the graph: its kind and the fields that kind uses (the others
+/// keep their defaults and are neither saved nor checked).
 struct Op {
+  /// What the op does; selects which of the fields below apply.
   OpKind kind = OpKind::quantize;
   /// The source module's path (messages and inspection).
   std::string name;
@@ -73,8 +81,12 @@ struct Op {
   Activation activation = Activation::none;
 };
 
+/// The int8 model: ops in topological order plus the input description. A
+/// plain value (copies share their layers' weight-pack caches). Built by
+/// convert() or load_model(), both validated; run() does not validate.
 class Model {
  public:
+  /// The graph, first op quantize, last dequantize (validate() checks).
   std::vector<Op> ops;
   /// The input the model takes, without the batch: {C, H, W}.
   std::array<int64_t, 3> input_shape{1, 1, 1};
@@ -106,10 +118,12 @@ class Model {
   /// Runs a batch: f32 [N, C, H, W] (or [N, C*H*W] for a linear first layer)
   /// -> f32 outputs. `k` picks the kernels (null: the dispatched ones).
   Tensor run(const Tensor& x, const kernels::KernelTable* k = nullptr) const;
-  /// The same, calling `each(i, output)` after op i with its output (u8
-  /// codes, NHWC [N, H, W, C] or [N, F]; the float result for the last op),
-  /// for inspection.
+  /// Called as `each(i, output)` after op i with its output (u8 codes, NHWC
+  /// [N, H, W, C] or [N, F]; the float result for the last op). The tensor
+  /// is valid for the call; keep a copy (it shares storage) to hold on to it.
   using OpCallback = std::function<void(size_t, const Tensor&)>;
+  /// The same as run(x, k), calling `each` (when non-empty) after every op,
+  /// for inspection.
   Tensor run(const Tensor& x, const kernels::KernelTable* k, const OpCallback& each) const;
 
  private:

@@ -36,25 +36,45 @@ struct ActQParams {
 
 /// Per-output-channel symmetric weight qparams.
 struct WeightQParams {
+  /// One scale per output channel [OC], finite and > 0.
   std::vector<float> scale;  // [OC], > 0
+  /// The weight code range: signed within int8 (make_qlayer: -128 <= qmin < 0 <
+  /// qmax <= 127, ValueError otherwise).
   int32_t qmin = -128, qmax = 127;
 };
 
 /// A quantized conv2d or linear layer (linear is a 1x1 conv on [N, in, 1, 1]).
 struct QLayer {
+  /// Input channels (linear: in features) and output channels; set from the
+  /// weight shape by make_qlayer, or read by the loader.
   int64_t in_channels = 0, out_channels = 0;
+  /// Window geometry (KH, KW), (H, W) order; linear keeps the 1x1 defaults.
+  /// Padding pads with the input zero point (real 0).
   std::array<int64_t, 2> kernel{1, 1}, stride{1, 1}, padding{0, 0}, dilation{1, 1};
+  /// Grouped conv: in_channels and out_channels are both multiples of groups.
   int64_t groups = 1;
+  /// The qparams of the u8 codes the layer reads and the codes it writes.
   ActQParams input, output;
+  /// The fused activation, applied as the clamp `bounds`.
   Activation activation = Activation::none;
   /// int8 weight codes [OC, KH, KW, IC/groups] (NHWC order of the input
   /// window), a row of k_per_group() per output channel.
   std::vector<int8_t> weight;
+  /// Per-output-channel weight scales [OC], finite and > 0.
   std::vector<float> weight_scale;          // [OC]
+  /// int32 bias [OC] at scale input.scale * weight_scale[oc] (quantize_bias);
+  /// 0 where the float layer had none.
   std::vector<int32_t> bias;                // [OC], at scale input.scale * weight_scale
+  /// Requant multipliers [OC] of input.scale * weight_scale / output.scale.
+  /// Derived: make_qlayer computes them, the loader recomputes them (files
+  /// do not store them).
   std::vector<QuantMultiplier> requant;     // [OC]
+  /// Output clamp bounds of `activation` within output's [qmin, qmax]
+  /// (activation_bounds). Derived by make_qlayer / the loader, like requant.
   ClampBounds bounds{0, 255};
 
+  /// The GEMM depth K of one group, (in_channels / groups) * KH * KW: the length
+  /// of one output channel's weight row.
   int64_t k_per_group() const { return in_channels / groups * kernel[0] * kernel[1]; }
 
   /// The weights of `group` packed for table t's GEMM (null when that GEMM
@@ -62,6 +82,8 @@ struct QLayer {
   /// Copies of a layer share the packs; call invalidate_packs() after
   /// changing `weight`.
   const int32_t* packed_weights(const kernels::KernelTable& t, int64_t group) const;
+  /// Gives this layer a fresh, empty pack cache (copies keep the old one); call
+  /// after changing `weight`. Not safe while this layer runs on another thread.
   void invalidate_packs();
 
  private:
@@ -77,7 +99,8 @@ struct QLayer {
 /// to [OC, KH, KW, IC/groups]), bias f32 [OC] or undefined. Weight codes use the same rule as
 /// fake quant (round half to even of w * (1/scale), clamped); the bias goes to
 /// int32 at scale s_in * s_w; one requant multiplier per channel. Throws
-/// ValueError/ShapeError on any inconsistency.
+/// ValueError/ShapeError (DTypeError for a non-f32 weight) on any
+/// inconsistency.
 QLayer make_qlayer(const Tensor& weight, const Tensor& bias, const WeightQParams& wq, const ActQParams& in,
                    const ActQParams& out, Activation act, std::array<int64_t, 2> stride = {1, 1},
                    std::array<int64_t, 2> padding = {0, 0}, std::array<int64_t, 2> dilation = {1, 1},
@@ -91,8 +114,11 @@ int64_t out_size(int64_t in, int64_t kernel, int64_t stride, int64_t padding, in
 Tensor quantize(const Tensor& x, const ActQParams& q);
 /// codes -> float: (code - zero_point) * scale.
 Tensor dequantize(const Tensor& codes, const ActQParams& q);
-/// u8 codes NCHW -> NHWC and back.
+/// u8 codes NCHW [N, C, H, W] -> a new NHWC [N, H, W, C] tensor; ShapeError
+/// unless x is 4-D u8.
 Tensor to_nhwc(const Tensor& nchw);
+/// u8 codes NHWC [N, H, W, C] -> a new NCHW [N, C, H, W] tensor; ShapeError
+/// unless x is 4-D u8.
 Tensor to_nchw(const Tensor& nhwc);
 /// Reorders a linear layer's input columns from a flattened [C, H, W] (the
 /// float model's order) to a flattened [H, W, C] (the runtime's), so that it

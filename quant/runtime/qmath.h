@@ -88,7 +88,13 @@ struct AddMultipliers {
   int64_t a = 0, b = 0;
   int32_t shift = 1;
 };
+/// The AddMultipliers for input scales s_a, s_b and output scale s_out.
+/// ValueError unless all three are finite and > 0 and max(s_a, s_b) / s_out
+/// lies in [2^-31, 2^30).
 AddMultipliers add_multipliers(float a_scale, float b_scale, float out_scale);
+/// The add rule above on zero-point offsets da = a - zp_a and db = b - zp_b
+/// (codes of at most 8 bits): the output code, clamped to [lo, hi] (the output
+/// range, or activation_bounds() for a fused ReLU/ReLU6).
 inline int32_t requantize_add(int32_t da, int32_t db, const AddMultipliers& m, int32_t zero_point, int32_t lo,
                               int32_t hi) {
   int64_t r = rounding_shift(da * m.a + db * m.b, m.shift) + zero_point;
@@ -110,6 +116,9 @@ enum class Activation : int32_t { none = 0, relu = 1, relu6 = 2 };
 struct ClampBounds {
   int32_t lo, hi;
 };
+/// The bounds for `act` over output codes [qmin, qmax] with the given scale and
+/// zero point. ValueError unless qmin <= zero_point <= qmax and the scale is
+/// finite and > 0.
 ClampBounds activation_bounds(Activation act, float output_scale, int32_t zero_point, int32_t qmin, int32_t qmax);
 
 }  // namespace qforge::quant

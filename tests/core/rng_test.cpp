@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "core/error.h"
 #include "core/parallel.h"
 #include "core/rng.h"
 
@@ -32,6 +33,11 @@ TEST(Rng, StateRoundTrip) {
   Generator h(1);
   h.set_state(s);
   for (int i = 0; i < 10; ++i) EXPECT_EQ(h.normal(), expect[i]);
+  // An all-zero state is refused and leaves the generator as it was.
+  Generator a(5), b(5);
+  Generator::State zero{};
+  EXPECT_THROW(a.set_state(zero), ValueError);
+  EXPECT_EQ(a.next_u64(), b.next_u64());
 }
 
 TEST(Rng, Distributions) {
