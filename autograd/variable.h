@@ -45,8 +45,9 @@ class Node {
   BackwardFn backward;
   /// Nodes of the op's inputs; nullptr for inputs that need no gradient.
   std::vector<std::shared_ptr<Node>> inputs;
-  /// Shape and dtype that gradients flowing into this node must have.
+  /// The shape that gradients flowing into this node must have.
   Shape shape;
+  /// The dtype that gradients flowing into this node must have.
   DType dtype = DType::f32;
   /// Debug name of the op that made it ("leaf" for leaves).
   const char* name = "leaf";

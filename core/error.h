@@ -71,6 +71,11 @@ class CheckFailure {
 }  // namespace detail
 }  // namespace qforge
 
+/// QF_CHECK_T(Type, cond) << "message": throws Type (with the message, the
+/// condition's text, file and line) when cond is false; the message is only
+/// built on failure. QF_CHECK throws ValueError, QF_CHECK_SHAPE ShapeError,
+/// QF_CHECK_DTYPE DTypeError, QF_CHECK_INDEX IndexError, QF_CHECK_IO IOError
+/// and QF_CHECK_FORMAT FormatError.
 // A `for` (not an `if`/`else`) keeps the macro one statement with no else
 // that an unbraced outer `if` could capture. The body throws, so it runs once.
 #define QF_CHECK_T(ExcType, cond)                                            \
@@ -87,6 +92,8 @@ class CheckFailure {
 /// Unconditional failure with a typed error: QF_THROW(IOError) << "...";
 #define QF_THROW(ExcType) ::qforge::detail::CheckFailure<::qforge::ExcType>(__FILE__, __LINE__, nullptr)
 
+/// QF_DCHECK(cond) << "...": an internal invariant, checked (InternalError)
+/// in debug builds only; in release builds cond is not evaluated.
 #ifdef NDEBUG
 #define QF_DCHECK(cond) \
   for (bool qf_check_ok_ = true; !qf_check_ok_; qf_check_ok_ = true) \

@@ -31,7 +31,8 @@ void gemm_rows_nn(int64_t M, int64_t N, int64_t K, float alpha, const float* A, 
 void gemm_rows_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                   const float* const* brows, float beta, float* C, int64_t ldc);
 
-/// Which implementation serves the f32 gemm ("avx512", "openblas").
+/// Which implementation serves the f32 gemm: "avx512", "openblas" or
+/// "reference" (QFORGE_GEMM forces one).
 const char* gemm_backend();
 
 }  // namespace qforge

@@ -17,8 +17,10 @@ void set_num_threads(int n);
 int num_threads();
 
 /// Runs fn(begin, end) over disjoint sub-ranges of [begin, end) that together
-/// cover it, in parallel. Sub-ranges hold at least `grain` items (except the
-/// last). Use only for independent work: the split may vary between calls.
+/// cover it, in parallel: min(ceil(n / grain), 4 x threads) near-equal pieces,
+/// so a piece holds about `grain` items or more. Runs inline (one call) when
+/// n <= grain, with one thread, or when nested in another parallel_for. Use
+/// only for independent work: the split may vary between calls.
 void parallel_for(int64_t begin, int64_t end, int64_t grain,
                   const std::function<void(int64_t, int64_t)>& fn);
 

@@ -17,7 +17,9 @@ const char* split_name(Split split);
 /// Images and labels held in memory. `images` is u8 [N, C, H, W] (raw pixels,
 /// 0..255), `labels` is i32 [N]. Copies share the tensors' storage.
 struct Dataset {
+  /// u8 [N, C, H, W] raw pixels.
   Tensor images;
+  /// i32 [N] class indices.
   Tensor labels;
   /// For messages and logs, e.g. "mnist-train".
   std::string name;

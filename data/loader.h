@@ -42,7 +42,9 @@ struct LoaderOptions {
 /// i32 [B]; both are new tensors owned by the receiver. B is batch_size except
 /// for a short last batch when drop_last is false.
 struct Batch {
+  /// f32 [B, C, H, W], augmented and normalized.
   Tensor x;
+  /// i32 [B] labels.
   Tensor y;
   /// The batch's index within its epoch.
   int64_t index = 0;

@@ -44,8 +44,8 @@ class Optimizer {
   const std::vector<Variable>& params() const { return params_; }
   const std::string& name() const { return name_; }
 
-  /// Optimizer state by name ("step", "lr", "<param index>.<slot>"). Tensors
-  /// are copies.
+  /// Optimizer state by name ("step", "lr", "num_params", "<param
+  /// index>.<slot>"). Tensors are copies.
   std::map<std::string, Tensor> state_dict() const;
   /// Restores what state_dict() gave, for the same parameter list; throws
   /// ValueError naming what does not fit.
@@ -144,7 +144,8 @@ class AdamW : public Adam {
 
 /// Scales all gradients so that their global norm is at most max_norm and
 /// returns the norm before scaling. Variables without a gradient are skipped.
-/// A non-finite norm throws ValueError (the step would poison the weights).
+/// A non-finite norm, or max_norm <= 0, throws ValueError (the step would
+/// poison the weights).
 double clip_grad_norm(const std::vector<Variable>& params, double max_norm);
 
 // ---- learning-rate schedules -------------------------------------------------
@@ -235,6 +236,8 @@ class WarmupLr : public LrSchedule {
  public:
   /// start_factor in (0, 1], as PyTorch's LinearLR (default 1/3). The factor
   /// multiplies the inner schedule while it runs (it does not delay it).
+  /// ValueError for a null inner schedule, warmup_steps < 0 or a
+  /// start_factor outside (0, 1].
   WarmupLr(std::shared_ptr<LrSchedule> inner, int64_t warmup_steps, double start_factor = 1.0 / 3.0);
   double lr_at(int64_t step) const override;
   std::string describe() const override;

@@ -11,10 +11,13 @@
 
 namespace qforge::quant {
 
-/// Converts a Sequential chain (nested Sequentials are walked in order):
-/// QATQuantStub -> quantize, QAT conv/linear layers -> conv2d/linear,
-/// MaxPool2d -> max_pool2d, Flatten (from axis 1 to the end) -> flatten,
-/// ReLU -> relu, Identity and Dropout -> nothing, DeQuantStub -> dequantize.
+/// Converts a Sequential chain (nested Sequentials are walked in order) into
+/// a runtime graph: QATQuantStub -> quantize, QAT conv/linear layers ->
+/// conv2d/linear, MaxPool2d -> max_pool2d, QATAvgPool -> global_avg_pool or
+/// avg_pool2d (keeping the input's qparams), a BasicBlock -> its main path,
+/// its shortcut from the block's input, and an add of both (QATAdd),
+/// Flatten (from axis 1 to the end) -> flatten, ReLU -> relu, Identity and
+/// Dropout -> nothing, DeQuantStub -> dequantize.
 /// `input_shape` is one input without the batch ({C, H, W}). Throws
 /// ValueError naming the module that has no int8 form (a float layer, an
 /// unlinked QAT layer, a quantizer without qparams, ...). The result is

@@ -28,6 +28,8 @@ namespace qforge::quant {
 /// the enabled flag and whether anything has been observed yet. Not copyable.
 class Observer {
  public:
+  /// Takes the spec it will produce qparams for; ValueError when the spec is
+  /// invalid (QuantSpec::validate).
   explicit Observer(QuantSpec spec);
   virtual ~Observer();
   Observer(const Observer&) = delete;
@@ -61,6 +63,7 @@ class Observer {
   /// keys, wrong sizes, non-floating dtypes or invalid values, and leaves the
   /// observer unchanged then.
   virtual std::map<std::string, Tensor> state() const = 0;
+  /// Restores statistics from state() (the contract above).
   virtual void load_state(const std::map<std::string, Tensor>& s) = 0;
 
  protected:

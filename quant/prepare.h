@@ -8,8 +8,9 @@
 //   ... train; quant::apply_qat_schedule(*model, schedule, epoch, step) ...
 //
 // prepare_qat() fuses Conv-BN(-ReLU), Conv-ReLU, Linear-ReLU and
-// Linear-BN1d(-ReLU) groups and swaps every Conv2d / Linear / QuantStub
-// whose qconfig is not `none` for its QAT module (quant/qat_modules.h). It
+// Linear-BN1d(-ReLU) groups and swaps every Conv2d / Linear / QuantStub /
+// Add / AdaptiveAvgPool2d(1) / AvgPool2d (with padding counted) whose
+// qconfig is not `none` for its QAT module (quant/qat_modules.h). It
 // works in place: a fused group's first module becomes the QAT module and the
 // others become Identity, so every other name in the tree stays put. The QAT
 // modules share the float parameters, so an optimizer built before the swap
@@ -62,10 +63,12 @@ std::vector<FusionGroup> find_fusion_groups(const nn::Module& root);
 /// quant and observers on.
 void prepare_qat(nn::Module& root, const PrepareOptions& options = {});
 /// Links every QAT layer to the quantizer whose codes feed it, along each
-/// Sequential chain: a QATQuantStub or a QAT layer sets the current
-/// quantizer; Identity, MaxPool2d, Flatten, Dropout and ReLU keep it (they
-/// keep values on the quantization grid); nested Sequentials continue the
-/// chain; anything else (and DeQuantStub) ends it. prepare_qat() and
+/// Sequential chain: a QATQuantStub, a QAT layer or a block's QATAdd sets the
+/// current quantizer; Identity, MaxPool2d, Flatten, Dropout, ReLU and
+/// QATAvgPool keep it (their outputs stay on the quantization grid; the pool
+/// is linked to it); nested Sequentials continue the chain; a BasicBlock
+/// links its main path and shortcut from the block's input and its add to
+/// both; anything else (and DeQuantStub) ends it. prepare_qat() and
 /// prepare() call it; with the link, eval mode runs the int8 arithmetic.
 void link_quantizers(nn::Module& root);
 /// Turns the int8 eval path of every QAT layer on (the default) or off (eval

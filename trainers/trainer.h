@@ -162,7 +162,8 @@ class Trainer {
   void save_checkpoint(const std::string& path) const;
   /// Restores model, optimizer, counters, RNG and extra state from `path`.
   /// Throws FormatError naming the file when it does not fit this run (a
-  /// different model or optimizer, or another loader seed).
+  /// different model, optimizer or LR schedule, another loader seed, or
+  /// another max_steps_per_epoch).
   void load_checkpoint(const std::string& path);
   /// The newest checkpoint in out_dir, or "" when there is none.
   std::string latest_checkpoint() const;

@@ -30,15 +30,24 @@ inline int32_t saturate_i32(int64_t v) {
 /// be null (0). out_lo/out_hi carry the fused activation (activation_bounds).
 /// The dot product itself stays within int32 for K < 2^31 / (255 * 128).
 struct QGemmParams {
+  /// Rows of A and C, output channels (rows of B, columns of C), and the
+  /// dot-product length.
   int64_t M = 0, N = 0, K = 0;
+  /// u8 activations [M, K], row stride lda (>= K); not owned.
   const uint8_t* a = nullptr;
   int64_t lda = 0;
+  /// The activations' zero point, in [0, 255].
   int32_t a_zero_point = 0;
+  /// s8 weights [N, K], row stride ldb (>= K); not owned.
   const int8_t* b = nullptr;
   int64_t ldb = 0;
+  /// int32 biases [N] at scale s_in * s_w, or null for 0.
   const int32_t* bias = nullptr;
+  /// The requantization multiplier of each output channel [N].
   const QuantMultiplier* requant = nullptr;
+  /// The output zero point and the clamp bounds (activation_bounds).
   int32_t out_zero_point = 0, out_lo = 0, out_hi = 255;
+  /// u8 output codes [M, N], row stride ldc (>= N); written, not owned.
   uint8_t* c = nullptr;
   int64_t ldc = 0;
   /// Optional: B already packed by the same level's pack function

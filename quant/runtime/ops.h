@@ -27,8 +27,11 @@ namespace qforge::quant::runtime {
 /// Per-tensor activation qparams: code = clamp(round(x / scale) + zero_point,
 /// qmin, qmax), with 0 <= qmin <= zero_point <= qmax <= 255.
 struct ActQParams {
+  /// The real value of one code step, finite and > 0.
   float scale = 1.f;
+  /// The code of real 0.
   int32_t zero_point = 0;
+  /// The code range (fewer than 8 bits narrow it).
   int32_t qmin = 0, qmax = 255;
   /// Throws ValueError naming `what` unless the fields fit the contract.
   void check(const char* what) const;

@@ -22,7 +22,10 @@ QuantMultiplier quantize_multiplier(double real) {
   QuantMultiplier m;
   m.multiplier = static_cast<int32_t>(mant);
   m.shift = 31 - exp;
-  QF_DCHECK(m.shift >= 1 && m.shift <= 62);
+  // A real just below 2^30 can round up to 2^30 (shift 0): out of range too.
+  QF_CHECK(m.shift >= 1 && m.shift <= 62)
+      << "requantization multiplier " << real << " rounds to 2^" << 31 - m.shift
+      << ", outside [2^-31, 2^30) (input scale x weight scale / output scale)";
   return m;
 }
 

@@ -34,7 +34,9 @@ inline float dequantize_value(int32_t q, float scale, int32_t zero_point) {
 /// A positive real multiplier as multiplier * 2^-shift, with multiplier in
 /// [2^30, 2^31) (31 significant bits) and shift in [1, 62].
 struct QuantMultiplier {
+  /// The 31-bit mantissa, in [2^30, 2^31).
   int32_t multiplier = 0;
+  /// The right shift applied after the 64-bit product, in [1, 62].
   int32_t shift = 0;
   /// multiplier * 2^-shift as a double (exact).
   double value() const { return std::ldexp(static_cast<double>(multiplier), -shift); }
@@ -85,7 +87,10 @@ QuantMultiplier rescale_multiplier(float from_scale, float to_scale, int64_t div
 /// with a = round_half_even(s_a / s_out * 2^shift) (likewise b), and shift
 /// the largest in [1, 62] that keeps both below 2^31.
 struct AddMultipliers {
+  /// round_half_even(s_a / s_out * 2^shift) and the same for b; the larger
+  /// is in [2^30, 2^31).
   int64_t a = 0, b = 0;
+  /// The shared right shift, in [1, 62].
   int32_t shift = 1;
 };
 /// The AddMultipliers for input scales s_a, s_b and output scale s_out.
@@ -114,6 +119,7 @@ enum class Activation : int32_t { none = 0, relu = 1, relu6 = 2 };
 /// the zero point (real 0); ReLU6 also lowers hi to quantize_value(6). The
 /// bounds stay within [qmin, qmax].
 struct ClampBounds {
+  /// The smallest and largest output code, qmin <= lo <= hi <= qmax.
   int32_t lo, hi;
 };
 /// The bounds for `act` over output codes [qmin, qmax] with the given scale and

@@ -47,8 +47,9 @@ TEST(QMath, MultiplierIsNormalizedAndWithinTwoToMinus31) {
 }
 
 TEST(QMath, MultiplierRangeErrors) {
-  for (double bad : {0.0, -0.5, std::ldexp(1.0, -32), std::ldexp(1.0, 30), std::nan(""),
-                     std::numeric_limits<double>::infinity()})
+  // std::ldexp(1.0, 30) - 0.125 is below 2^30 but its 31-bit mantissa rounds up to 2^30.
+  for (double bad : {0.0, -0.5, std::ldexp(1.0, -32), std::ldexp(1.0, 30), std::ldexp(1.0, 30) - 0.125,
+                     std::nan(""), std::numeric_limits<double>::infinity()})
     EXPECT_THROW(quantize_multiplier(bad), ValueError) << bad;
   EXPECT_THROW(requant_multiplier(0.f, 1.f, 1.f), ValueError);
   EXPECT_THROW(requant_multiplier(1.f, 1.f, std::numeric_limits<float>::infinity()), ValueError);
