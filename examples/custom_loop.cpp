@@ -1,5 +1,5 @@
 // qforge as a library, with a hand-written training loop (no Trainer, no
-// recipe): mnist_cnn built from nn modules, FP32 training, prepare_qat with a
+// recipe): mnist_cnn built by hand from nn modules, FP32 training, prepare_qat with a
 // QConfig written in code (per-channel LSQ weights; the classifier head kept
 // in float), a QAT loop that freezes BN statistics and then the observers at
 // chosen steps, convert, export, and a reload through the int8 runtime whose
@@ -34,23 +34,25 @@ int main(int argc, char** argv) {
     else if (k == "--qat-steps") qat_steps = std::stoll(v);
     else return std::fprintf(stderr, "custom_loop: unknown option %s\n", k.c_str()), 2;
   }
-  // The model: an int8 body between QuantStub and DeQuantStub, and a float head.
+  // mnist_cnn by hand: an int8 body between QuantStub and DeQuantStub (three
+  // conv + BN + ReLU, the max pool after the second), and its fc as a float head.
   Generator g(0);
   auto body = std::make_shared<nn::Sequential>();
   body->push_back("quant", std::make_shared<nn::QuantStub>());
-  int64_t in = 1;
-  for (int64_t outc : {32, 64}) {
-    body->push_back("conv" + std::to_string(outc), std::make_shared<nn::Conv2d>(in, outc, 3, 1, 0, false, 1, g));
-    body->push_back("bn" + std::to_string(outc), std::make_shared<nn::BatchNorm2d>(outc));
-    body->push_back("relu" + std::to_string(outc), std::make_shared<nn::ReLU>());
+  int64_t in = 1, layer = 0;
+  for (int64_t outc : {32, 64, 64}) {
+    const std::string n = std::to_string(++layer);
+    body->push_back("conv" + n, std::make_shared<nn::Conv2d>(in, outc, 3, 1, 0, false, 1, g));
+    body->push_back("bn" + n, std::make_shared<nn::BatchNorm2d>(outc));
+    body->push_back("relu" + n, std::make_shared<nn::ReLU>());
+    if (layer == 2) body->push_back("pool", std::make_shared<nn::MaxPool2d>(2));
     in = outc;
   }
-  body->push_back("pool", std::make_shared<nn::MaxPool2d>(2));
   body->push_back("flatten", std::make_shared<nn::Flatten>());
   body->push_back("dequant", std::make_shared<nn::DeQuantStub>());
   auto model = std::make_shared<nn::Sequential>();
   model->push_back("body", body);
-  model->push_back("head", std::make_shared<nn::Linear>(64 * 12 * 12, 10, true, g));
+  model->push_back("head", std::make_shared<nn::Linear>(64 * 10 * 10, 10, true, g));
 
   data::LoaderOptions lo;
   lo.mean = {0.1307f};
