@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -363,6 +367,35 @@ bool same_qparams(const ActQParams& a, const ActQParams& b) {
   return a.scale == b.scale && a.zero_point == b.zero_point && a.qmin == b.qmin && a.qmax == b.qmax;
 }
 
+/// requantize_add for every pair of input codes ([a code][b code] -> output
+/// code, 64 KB), built on first use for each (qa, qb, out, act) and cached;
+/// the cache is emptied when it holds 256 tables (16 MB). Thread-safe; the
+/// shared_ptr keeps a table alive while a call uses it.
+std::shared_ptr<const std::vector<uint8_t>> add_table_ptr(const ActQParams& qa, const ActQParams& qb,
+                                                          const ActQParams& out, Activation act) {
+  using Key = std::tuple<float, int32_t, int32_t, int32_t, float, int32_t, int32_t, int32_t, float, int32_t, int32_t,
+                         int32_t, int32_t>;
+  static std::mutex mutex;
+  static std::map<Key, std::shared_ptr<const std::vector<uint8_t>>> cache;
+  const Key key{qa.scale,  qa.zero_point, qa.qmin,      qa.qmax, qb.scale, qb.zero_point, qb.qmin, qb.qmax,
+                out.scale, out.zero_point,  out.qmin, out.qmax, static_cast<int32_t>(act)};
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  const AddMultipliers m = add_multipliers(qa.scale, qb.scale, out.scale);
+  const ClampBounds bounds = activation_bounds(act, out.scale, out.zero_point, out.qmin, out.qmax);
+  auto table = std::make_shared<std::vector<uint8_t>>(256 * 256);
+  for (int32_t ca = 0; ca < 256; ++ca)
+    for (int32_t cb = 0; cb < 256; ++cb)
+      (*table)[(static_cast<size_t>(ca) << 8) | static_cast<size_t>(cb)] = static_cast<uint8_t>(
+          requantize_add(ca - qa.zero_point, cb - qb.zero_point, m, out.zero_point, bounds.lo, bounds.hi));
+  std::lock_guard<std::mutex> lock(mutex);
+  if (cache.size() >= 256) cache.clear();
+  return cache.emplace(key, std::move(table)).first->second;
+}
+
 }  // namespace
 
 Tensor qavg_pool2d(const Tensor& x, const ActQParams& in, const ActQParams& out, std::array<int64_t, 2> kernel,
@@ -417,16 +450,17 @@ Tensor qadd(const Tensor& a, const ActQParams& qa, const Tensor& b, const ActQPa
   qa.check("qadd input a");
   qb.check("qadd input b");
   out.check("qadd output");
-  const AddMultipliers m = add_multipliers(qa.scale, qb.scale, out.scale);
-  const ClampBounds bounds = activation_bounds(act, out.scale, out.zero_point, out.qmin, out.qmax);
+  // The output code depends only on the pair of input codes: the rule is
+  // evaluated once for all 256 x 256 pairs (cached per qparams) and the add
+  // becomes a table lookup, exactly the rule's result.
+  const auto table_ptr = add_table_ptr(qa, qb, out, act);
+  const uint8_t* table = table_ptr->data();
   Tensor y = Tensor::empty(a.shape(), DType::u8);
   const uint8_t* pa = a.data<uint8_t>();
   const uint8_t* pb = b.data<uint8_t>();
   uint8_t* py = y.data<uint8_t>();
-  parallel_for(0, a.numel(), 1 << 14, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i)
-      py[i] = static_cast<uint8_t>(requantize_add(pa[i] - qa.zero_point, pb[i] - qb.zero_point, m, out.zero_point,
-                                                  bounds.lo, bounds.hi));
+  parallel_for(0, a.numel(), 1 << 15, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) py[i] = table[(static_cast<size_t>(pa[i]) << 8) | pb[i]];
   });
   return y;
 }
