@@ -229,12 +229,14 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
   constexpr int64_t kImages = 8;
   const int64_t runs = (N + kImages - 1) / kImages;
   parallel_for(0, runs * G, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<uint8_t> cols;
+    // One column buffer per thread, grown as needed and reused (resizing a
+    // fresh vector would zero it on every call).
+    thread_local std::vector<uint8_t> cols;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t g = t % G, n0 = (t / G) * kImages, n1 = std::min(N, n0 + kImages), nimg = n1 - n0;
       const uint8_t* a = px + n0 * H * W * IC;
       if (!pointwise) {
-        cols.resize(static_cast<size_t>(nimg * P * K));
+        if (cols.size() < static_cast<size_t>(nimg * P * K)) cols.resize(static_cast<size_t>(nimg * P * K));
         // im2col over NHWC. Without groups or dilation, a kernel row's taps
         // are contiguous in the input (KW * IC bytes), so inside the image
         // each kernel row is one copy; at the borders each tap copies its
