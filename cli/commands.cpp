@@ -126,6 +126,13 @@ int64_t correct_of(const Tensor& logits, const std::vector<int32_t>& labels) {
   return correct;
 }
 
+/// The recipe's zoo model with its arguments, weights drawn from `gen`.
+nn::ModulePtr make_recipe_model(const Recipe& r, Generator& gen) {
+  nn::ModelArgs args;
+  for (const auto& [k, v] : r.model_args) args.set(k, v);
+  return nn::make_model(r.model, args, gen);
+}
+
 /// The global qconfig and the per-name overrides of a recipe.
 quant::QConfigMap make_qconfig_map(const Recipe& r) {
   quant::QConfigMap map;
@@ -141,9 +148,7 @@ quant::QConfigMap make_qconfig_map(const Recipe& r) {
   return map;
 }
 
-std::array<int64_t, 3> input_shape_of(const std::string& dataset) {
-  return dataset == "mnist" ? std::array<int64_t, 3>{1, 28, 28} : std::array<int64_t, 3>{3, 32, 32};
-}
+
 
 }  // namespace
 
@@ -164,9 +169,7 @@ int run_train(const Recipe& r, const TrainArgs& args) {
   }
   Generator init(r.seed);
   manual_seed(r.seed + 1);
-  nn::ModelArgs margs;
-  for (const auto& [k, v] : r.model_args) margs.set(k, v);
-  auto model = nn::make_model(r.model, margs, init);
+  auto model = make_recipe_model(r, init);
   if (!r.pretrained.empty()) {
     try {
       trainers::load_model_from_checkpoint(r.pretrained, *model);
@@ -254,7 +257,7 @@ int run_train(const Recipe& r, const TrainArgs& args) {
       model->eval();
       const std::string path = fs::path(r.export_path).is_absolute() ? r.export_path : out + "/" + r.export_path;
       if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
-      quant::runtime::Model exported = quant::convert(*model, input_shape_of(r.dataset));
+      quant::runtime::Model exported = quant::convert(*model, dataset_input_shape(r.dataset));
       exported.input_mean = r.mean;  // so that tools can feed raw pixels (qforge run)
       exported.input_std = r.std;
       quant::runtime::save_model(path, exported, "qforge train " + r.path);
@@ -309,12 +312,6 @@ data::LoaderOptions test_loader_options(const std::vector<float>& mean, const st
   return lo;
 }
 
-std::vector<float> default_mean(const std::string& dataset) {
-  return dataset == "mnist" ? std::vector<float>{0.1307f} : std::vector<float>{0.4914f, 0.4822f, 0.4465f};
-}
-std::vector<float> default_std(const std::string& dataset) {
-  return dataset == "mnist" ? std::vector<float>{0.3081f} : std::vector<float>{0.2470f, 0.2435f, 0.2616f};
-}
 
 }  // namespace
 
@@ -344,9 +341,7 @@ void rebuild_from_checkpoint(const std::string& checkpoint, const Recipe& r, nn:
     throw RecipeError(checkpoint + " is not a qforge train checkpoint (no model/ entries); an int8 export? use it "
                       "directly");
   Generator g(r.seed);
-  nn::ModelArgs margs;
-  for (const auto& [k, v] : r.model_args) margs.set(k, v);
-  out.model = nn::make_model(r.model, margs, g);
+  out.model = make_recipe_model(r, g);
   if (out.quantized) {
     quant::PrepareOptions po;
     po.auto_fuse = r.auto_fuse;
@@ -380,12 +375,12 @@ int run_eval(const std::string& model_path, const std::string& dataset_in, const
     kind = "int8";
     int8 = quant::runtime::load_model(model_path);
     if (dataset.empty()) dataset = int8->input_shape[0] == 3 ? "cifar10" : "mnist";
-    if (int8->input_shape != input_shape_of(dataset))
+    if (int8->input_shape != dataset_input_shape(dataset))
       throw RecipeError(model_path + " takes inputs of " + std::to_string(int8->input_shape[0]) + "x" +
                         std::to_string(int8->input_shape[1]) + "x" + std::to_string(int8->input_shape[2]) + ", not " +
                         dataset + "'s images");
-    mean = int8->input_mean.empty() ? default_mean(dataset) : int8->input_mean;
-    std = int8->input_std.empty() ? default_std(dataset) : int8->input_std;
+    mean = int8->input_mean.empty() ? dataset_mean(dataset) : int8->input_mean;
+    std = int8->input_std.empty() ? dataset_std(dataset) : int8->input_std;
     forward = [&](const Tensor& x) { return int8->run(x); };
   } else {
     const Recipe r = recipe_of_checkpoint(model_path, recipe_path, source_dir);
@@ -432,7 +427,7 @@ int run_export(const std::string& checkpoint, const std::string& out_path, const
   if (!quantized)
     throw RecipeError(checkpoint + " is an FP32 checkpoint; export needs a QAT checkpoint (a recipe with "
                       "quant.enabled: true and mode qat)");
-  quant::runtime::Model m = quant::convert(*model, input_shape_of(r.dataset));
+  quant::runtime::Model m = quant::convert(*model, dataset_input_shape(r.dataset));
   m.input_mean = r.mean;
   m.input_std = r.std;
   if (fs::path(out_path).has_parent_path()) fs::create_directories(fs::path(out_path).parent_path());

@@ -167,8 +167,7 @@ int run_inspect(const std::string& path, const std::string& recipe_path, const s
     std::printf("%s\n", json_line(kv).c_str());
     return 0;
   }
-  const rt::Model m = quant::convert(*model, r.dataset == "mnist" ? std::array<int64_t, 3>{1, 28, 28}
-                                                                   : std::array<int64_t, 3>{3, 32, 32});
+  const rt::Model m = quant::convert(*model, dataset_input_shape(r.dataset));
   print_model(m);
   // A batch of training images, normalized as in training, no augmentation.
   data::LoaderOptions lo;

@@ -15,6 +15,16 @@ namespace qforge::cli {
 
 namespace fs = std::filesystem;
 
+std::vector<float> dataset_mean(const std::string& dataset) {
+  return dataset == "mnist" ? std::vector<float>{0.1307f} : std::vector<float>{0.4914f, 0.4822f, 0.4465f};
+}
+std::vector<float> dataset_std(const std::string& dataset) {
+  return dataset == "mnist" ? std::vector<float>{0.3081f} : std::vector<float>{0.2470f, 0.2435f, 0.2616f};
+}
+std::array<int64_t, 3> dataset_input_shape(const std::string& dataset) {
+  return dataset == "mnist" ? std::array<int64_t, 3>{1, 28, 28} : std::array<int64_t, 3>{3, 32, 32};
+}
+
 size_t edit_distance(const std::string& a, const std::string& b) {
   std::vector<size_t> row(b.size() + 1);
   for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
@@ -297,15 +307,8 @@ Recipe build(const YAML::Node& root, const Checker& c, const std::string& name, 
   r.test_batch_size = get<int64_t>(root, "data.test_batch_size", r.test_batch_size);
   r.shift = get<int64_t>(root, "data.augment.shift", r.dataset == "cifar10" ? 4 : 0);
   r.hflip = get<bool>(root, "data.augment.hflip", r.dataset == "cifar10");
-  if (r.dataset == "mnist") {
-    r.mean = {0.1307f};
-    r.std = {0.3081f};
-  } else {
-    r.mean = {0.4914f, 0.4822f, 0.4465f};
-    r.std = {0.2470f, 0.2435f, 0.2616f};
-  }
-  r.mean = get<std::vector<float>>(root, "data.normalize.mean", r.mean);
-  r.std = get<std::vector<float>>(root, "data.normalize.std", r.std);
+  r.mean = get<std::vector<float>>(root, "data.normalize.mean", dataset_mean(r.dataset));
+  r.std = get<std::vector<float>>(root, "data.normalize.std", dataset_std(r.dataset));
   const size_t channels = r.dataset == "mnist" ? 1 : 3;
   if (r.mean.size() != channels || r.std.size() != channels)
     c.fail(root["data"], "data.normalize",

@@ -12,6 +12,7 @@
 //
 // Depends on yaml-cpp and the trainers' types only through plain values.
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -97,6 +98,12 @@ Recipe parse_recipe_text(const std::string& text, const std::string& name, const
 /// The recipe as YAML, every value resolved (written next to a run's
 /// outputs, so that the run can be reproduced and its checkpoints read back).
 std::string to_yaml(const Recipe& r);
+
+/// What each dataset ("mnist", "cifar10") is normalized with by default
+/// (torchvision's per-channel mean and std), and its image shape {C, H, W}.
+std::vector<float> dataset_mean(const std::string& dataset);
+std::vector<float> dataset_std(const std::string& dataset);
+std::array<int64_t, 3> dataset_input_shape(const std::string& dataset);
 
 /// Edit distance (for "did you mean").
 size_t edit_distance(const std::string& a, const std::string& b);
