@@ -101,7 +101,7 @@ void check(const QGemmParams& p) {
   QF_CHECK(p.M >= 0 && p.N >= 0 && p.K >= 0) << "qgemm: negative size M=" << p.M << " N=" << p.N << " K=" << p.K;
   QF_CHECK(p.K < (int64_t{1} << 31) / (255 * 128)) << "qgemm: K=" << p.K << " could overflow the int32 accumulator";
   if (p.M == 0 || p.N == 0) return;
-  QF_CHECK(p.a && p.b && p.c && p.requant) << "qgemm: null operand";
+  QF_CHECK(p.a && p.b && (p.c32 || (p.c && p.requant))) << "qgemm: null operand";
   QF_CHECK(p.lda >= p.K && p.ldb >= p.K && p.ldc >= p.N)
       << "qgemm: leading dimensions lda=" << p.lda << " ldb=" << p.ldb << " ldc=" << p.ldc << " are too small for K="
       << p.K << ", N=" << p.N;
@@ -109,6 +109,7 @@ void check(const QGemmParams& p) {
                                                          << " is outside [0, 255]";
   QF_CHECK(0 <= p.out_lo && p.out_lo <= p.out_hi && p.out_hi <= 255)
       << "qgemm: output bounds [" << p.out_lo << ", " << p.out_hi << "] are not within [0, 255]";
+  if (p.c32) return;  // int32 output: no requantization
   for (int64_t n = 0; n < p.N; ++n)
     QF_CHECK(p.requant[n].multiplier >= (1 << 30) && p.requant[n].shift >= 1 && p.requant[n].shift <= 62)
         << "qgemm: requant multiplier of channel " << n << " is not normalized (" << p.requant[n].multiplier

@@ -54,6 +54,11 @@ struct QGemmParams {
   /// (KernelTable::qgemm_pack) for this b, N and K; the kernel then skips its
   /// own packing. Null: the kernel packs b itself.
   const int32_t* b_packed = nullptr;
+  /// Optional: the int32 output mode. When set, the kernel writes
+  /// saturate_i32(sum + bias) to c32[m * ldc + n] instead of requantizing:
+  /// c, requant, out_zero_point and the bounds are then unused. The LSTM's
+  /// gates combine two such GEMMs (input and recurrent) before one rounding.
+  int32_t* c32 = nullptr;
 };
 
 /// The output code of channel n from the exact sum of (a - zp) * b: adds the
@@ -62,6 +67,18 @@ struct QGemmParams {
 inline uint8_t finish_output(const QGemmParams& p, int64_t n, int64_t sum) {
   const int64_t acc = sum + (p.bias ? p.bias[n] : 0);
   return static_cast<uint8_t>(requantize(saturate_i32(acc), p.requant[n], p.out_zero_point, p.out_lo, p.out_hi));
+}
+
+/// The int32 output mode's value of channel n (QGemmParams::c32): the exact
+/// sum plus the bias, saturated to int32.
+inline int32_t finish_acc(const QGemmParams& p, int64_t n, int64_t sum) {
+  return saturate_i32(sum + (p.bias ? p.bias[n] : 0));
+}
+
+/// Stores output (m, n) of the exact sum in either mode (c32 or requantized c).
+inline void store_output(const QGemmParams& p, int64_t m, int64_t n, int64_t sum) {
+  if (p.c32) p.c32[m * p.ldc + n] = finish_acc(p, n, sum);
+  else p.c[m * p.ldc + n] = finish_output(p, n, sum);
 }
 
 /// Throws ValueError naming the problem when the sizes, strides, pointers,

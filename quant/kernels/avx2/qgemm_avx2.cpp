@@ -47,10 +47,9 @@ inline void tile(const QGemmParams& p, const int32_t* packed, const int32_t* bsu
   for (int r = 0; r < R; ++r) {
     _mm256_store_si256(reinterpret_cast<__m256i*>(dot), acc[r][0]);
     _mm256_store_si256(reinterpret_cast<__m256i*>(dot + 8), acc[r][1]);
-    uint8_t* c = p.c + (m0 + r) * p.ldc + n0;
     for (int64_t j = 0; j < nn; ++j) {
       const int64_t n = n0 + j;
-      c[j] = finish_output(p, n, static_cast<int64_t>(dot[j]) - static_cast<int64_t>(p.a_zero_point) * bsum[j]);
+      store_output(p, m0 + r, n, static_cast<int64_t>(dot[j]) - static_cast<int64_t>(p.a_zero_point) * bsum[j]);
     }
   }
 }

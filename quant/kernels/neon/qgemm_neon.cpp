@@ -33,10 +33,9 @@ inline void tile(const QGemmParams& p, const int16_t* packed, const int32_t* bsu
   for (int r = 0; r < R; ++r) {
     vst1q_s32(dot, lo[r]);
     vst1q_s32(dot + 4, hi[r]);
-    uint8_t* c = p.c + (m0 + r) * p.ldc + n0;
     for (int64_t j = 0; j < nn; ++j) {
       const int64_t n = n0 + j;
-      c[j] = finish_output(p, n, static_cast<int64_t>(dot[j]) - static_cast<int64_t>(p.a_zero_point) * bsum[j]);
+      store_output(p, m0 + r, n, static_cast<int64_t>(dot[j]) - static_cast<int64_t>(p.a_zero_point) * bsum[j]);
     }
   }
 }

@@ -7,12 +7,11 @@ namespace qforge::quant::kernels {
 void qu8s8_gemm_requant__ref(const QGemmParams& p) {
   for (int64_t m = 0; m < p.M; ++m) {
     const uint8_t* a = p.a + m * p.lda;
-    uint8_t* c = p.c + m * p.ldc;
     for (int64_t n = 0; n < p.N; ++n) {
       const int8_t* b = p.b + n * p.ldb;
       int64_t sum = 0;
       for (int64_t k = 0; k < p.K; ++k) sum += (static_cast<int32_t>(a[k]) - p.a_zero_point) * b[k];
-      c[n] = finish_output(p, n, sum);
+      store_output(p, m, n, sum);
     }
   }
 }

@@ -118,6 +118,64 @@ TEST(QGemm, EveryKernelEqualsTheReference) {
   EXPECT_GE(kernels_run, 1);
 }
 
+/// The int32 output mode (c32): every output is the exact sum plus the bias,
+/// and the padding between rows stays untouched.
+std::vector<int32_t> run32(QGemmFn fn, const QGemmParams& p0) {
+  QGemmParams p = p0;
+  std::vector<int32_t> c(std::max<int64_t>(1, p.M * p.ldc), 0x5A5A5A5A);
+  p.c32 = c.data();
+  p.c = nullptr;
+  p.requant = nullptr;
+  check(p);
+  fn(p);
+  return c;
+}
+
+TEST(QGemm, Int32OutputIsTheExactSumPlusBias) {
+  std::mt19937 rng(5);
+  Problem pr = make_problem(5, 19, 37, rng, true);
+  pr.p.bias = pr.bias.data();
+  pr.bias[3] = INT32_MAX - 10;  // the sum plus this bias saturates (or not) like saturate_i32
+  const auto c = run32(&qu8s8_gemm_requant__ref, pr.p);
+  for (int64_t m = 0; m < 5; ++m)
+    for (int64_t n = 0; n < 19; ++n) {
+      int64_t sum = pr.bias[n];
+      for (int64_t k = 0; k < 37; ++k)
+        sum += (int64_t{pr.a[m * pr.p.lda + k]} - pr.p.a_zero_point) * pr.b[n * pr.p.ldb + k];
+      ASSERT_EQ(c[m * pr.p.ldc + n], saturate_i32(sum)) << m << "," << n;
+    }
+  EXPECT_EQ(c[pr.p.ldc - 1], 0x5A5A5A5A);  // row padding
+}
+
+TEST(QGemm, EveryKernelsInt32OutputEqualsTheReference) {
+  const std::vector<int64_t> sizes = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65};
+  for (Isa isa : {Isa::ref, Isa::avx2, Isa::avx512vnni, Isa::neon}) {
+    if (!cpu_has(isa)) continue;
+    KernelTable t;
+    try {
+      t = kernels_for(isa);
+    } catch (const ValueError&) {
+      continue;
+    }
+    std::mt19937 rng(13);
+    for (int iter = 0; iter < 80; ++iter) {
+      const int64_t M = sizes[rng() % sizes.size()], N = sizes[rng() % sizes.size()];
+      const int64_t K = sizes[rng() % sizes.size()] * (1 + rng() % 20);  // up to 1300: both VNNI tilings
+      Problem pr = make_problem(M, N, K, rng, iter % 2 == 0);
+      if (iter % 5 == 0) pr.bias[0] = INT32_MIN + 3;  // saturates downward
+      std::vector<int32_t> packed;
+      QGemmParams pp = pr.p;
+      if (t.qgemm_pack && iter % 3 == 0) {
+        packed = t.qgemm_pack(pr.p.b, pr.p.ldb, N, K);
+        pp.b_packed = packed.data();
+      }
+      ASSERT_EQ(run32(t.qgemm, pp), run32(&qu8s8_gemm_requant__ref, pr.p))
+          << isa_name(isa) << " M=" << M << " N=" << N << " K=" << K;
+    }
+    std::printf("# %s: int32 output checked on 80 problems\n", isa_name(isa));
+  }
+}
+
 TEST(QGemm, PrePackedWeightsGiveTheSameResult) {
   const std::vector<int64_t> sizes = {1, 3, 7, 16, 17, 33, 64, 65};
   for (Isa isa : {Isa::ref, Isa::avx2, Isa::avx512vnni, Isa::neon}) {
