@@ -50,7 +50,12 @@ AddMultipliers add_multipliers(float a_scale, float b_scale, float out_scale) {
   QF_CHECK(a_scale > 0 && b_scale > 0 && out_scale > 0 && std::isfinite(a_scale) && std::isfinite(b_scale) &&
            std::isfinite(out_scale))
       << "add_multipliers: scales must be finite and > 0, got " << a_scale << ", " << b_scale << ", " << out_scale;
-  const double ra = static_cast<double>(a_scale) / out_scale, rb = static_cast<double>(b_scale) / out_scale;
+  return add_multipliers_for(static_cast<double>(a_scale) / out_scale, static_cast<double>(b_scale) / out_scale);
+}
+
+AddMultipliers add_multipliers_for(double ra, double rb) {
+  QF_CHECK(std::isfinite(ra) && std::isfinite(rb) && ra > 0 && rb > 0)
+      << "add_multipliers: ratios must be finite and > 0, got " << ra << " and " << rb;
   const double big = std::max(ra, rb);
   QF_CHECK(big < std::ldexp(1.0, 30) && big >= std::ldexp(1.0, -31))
       << "add: input scale / output scale = " << big << " is outside [2^-31, 2^30)";

@@ -97,6 +97,10 @@ struct AddMultipliers {
 /// ValueError unless all three are finite and > 0 and max(s_a, s_b) / s_out
 /// lies in [2^-31, 2^30).
 AddMultipliers add_multipliers(float a_scale, float b_scale, float out_scale);
+/// The same choice for two ratios given directly (the LSTM's gate sums, whose
+/// inputs are int32 accumulators at scales s_x * s_w / s_gate): ValueError
+/// unless both are finite and > 0 and the larger lies in [2^-31, 2^30).
+AddMultipliers add_multipliers_for(double a_ratio, double b_ratio);
 /// The add rule above on zero-point offsets da = a - zp_a and db = b - zp_b
 /// (codes of at most 8 bits): the output code, clamped to [lo, hi] (the output
 /// range, or activation_bounds() for a fused ReLU/ReLU6).
