@@ -174,6 +174,25 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
 /// when training; the identity otherwise.
 Variable dropout(const Variable& x, double p, bool training, Generator& gen = default_generator());
 
+// ---- rnn.cpp ----------------------------------------------------------------
+/// What lstm_layer() returns: every step's hidden state and the final states.
+struct LstmOutput {
+  /// [N, T, H].
+  Variable output;
+  /// The last step's hidden and cell states, [N, H] each.
+  Variable h_n, c_n;
+};
+/// One LSTM layer over a batch-first sequence, recorded as one op (forward
+/// and backward through time): x [N, T, I] (T >= 1); h0, c0 [N, H] or
+/// undefined for zeros; w_ih [4H, I], w_hh [4H, H]; b_ih, b_hh [4H] or
+/// undefined. Gates in PyTorch's order i, f, g, o:
+///   g_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh
+///   c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g),  h_t = sigmoid(o) * tanh(c_t)
+/// All inputs f32, or all f64 (DTypeError); ShapeError names a wrong shape.
+/// Gradients reach every defined input, from any of the three outputs.
+LstmOutput lstm_layer(const Variable& x, const Variable& h0, const Variable& c0, const Variable& w_ih,
+                      const Variable& w_hh, const Variable& b_ih, const Variable& b_hh);
+
 // ---- fake_quant.cpp ---------------------------------------------------------
 /// Quantize-dequantize, y = (clamp(round(x / s) + z, qmin, qmax) - z) * s,
 /// rounding half to even of x * (1/s). scale: f32 [C] (> 0), zero_point: i32
