@@ -39,7 +39,7 @@ std::array<Variable, 4> LSTM::layer_params(int64_t l) const {
           spec_.bias ? param("bias_hh" + s) : Variable()};
 }
 
-Variable LSTM::to_batch_first(const Variable& x) const {
+Variable lstm_batch_first(const LSTMSpec& spec_, const Variable& x) {
   const bool image = spec_.batch_first && x.ndim() == 4 && x.size(1) == 1;
   QF_CHECK_SHAPE((x.ndim() == 3 || image) && x.size(-1) == spec_.input_size)
       << "LSTM(" << spec_.input_size << ", " << spec_.hidden_size << "): input must be "
@@ -51,7 +51,7 @@ Variable LSTM::to_batch_first(const Variable& x) const {
 }
 
 LSTM::Result LSTM::forward_full(const Variable& x, const Variable& h0, const Variable& c0) {
-  Variable seq = to_batch_first(x);
+  Variable seq = lstm_batch_first(spec_, x);
   const int64_t N = seq.size(0), H = spec_.hidden_size, L = spec_.num_layers;
   for (const Variable* s : {&h0, &c0})
     QF_CHECK_SHAPE(!s->defined() || s->shape() == Shape({L, N, H}))
@@ -80,7 +80,9 @@ Variable LSTM::forward(const Variable& x) {
   return autograd::reshape(autograd::slice(r.h_n, 0, L - 1, L), {r.h_n.size(1), spec_.hidden_size});
 }
 
-std::string LSTM::extra_repr() const {
+std::string LSTM::extra_repr() const { return lstm_repr(spec_); }
+
+std::string lstm_repr(const LSTMSpec& spec_) {
   std::ostringstream s;
   s << spec_.input_size << ", " << spec_.hidden_size;
   if (spec_.num_layers != 1) s << ", num_layers=" << spec_.num_layers;

@@ -28,6 +28,13 @@ struct LSTMSpec {
   bool last_step_only = false;
 };
 
+/// x as [N, T, I] (batch first: a view, or a permuted copy for the
+/// sequence-first layout); ShapeError unless x is a sequence of
+/// spec.input_size features in spec's layout.
+Variable lstm_batch_first(const LSTMSpec& spec, const Variable& x);
+/// "I, H[, num_layers=L][, bias=false][, batch_first][, last_step_only]".
+std::string lstm_repr(const LSTMSpec& spec);
+
 /// A multi-layer LSTM. Parameters per layer l, PyTorch's names and layout:
 /// weight_ih_l{l} [4H, I or H], weight_hh_l{l} [4H, H], bias_ih_l{l} and
 /// bias_hh_l{l} [4H], gate rows in order i, f, g, o; all drawn from
@@ -54,9 +61,6 @@ class LSTM : public Module {
   /// The parameters of layer l: {weight_ih, weight_hh, bias_ih, bias_hh} (biases
   /// undefined without bias).
   std::array<Variable, 4> layer_params(int64_t l) const;
-  /// x as [N, T, I] (batch first, a view or a permuted copy); ShapeError unless
-  /// it is a sequence of input_size features in this layer's layout.
-  Variable to_batch_first(const Variable& x) const;
 
  private:
   LSTMSpec spec_;

@@ -92,6 +92,13 @@ std::map<std::string, ModelFactory>& registry() {
       QF_CHECK(classes >= 1) << "mobilenet_cifar: classes must be >= 1";
       return mobilenet_cifar(classes, g);
     };
+    m["mnist_lstm"] = [](const ModelArgs& a, Generator& g) -> ModulePtr {
+      a.check_known("mnist_lstm", {"hidden", "layers", "classes"});
+      const int64_t hidden = a.get_int("hidden", 128), layers = a.get_int("layers", 1), classes = a.get_int("classes", 10);
+      QF_CHECK(hidden >= 1 && layers >= 1 && classes >= 1)
+          << "mnist_lstm: hidden, layers and classes must be >= 1, got " << hidden << ", " << layers << ", " << classes;
+      return mnist_lstm(hidden, layers, classes, g);
+    };
     m["lenet5"] = [](const ModelArgs& a, Generator& g) -> ModulePtr {
       a.check_known("lenet5", {});
       return lenet5(g);
@@ -154,6 +161,21 @@ std::shared_ptr<Sequential> mnist_cnn(Generator& gen) {
   m->push_back("relu3", std::make_shared<ReLU>());
   m->push_back("flatten", std::make_shared<Flatten>());
   m->push_back("fc", std::make_shared<Linear>(64 * 10 * 10, 10, true, gen));
+  m->push_back("dequant", std::make_shared<DeQuantStub>());
+  return m;
+}
+
+std::shared_ptr<Sequential> mnist_lstm(int64_t hidden, int64_t layers, int64_t classes, Generator& gen) {
+  auto m = std::make_shared<Sequential>();
+  m->push_back("quant", std::make_shared<QuantStub>());
+  LSTMSpec s;
+  s.input_size = 28;
+  s.hidden_size = hidden;
+  s.num_layers = layers;
+  s.batch_first = true;
+  s.last_step_only = true;
+  m->push_back("lstm", std::make_shared<LSTM>(s, gen));
+  m->push_back("fc", std::make_shared<Linear>(hidden, classes, true, gen));
   m->push_back("dequant", std::make_shared<DeQuantStub>());
   return m;
 }

@@ -10,6 +10,7 @@
 
 #include "core/rng.h"
 #include "nn/layers.h"
+#include "nn/rnn.h"
 
 namespace qforge::nn {
 
@@ -61,6 +62,11 @@ std::vector<std::string> model_names();
 /// conv3 bn3 relu3 flatten fc dequant, the reference's names (quant and
 /// dequant are the QuantStub/DeQuantStub boundaries, identities in float).
 std::shared_ptr<Sequential> mnist_cnn(Generator& gen = default_generator());
+/// The MNIST-rows classifier: each [1, 28, 28] image is a sequence of 28
+/// rows of 28 pixels. quant, an LSTM(28, hidden, layers; batch first, last
+/// step only) "lstm", fc hidden->classes, dequant.
+std::shared_ptr<Sequential> mnist_lstm(int64_t hidden = 128, int64_t layers = 1, int64_t classes = 10,
+                                       Generator& gen = default_generator());
 /// CIFAR ResNet-20 as ../shared/bench/README.md defines it (input [N, 3, 32,
 /// 32]): quant, a 3->16 3x3 stem conv + BN + ReLU, 3 stages of 3 BasicBlocks
 /// (16, 32, 64 wide; the first block of stages 2 and 3 has stride 2 and a

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "nn/layers.h"
+#include "quant/qat_lstm.h"
 #include "quant/qat_modules.h"
 
 namespace qforge::quant {
@@ -90,6 +91,17 @@ struct Walker {
           op.kind = dynamic_cast<QATConvBase*>(layer) ? runtime::OpKind::conv2d : runtime::OpKind::linear;
           op.layer = layer->to_qlayer();
           cur = op.layer.output;
+        } else if (auto* rnn = dynamic_cast<QATLSTM*>(child.get())) {
+          const std::string why = rnn->int8_blocker();
+          QF_CHECK(why.empty()) << "convert: '" << path << "' (" << type << ") has no int8 form: " << why;
+          QF_CHECK(rnn->spec().batch_first)
+              << "convert: '" << path << "' (" << type
+              << ") must be batch_first: the runtime's sequences are the rows of a [N, 1, T, I] input or of the "
+                 "previous LSTM's [N, T, H] output";
+          op.kind = runtime::OpKind::lstm;
+          op.lstm = rnn->to_qlayers();
+          op.last_step_only = rnn->spec().last_step_only;
+          cur = op.lstm.back().hidden;
         } else if (auto* pool = dynamic_cast<QATAvgPool*>(child.get())) {
           const std::string why = pool->int8_blocker();
           QF_CHECK(why.empty()) << "convert: '" << path << "' (" << type << ") has no int8 form: " << why;

@@ -6,7 +6,9 @@
 
 #include "core/error.h"
 #include "nn/layers.h"
+#include "nn/rnn.h"
 #include "quant/fake_quantize.h"
+#include "quant/qat_lstm.h"
 #include "quant/qat_modules.h"
 
 namespace qforge::quant {
@@ -150,12 +152,13 @@ void prepare_impl(nn::Module& root, const PrepareOptions& o, const char* who) {
     if (name.empty() || swapped.count(name)) continue;
     const std::string& type = m->type_name();
     if (type != "Conv2d" && type != "Linear" && type != "QuantStub" && type != "Add" && type != "AdaptiveAvgPool2d" &&
-        type != "AvgPool2d")
+        type != "AvgPool2d" && type != "LSTM")
       continue;
     const std::optional<QConfig> q = o.qconfig.resolve(name, type);
     if (!q) continue;
     if (type == "Conv2d") swaps.emplace_back(name, std::make_shared<QATConv2d>(static_cast<nn::Conv2d&>(*m), *q));
     if (type == "Linear") swaps.emplace_back(name, std::make_shared<QATLinear>(static_cast<nn::Linear&>(*m), *q));
+    if (type == "LSTM") swaps.emplace_back(name, std::make_shared<QATLSTM>(static_cast<nn::LSTM&>(*m), *q));
     if (type == "QuantStub") {
       swaps.emplace_back(name, std::make_shared<QATQuantStub>(*q));
       has_stub = true;
@@ -194,6 +197,10 @@ std::shared_ptr<FakeQuantize> link_chain(const nn::Module& seq, std::shared_ptr<
     } else if (auto* layer = dynamic_cast<QATLayer*>(child.get())) {
       layer->set_input_quantizer(current);
       current = std::dynamic_pointer_cast<FakeQuantize>(child->get_module("output_fake_quant"));
+    } else if (auto* rnn = dynamic_cast<QATLSTM*>(child.get())) {
+      rnn->set_input_quantizer(current);
+      current = std::dynamic_pointer_cast<FakeQuantize>(
+          child->get_module("hidden_fake_quant_l" + std::to_string(rnn->spec().num_layers - 1)));
     } else if (type == "Sequential") {
       current = link_chain(*child, current);
     } else if (auto* pool = dynamic_cast<QATAvgPool*>(child.get())) {
@@ -228,6 +235,7 @@ void link_quantizers(nn::Module& root) {
     if (auto* layer = dynamic_cast<QATLayer*>(&m)) layer->set_input_quantizer(nullptr);
     if (auto* add = dynamic_cast<QATAdd*>(&m)) add->set_input_quantizers(nullptr, nullptr);
     if (auto* pool = dynamic_cast<QATAvgPool*>(&m)) pool->set_input_quantizer(nullptr);
+    if (auto* rnn = dynamic_cast<QATLSTM*>(&m)) rnn->set_input_quantizer(nullptr);
   });
   if (root.type_name() == "Sequential") {
     link_chain(root, nullptr);
@@ -242,6 +250,7 @@ void set_int8_eval(nn::Module& root, bool on) {
     if (auto* layer = dynamic_cast<QATLayer*>(&m)) layer->set_int8_eval(on);
     if (auto* add = dynamic_cast<QATAdd*>(&m)) add->set_int8_eval(on);
     if (auto* pool = dynamic_cast<QATAvgPool*>(&m)) pool->set_int8_eval(on);
+    if (auto* rnn = dynamic_cast<QATLSTM*>(&m)) rnn->set_int8_eval(on);
   });
 }
 

@@ -73,7 +73,8 @@ std::pair<Tensor, Tensor> folded_pair(nn::Module& m, nn::BatchNorm* bn) {
   return {f.weight.value(), f.bias.value()};
 }
 
-/// Why an activation quantizer cannot feed the int8 runtime ("" if it can).
+}  // namespace
+
 std::string act_blocker(const FakeQuantize& fq, const char* which) {
   const QuantSpec& s = fq.config().spec;
   if (s.per_channel) return std::string(which) + " activations are per channel (the runtime takes per tensor)";
@@ -96,7 +97,6 @@ runtime::WeightQParams weight_qparams(FakeQuantize& fq, int64_t channels) {
   return w;
 }
 
-}  // namespace
 
 // ---- shared by conv and linear ---------------------------------------------------
 

@@ -95,6 +95,13 @@ class QATLayer : public nn::Module {
 /// form; ValueError naming `where` for any other quantizer or one without
 /// qparams.
 runtime::ActQParams runtime_act_qparams(FakeQuantize& fq, const std::string& where);
+/// Why an activation quantizer's config cannot feed the int8 runtime (per
+/// channel, or signed codes), naming `which`; "" when it can.
+std::string act_blocker(const FakeQuantize& fq, const char* which);
+/// A weight quantizer's qparams in the runtime's form, one scale per output
+/// channel (a per-tensor scale repeated); ValueError for a zero point other
+/// than 0, or when there are no qparams yet.
+runtime::WeightQParams weight_qparams(FakeQuantize& fq, int64_t channels);
 
 /// Conv2d (+ BatchNorm2d) (+ ReLU/ReLU6) under QAT. Input [N, C, H, W].
 class QATConvBase : public QATLayer {

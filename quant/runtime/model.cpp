@@ -33,6 +33,8 @@ const char* op_kind_name(OpKind k) {
       return "add";
     case OpKind::concat:
       return "concat";
+    case OpKind::lstm:
+      return "lstm";
   }
   return "?";
 }
@@ -41,11 +43,12 @@ namespace {
 
 constexpr const char* kFormat = "qforge-int8-model";
 // 2: NHWC weight order ([OC, KH, KW, IC/groups]) and (H, W, C) linear columns
-// after a flatten; 3: graphs (op inputs), avg pools, add and concat.
-constexpr int64_t kVersion = 3, kOldestVersion = 2;
+// after a flatten; 3: graphs (op inputs), avg pools, add and concat; 4: lstm.
+constexpr int64_t kVersion = 4, kOldestVersion = 2;
 constexpr OpKind kAllKinds[] = {OpKind::quantize,   OpKind::conv2d,          OpKind::linear, OpKind::max_pool2d,
                                 OpKind::flatten,    OpKind::relu,            OpKind::dequantize,
-                                OpKind::avg_pool2d, OpKind::global_avg_pool, OpKind::add,    OpKind::concat};
+                                OpKind::avg_pool2d, OpKind::global_avg_pool, OpKind::add,    OpKind::concat,
+                                OpKind::lstm};
 
 bool same_q(const ActQParams& a, const ActQParams& b) {
   return a.scale == b.scale && a.zero_point == b.zero_point && a.qmin == b.qmin && a.qmax == b.qmax;
@@ -240,6 +243,25 @@ std::vector<int64_t> Model::validate_into(std::vector<std::vector<int64_t>>* sha
           shape = {n};
           break;
         }
+        case OpKind::lstm: {
+          QF_CHECK_FORMAT(!op.lstm.empty() && op.lstm.size() <= 64) << at << ": holds " << op.lstm.size() << " layers";
+          QF_CHECK_FORMAT(shape.size() == 3 && shape[0] == 1 && shape[2] == op.lstm[0].input_size)
+              << at << ": takes a [1, T, " << op.lstm[0].input_size << "] sequence (rows are steps)";
+          for (size_t l = 0; l < op.lstm.size(); ++l) {
+            const QLstmLayer& L = op.lstm[l];
+            const ActQParams& want = l == 0 ? cur : op.lstm[l - 1].hidden;
+            QF_CHECK_FORMAT(same_q(L.ih.input, want) && (l == 0 || L.input_size == op.lstm[l - 1].hidden_size))
+                << at << ": layer " << l << " does not read the codes " << (l == 0 ? "the op before" : "its previous layer")
+                << " produces";
+            QF_CHECK_FORMAT(L.cell_tanh && static_cast<int64_t>(L.gate_mult.size()) == 4 * L.hidden_size &&
+                            same_q(L.hh.input, L.hidden))
+                << at << ": layer " << l << " is not finalized (finalize_qlstm_layer)";
+          }
+          const int64_t H = op.lstm.back().hidden_size;
+          shape = op.last_step_only ? std::vector<int64_t>{H} : std::vector<int64_t>{1, shape[1], H};
+          next_q = op.lstm.back().hidden;
+          break;
+        }
         case OpKind::relu:
           QF_CHECK_FORMAT(same_q(op.q, cur)) << at << ": its qparams differ from what the op before produces";
           break;
@@ -328,6 +350,20 @@ Tensor Model::run(const Tensor& x, const kernels::KernelTable* k, const OpCallba
         std::vector<Tensor> xs;
         for (int32_t j : reads[i]) xs.push_back(out[static_cast<size_t>(j)]);
         y = qconcat(xs, op.in_q, op.q);
+        break;
+      }
+      case OpKind::lstm: {
+        // [N, T, I, 1] NHWC codes of a one-channel map are [N, T, I].
+        const int64_t T = t.size(1);
+        const Tensor seq = qlstm(op.lstm, t.reshape({N, T, t.numel() / (N * T)}), k);
+        const int64_t H = seq.size(2);
+        if (op.last_step_only) {
+          y = Tensor::empty({N, H}, DType::u8);
+          for (int64_t n = 0; n < N; ++n)
+            std::copy_n(seq.data<uint8_t>() + (n * T + T - 1) * H, H, y.data<uint8_t>() + n * H);
+        } else {
+          y = seq.reshape({N, T, H, 1});
+        }
         break;
       }
       case OpKind::flatten:
@@ -467,6 +503,23 @@ void save_model(const std::string& path, const Model& m, const std::string& prod
         break;
       case OpKind::flatten:
         break;
+      case OpKind::lstm:
+        ints = {op.last_step_only ? 1 : 0, static_cast<int64_t>(op.lstm.size())};
+        for (size_t l = 0; l < op.lstm.size(); ++l) {
+          const QLstmLayer& L = op.lstm[l];
+          const int64_t H4 = 4 * L.hidden_size;
+          ints.insert(ints.end(), {L.input_size, L.hidden_size, L.cell_frac_bits});
+          put_q(ints, scales, L.ih.input);
+          put_q(ints, scales, L.hidden);
+          for (const ActQParams& g : L.gate) put_q(ints, scales, g);
+          const std::string pre = "lstm" + std::to_string(l) + "_";
+          a.tensors[key(i, (pre + "weight_ih").c_str())] = Tensor::from_vector<int8_t>(L.ih.weight, {H4, L.input_size});
+          a.tensors[key(i, (pre + "weight_hh").c_str())] = Tensor::from_vector<int8_t>(L.hh.weight, {H4, L.hidden_size});
+          a.tensors[key(i, (pre + "weight_ih_scale").c_str())] = Tensor::from_vector<float>(L.ih.weight_scale, {H4});
+          a.tensors[key(i, (pre + "weight_hh_scale").c_str())] = Tensor::from_vector<float>(L.hh.weight_scale, {H4});
+          a.tensors[key(i, (pre + "bias").c_str())] = Tensor::from_vector<int32_t>(L.ih.bias, {H4});
+        }
+        break;
       case OpKind::conv2d:
       case OpKind::linear: {
         const QLayer& L = op.layer;
@@ -601,6 +654,43 @@ Model load_model(const std::string& path) {
           }
           case OpKind::flatten:
             break;
+          case OpKind::lstm: {
+            const Tensor& pt = a.tensor(key(i, "params"));
+            QF_CHECK_FORMAT(pt.dtype() == DType::i32 && pt.numel() >= 2) << key(i, "params") << " is " << pt.desc();
+            const int64_t layers = pt.data<int32_t>()[1];
+            QF_CHECK_FORMAT(layers >= 1 && layers <= 64) << key(i, "params") << ": " << layers << " LSTM layers";
+            constexpr int64_t per = 3 + 6 * kQParams;
+            const auto p = params(2 + layers * per);
+            const auto sc = scales(layers * 6);
+            QF_CHECK_FORMAT(p[0] == 0 || p[0] == 1) << key(i, "params") << ": last_step_only = " << p[0];
+            op.last_step_only = p[0] == 1;
+            for (int64_t l = 0; l < layers; ++l) {
+              const int64_t* q = p.data() + 2 + l * per;
+              const float* s = sc.data() + l * 6;
+              QLstmLayer L;
+              for (int j = 0; j < 2; ++j)
+                QF_CHECK_FORMAT(q[j] >= 1 && q[j] <= (1 << 16)) << key(i, "params") << ": LSTM size " << q[j];
+              L.input_size = q[0];
+              L.hidden_size = q[1];
+              L.cell_frac_bits = static_cast<int32_t>(q[2]);
+              L.ih.input = get_q(q + 3, s[0]);
+              L.hidden = get_q(q + 3 + kQParams, s[1]);
+              for (int g = 0; g < 4; ++g) L.gate[g] = get_q(q + 3 + (2 + g) * kQParams, s[2 + g]);
+              const int64_t H4 = 4 * L.hidden_size;
+              const std::string pre = "lstm" + std::to_string(l) + "_";
+              L.ih.in_channels = L.input_size;
+              L.hh.in_channels = L.hidden_size;
+              L.ih.out_channels = L.hh.out_channels = H4;
+              L.ih.weight = get_vec<int8_t>(a, key(i, (pre + "weight_ih").c_str()), DType::i8, H4 * L.input_size);
+              L.hh.weight = get_vec<int8_t>(a, key(i, (pre + "weight_hh").c_str()), DType::i8, H4 * L.hidden_size);
+              L.ih.weight_scale = get_vec<float>(a, key(i, (pre + "weight_ih_scale").c_str()), DType::f32, H4);
+              L.hh.weight_scale = get_vec<float>(a, key(i, (pre + "weight_hh_scale").c_str()), DType::f32, H4);
+              L.ih.bias = get_vec<int32_t>(a, key(i, (pre + "bias").c_str()), DType::i32, H4);
+              finalize_qlstm_layer(L);
+              op.lstm.push_back(std::move(L));
+            }
+            break;
+          }
           case OpKind::conv2d:
           case OpKind::linear: {
             const auto p = params(kLayerParams);

@@ -5,8 +5,8 @@
 // (a topological order), so a chain needs no explicit inputs and residual
 // blocks (add) and branches (concat) name theirs. Depends on core alone.
 //
-// File format (an Archive, core/archive.h), version 3 (version 2 files, which
-// had chains only, still load; version 1, never released, had NCHW weight
+// File format (an Archive, core/archive.h), version 4 (version 4 adds the
+// lstm op; versions 3 and 2, the latter with chains only, still load; version 1, never released, had NCHW weight
 // order):
 //   strings  format = "qforge-int8-model", producer
 //   ints     format_version = 3, num_ops
@@ -16,7 +16,9 @@
 //   qparams and geometry, laid out in model.cpp), scales (f32: activation
 //   scales) and, when the op names its inputs, inputs (i32); for conv2d and
 //   linear also weight (i8 [OC, K]), weight_scale (f32 [OC]) and bias (i32
-//   [OC]).
+//   [OC]); for lstm, per layer l, lstm{l}_weight_ih (i8 [4H, I]),
+//   lstm{l}_weight_hh (i8 [4H, H]), lstm{l}_weight_ih_scale and
+//   lstm{l}_weight_hh_scale (f32 [4H]) and lstm{l}_bias (i32 [4H]).
 // Between ops, codes are NHWC: flatten takes (H, W, C) order, so a linear
 // layer after a flatten stores its weight columns in that order (convert
 // reorders them from the float model's (C, H, W)). Input and output are in
@@ -31,13 +33,15 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "quant/runtime/lstm.h"
 #include "quant/runtime/ops.h"
 
 namespace qforge::quant::runtime {
 
 /// What an op does (file spelling: op_kind_name()). quantize: f32 NCHW input ->
-/// u8 NHWC codes; conv2d, linear, pools, flatten, relu, add, concat: codes ->
-/// codes; dequantize: codes -> f32 in the float model's NCHW order.
+/// u8 NHWC codes; conv2d, linear, pools, flatten, relu, add, concat, lstm: codes ->
+/// codes (lstm reads a [1, T, I] map, rows as steps, and gives [1, T, H], or
+/// [H] features with last_step_only); dequantize: codes -> f32 in the float model's NCHW order.
 enum class OpKind {
   quantize,
   conv2d,
@@ -49,7 +53,8 @@ enum class OpKind {
   avg_pool2d,
   global_avg_pool,
   add,
-  concat
+  concat,
+  lstm
 };
 /// The kind's name as stored in files ("conv2d", ...), a static string; "?"
 /// for a value outside the enum.
@@ -79,6 +84,10 @@ struct Op {
   std::vector<ActQParams> in_q;
   /// add: the fused activation (clamp bounds).
   Activation activation = Activation::none;
+  /// lstm: the stacked static layers (layer 0 reads the op's input codes).
+  std::vector<QLstmLayer> lstm;
+  /// lstm: output only the last step's hidden codes ([H] features).
+  bool last_step_only = false;
 };
 
 /// The int8 model: ops in topological order plus the input description. A
