@@ -193,6 +193,7 @@ int run_train(const Recipe& r, const TrainArgs& args) {
     to.out_dir = out + "/" + name;
     to.resume = args.resume;
     to.max_steps_per_epoch = r.max_steps_per_epoch;
+    to.clip_grad_norm = r.clip_grad_norm;
     auto opt = make_optimizer(r, *model, sched->lr_at(0));
     trainers::Trainer t(model, opt, sched, l.train, l.test, to);
     if (setup) setup(t);

@@ -84,7 +84,8 @@ const Field& schema() {
                             map("optimizer", {choice("name", {"adam", "adamw", "sgd"}), number("lr", 0, 100, true),
                                               number("momentum", 0, 0.999999), number("weight_decay", 0, 1)}),
                             choice("schedule", {"cosine", "onecycle", "constant"}), integer("seed", 0, 9.0e15),
-                            integer("threads", 0, 1024), integer("max_steps_per_epoch", 0, 1e12)}),
+                            integer("threads", 0, 1024), integer("max_steps_per_epoch", 0, 1e12),
+                            number("clip_grad_norm", 0, 1e6)}),
            map("quant", {boolean("enabled"), choice("mode", {"qat", "ptq"}), integer("epochs", 1, 100000),
                          number("lr", 0, 100), choice("method", {"ste", "lsq"}),
                          map("weight", {integer("bits", 2, 8), choice("observer", kObservers)}),
@@ -318,6 +319,7 @@ Recipe build(const YAML::Node& root, const Checker& c, const std::string& name, 
   r.lr = get<double>(root, "training.optimizer.lr", r.optimizer == "sgd" ? 0.1 : r.lr);
   r.momentum = get<double>(root, "training.optimizer.momentum", r.momentum);
   r.weight_decay = get<double>(root, "training.optimizer.weight_decay", r.weight_decay);
+  r.clip_grad_norm = get<double>(root, "training.clip_grad_norm", r.clip_grad_norm);
   r.schedule = get<std::string>(root, "training.schedule", r.schedule);
   r.seed = static_cast<uint64_t>(get<int64_t>(root, "training.seed", 0));
   r.threads = static_cast<int>(get<int64_t>(root, "training.threads", 0));
@@ -444,7 +446,7 @@ std::string to_yaml(const Recipe& r) {
     << "weight_decay" << YAML::Value << r.weight_decay << YAML::EndMap << YAML::Key << "schedule" << YAML::Value
     << r.schedule << YAML::Key << "seed" << YAML::Value << static_cast<int64_t>(r.seed) << YAML::Key << "threads"
     << YAML::Value << r.threads << YAML::Key << "max_steps_per_epoch" << YAML::Value << r.max_steps_per_epoch
-    << YAML::EndMap;
+    << YAML::Key << "clip_grad_norm" << YAML::Value << r.clip_grad_norm << YAML::EndMap;
   e << YAML::Key << "quant" << YAML::Value << YAML::BeginMap << YAML::Key << "enabled" << YAML::Value << r.quant
     << YAML::Key << "mode" << YAML::Value << r.quant_mode << YAML::Key << "epochs" << YAML::Value << r.qat_epochs
     << YAML::Key << "lr" << YAML::Value << r.qat_lr << YAML::Key << "method" << YAML::Value << r.method;

@@ -62,6 +62,7 @@ struct Recipe {
   uint64_t seed = 0;
   int threads = 0;  // 0: all cores
   int64_t max_steps_per_epoch = 0;
+  double clip_grad_norm = 0;  // 0: off; else the global gradient norm is clipped to it
   // quant
   bool quant = false;
   std::string quant_mode = "qat";  // qat | ptq
