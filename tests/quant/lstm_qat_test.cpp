@@ -10,6 +10,7 @@
 #include "nn/optim.h"
 #include "nn/zoo.h"
 #include "quant/convert.h"
+#include "quant/dynamic.h"
 #include "quant/prepare.h"
 #include "quant/qat_lstm.h"
 #include "quant/runtime/model.h"
@@ -143,6 +144,42 @@ TEST(LstmQat, ConvertNamesWhatIsMissing) {
   } catch (const ValueError& e) {
     EXPECT_NE(std::string(e.what()).find("'lstm'"), std::string::npos) << e.what();
   }
+}
+
+}  // namespace
+}  // namespace qforge::quant
+
+namespace qforge::quant {
+namespace {
+
+TEST(DynamicQuant, LstmAndLinearCloseToFloat) {
+  Generator g(4);
+  nn::ModulePtr model = nn::mnist_lstm(32, 2, 10, g);
+  train_steps(*model, 3);
+  model->eval();
+  const Tensor x = rows_images(12, 9);
+  autograd::NoGradGuard ng;
+  const Tensor ref = (*model)(Variable(x)).value();
+  EXPECT_EQ(quantize_dynamic(*model), 2);
+  EXPECT_EQ(model->get_module("lstm")->type_name(), "DynamicLSTM");
+  EXPECT_EQ(model->get_module("fc")->type_name(), "DynamicLinear");
+  const Tensor y = (*model)(Variable(x)).value();
+  ASSERT_EQ(y.shape(), ref.shape());
+  double worst = 0, range = 0;
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    worst = std::max(worst, static_cast<double>(std::fabs(y.data<float>()[i] - ref.data<float>()[i])));
+    range = std::max(range, static_cast<double>(std::fabs(ref.data<float>()[i])));
+  }
+  EXPECT_LT(worst, 0.03 * range + 0.01) << "worst " << worst << ", logit range " << range;
+  // Sequence-first layout and the full output sequence.
+  nn::LSTMSpec s{8, 6, 1, true, false, false};
+  nn::LSTM lstm(s, g);
+  DynamicLSTM dyn(lstm);
+  Tensor xs = Tensor::empty({5, 3, 8});
+  normal_(xs, 0, 1, g);
+  const Tensor a = lstm.forward(Variable(xs)).value(), b = dyn.forward(Variable(xs)).value();
+  ASSERT_EQ(b.shape(), Shape({5, 3, 6}));
+  for (int64_t i = 0; i < a.numel(); ++i) EXPECT_NEAR(a.data<float>()[i], b.data<float>()[i], 0.03);
 }
 
 }  // namespace
