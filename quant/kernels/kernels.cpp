@@ -61,6 +61,12 @@ constexpr Isa kPreference[] = {Isa::avx512vnni, Isa::avx2, Isa::neon, Isa::ref};
 /// has AVX2).
 bool allowed(Isa k, Isa level) { return k == Isa::ref || k == level || (level == Isa::avx512vnni && k == Isa::avx2); }
 
+void set_kernel(KernelTable& t, QGemmFn f) {
+  t.qgemm = f;
+  t.qgemm_pack = nullptr;
+}
+void set_kernel(KernelTable& t, QDwFn f) { t.qdwconv = f; }
+
 Isa parse_isa(const char* s) {
   for (Isa i : {Isa::ref, Isa::avx2, Isa::avx512vnni, Isa::neon})
     if (std::strcmp(s, isa_name(i)) == 0) return i;
@@ -77,8 +83,9 @@ KernelTable kernels_for(Isa level) {
   t.isa = level;
   // Entries are ordered by level within each op: the last one the CPU and
   // the level allow wins. The reference is always allowed.
+  // A GEMM entry resets the packer: a packer belongs to the GEMM of its level.
 #define QF_KERNEL(op, isa, fn) \
-  if (allowed(Isa::isa, level)) t.op = &fn, t.qgemm_pack = nullptr;
+  if (allowed(Isa::isa, level)) set_kernel(t, &fn);
 #define QF_PACKER(isa, fn) \
   if (allowed(Isa::isa, level)) t.qgemm_pack = &fn;
 #include "quant/kernels/kernel_list.inc"
@@ -114,6 +121,25 @@ void check(const QGemmParams& p) {
     QF_CHECK(p.requant[n].multiplier >= (1 << 30) && p.requant[n].shift >= 1 && p.requant[n].shift <= 62)
         << "qgemm: requant multiplier of channel " << n << " is not normalized (" << p.requant[n].multiplier
         << ", shift " << p.requant[n].shift << ")";
+}
+
+void check(const QDwParams& p) {
+  QF_CHECK(p.H >= 1 && p.W >= 1 && p.C >= 1 && p.KH >= 1 && p.KW >= 1 && p.KH <= 64 && p.KW <= 64)
+      << "qdwconv: bad sizes H=" << p.H << " W=" << p.W << " C=" << p.C << " kernel " << p.KH << "x" << p.KW;
+  QF_CHECK(p.stride_h >= 1 && p.stride_w >= 1 && p.dil_h >= 1 && p.dil_w >= 1 && p.pad_h >= 0 && p.pad_w >= 0)
+      << "qdwconv: bad stride, dilation or padding";
+  QF_CHECK(p.OH >= 1 && p.OW >= 1 && (p.OH - 1) * p.stride_h <= p.H + 2 * p.pad_h - 1 - (p.KH - 1) * p.dil_h &&
+           (p.OW - 1) * p.stride_w <= p.W + 2 * p.pad_w - 1 - (p.KW - 1) * p.dil_w)
+      << "qdwconv: output " << p.OH << "x" << p.OW << " does not fit the input and window";
+  QF_CHECK(0 <= p.oh_begin && p.oh_begin <= p.oh_end && p.oh_end <= p.OH)
+      << "qdwconv: rows [" << p.oh_begin << ", " << p.oh_end << ") outside [0, " << p.OH << ")";
+  QF_CHECK(p.x && p.w && p.requant && p.y) << "qdwconv: null operand";
+  QF_CHECK(p.x_zero_point >= 0 && p.x_zero_point <= 255) << "qdwconv: input zero point " << p.x_zero_point;
+  QF_CHECK(0 <= p.out_lo && p.out_lo <= p.out_hi && p.out_hi <= 255)
+      << "qdwconv: output bounds [" << p.out_lo << ", " << p.out_hi << "] are not within [0, 255]";
+  for (int64_t c = 0; c < p.C; ++c)
+    QF_CHECK(p.requant[c].multiplier >= (1 << 30) && p.requant[c].shift >= 1 && p.requant[c].shift <= 62)
+        << "qdwconv: requant multiplier of channel " << c << " is not normalized";
 }
 
 }  // namespace qforge::quant::kernels

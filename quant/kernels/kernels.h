@@ -93,6 +93,39 @@ using QGemmFn = void (*)(const QGemmParams&);
 /// so that layers can keep it (QGemmParams::b_packed).
 using QGemmPackFn = std::vector<int32_t> (*)(const int8_t* b, int64_t ldb, int64_t N, int64_t K);
 
+/// Depthwise convolution (channel multiplier 1) of one NHWC image, rows
+/// [oh_begin, oh_end) of the output: for each output pixel and channel c,
+///   acc = sum over the taps (i, j) inside the image of
+///         (x[ih, iw, c] - x_zero_point) * w[(i * KW + j) * C + c]  + bias[c]
+///   y[oh, ow, c] = requantize(saturate_i32(acc), requant[c], out_zero_point, out_lo, out_hi)
+/// with ih = oh * stride_h - pad_h + i * dil_h (likewise iw). Taps in the
+/// padding add nothing: padding is real 0, the input zero point. The sum is
+/// exact (at most 64 x 64 taps of 255 x 128).
+struct QDwParams {
+  /// The input image [H, W, C] (u8 codes) and its zero point in [0, 255].
+  int64_t H = 0, W = 0, C = 0;
+  const uint8_t* x = nullptr;
+  int32_t x_zero_point = 0;
+  /// Window geometry: kernel, stride (>= 1), padding (>= 0), dilation (>= 1).
+  int64_t KH = 1, KW = 1, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
+  /// The output size and the rows to compute, 0 <= oh_begin <= oh_end <= OH.
+  int64_t OH = 0, OW = 0, oh_begin = 0, oh_end = 0;
+  /// s8 weights [KH * KW, C] (tap-major: a tap's channels are contiguous).
+  const int8_t* w = nullptr;
+  /// int32 biases [C] at scale s_in * s_w[c], or null for 0.
+  const int32_t* bias = nullptr;
+  /// Per-channel requantization multipliers [C].
+  const QuantMultiplier* requant = nullptr;
+  /// Output zero point and clamp bounds (activation_bounds).
+  int32_t out_zero_point = 0, out_lo = 0, out_hi = 255;
+  /// Output [OH, OW, C] u8 codes; only rows [oh_begin, oh_end) are written.
+  uint8_t* y = nullptr;
+};
+/// Throws ValueError naming the problem when p does not fit the contract.
+void check(const QDwParams& p);
+/// A depthwise kernel (QDwParams); kernels do not validate p.
+using QDwFn = void (*)(const QDwParams&);
+
 /// Instruction-set levels a kernel can need.
 enum class Isa { ref, avx2, avx512vnni, neon };
 /// The level's name as QFORGE_KERNELS spells it ("ref", "avx2", "avx512vnni",
@@ -109,6 +142,8 @@ struct KernelTable {
   QGemmFn qgemm = nullptr;
   /// Null when the level's GEMM takes B unpacked (ref, neon).
   QGemmPackFn qgemm_pack = nullptr;
+  /// The depthwise convolution (QDwParams).
+  QDwFn qdwconv = nullptr;
 };
 /// The kernels in use: the best the CPU supports, or what QFORGE_KERNELS
 /// (ref|avx2|avx512vnni|neon) forces. Chosen once, on first call; the table
@@ -141,5 +176,13 @@ std::vector<int32_t> qgemm_pack__avx512vnni_4x64(const int8_t* b, int64_t ldb, i
 /// NEON (AArch64 builds only; baseline there, no CPU check needed), 4 rows x 8
 /// channels: packs B on every call and ignores b_packed.
 void qu8s8_gemm_requant__neon_4x8(const QGemmParams& p);
+/// Depthwise reference: plain loops, the oracle of the SIMD depthwise kernels.
+void qu8s8_dwconv_requant__ref(const QDwParams& p);
+/// AVX2 depthwise: 8 channels per vector (int32 products), scalar requantization.
+void qu8s8_dwconv_requant__avx2_8c(const QDwParams& p);
+/// AVX-512 depthwise: 16 channels per vector, vectorized requantization.
+void qu8s8_dwconv_requant__avx512_16c(const QDwParams& p);
+/// NEON depthwise: 8 channels per step (int16 widening multiply-accumulate).
+void qu8s8_dwconv_requant__neon_8c(const QDwParams& p);
 
 }  // namespace qforge::quant::kernels

@@ -222,6 +222,48 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
   const kernels::KernelTable& table = k ? *k : kernels::kernels();
   const kernels::QGemmFn gemm = table.qgemm;
   const uint8_t pad = static_cast<uint8_t>(L.input.zero_point);
+  if (G > 1 && G == IC && OC == IC && table.qdwconv) {
+    // Depthwise (one output channel per input channel): the depthwise
+    // kernel, on the weights transposed to [KH * KW, C], rows in parallel.
+    const int64_t taps = L.kernel[0] * L.kernel[1];
+    std::vector<int8_t> wt(static_cast<size_t>(taps * IC));
+    for (int64_t c = 0; c < IC; ++c)
+      for (int64_t t = 0; t < taps; ++t) wt[t * IC + c] = L.weight[c * taps + t];
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, OW * IC * taps));
+    parallel_for(0, N * OH, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1;) {
+        const int64_t n = r / OH, oh0 = r % OH, oh1 = std::min(OH, oh0 + (r1 - r));
+        kernels::QDwParams p;
+        p.H = H;
+        p.W = W;
+        p.C = IC;
+        p.x = px + n * H * W * IC;
+        p.x_zero_point = L.input.zero_point;
+        p.KH = L.kernel[0];
+        p.KW = L.kernel[1];
+        p.stride_h = L.stride[0];
+        p.stride_w = L.stride[1];
+        p.pad_h = L.padding[0];
+        p.pad_w = L.padding[1];
+        p.dil_h = L.dilation[0];
+        p.dil_w = L.dilation[1];
+        p.OH = OH;
+        p.OW = OW;
+        p.oh_begin = oh0;
+        p.oh_end = oh1;
+        p.w = wt.data();
+        p.bias = L.bias.data();
+        p.requant = L.requant.data();
+        p.out_zero_point = L.output.zero_point;
+        p.out_lo = L.bounds.lo;
+        p.out_hi = L.bounds.hi;
+        p.y = py + n * P * OC;
+        table.qdwconv(p);
+        r += oh1 - oh0;
+      }
+    });
+    return y;
+  }
   const bool pointwise = L.kernel[0] == 1 && L.kernel[1] == 1 && L.stride[0] == 1 && L.stride[1] == 1 &&
                          L.padding[0] == 0 && L.padding[1] == 0 && G == 1;
   // Work items are (group, run of up to kImages images): one GEMM call per

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
@@ -89,28 +90,31 @@ TEST(QGemm, ReferenceMatchesAnIndependentComputation) {
 TEST(QGemm, EveryKernelEqualsTheReference) {
   const std::vector<int64_t> sizes = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 16, 17, 31, 32, 33, 48, 63, 64, 65};
   int kernels_run = 0;
-#define QF_KERNEL(op, isa, fn)                                                                      \
-  if (cpu_has(Isa::isa)) {                                                                          \
-    ++kernels_run;                                                                                  \
-    std::mt19937 rng(7);                                                                            \
-    for (int iter = 0; iter < 120; ++iter) {                                                        \
-      const int64_t M = sizes[rng() % sizes.size()], N = sizes[rng() % sizes.size()];               \
-      const int64_t K = sizes[rng() % sizes.size()] * (1 + rng() % 8);                              \
-      Problem pr = make_problem(M, N, K, rng, iter % 3 == 0);                                       \
-      ASSERT_EQ(run(&fn, pr.p), run(&qu8s8_gemm_requant__ref, pr.p)) << #fn << " M=" << M << " N=" << N \
-                                                                       << " K=" << K;               \
-    }                                                                                               \
-    /* Long K: kernels may change their tiling there (panels that fit L1). */                    \
-    for (int64_t K : {511, 512, 513, 1027})                                                         \
-      for (int64_t N : {16, 33, 49, 65}) {                                                          \
-        Problem pr = make_problem(19, N, K, rng, K % 2 == 1);                                       \
-        ASSERT_EQ(run(&fn, pr.p), run(&qu8s8_gemm_requant__ref, pr.p)) << #fn << " M=19 N=" << N      \
-                                                                         << " K=" << K;             \
-      }                                                                                             \
-    std::printf("# %s: 136 random problems equal the reference\n", #fn);                           \
-  } else {                                                                                          \
-    std::printf("# %s skipped: this CPU lacks %s\n", #fn, isa_name(Isa::isa));                     \
-  }
+  // Only the GEMM entries of the list (qdwconv_test.cpp covers the others).
+  auto check_gemm = [&](auto fn, Isa isa, const char* name) {
+    if constexpr (std::is_same_v<decltype(fn), QGemmFn>) {
+      if (!cpu_has(isa)) {
+        std::printf("# %s skipped: this CPU lacks %s\n", name, isa_name(isa));
+        return;
+      }
+      ++kernels_run;
+      std::mt19937 rng(7);
+      for (int iter = 0; iter < 120; ++iter) {
+        const int64_t M = sizes[rng() % sizes.size()], N = sizes[rng() % sizes.size()];
+        const int64_t K = sizes[rng() % sizes.size()] * (1 + rng() % 8);
+        Problem pr = make_problem(M, N, K, rng, iter % 3 == 0);
+        ASSERT_EQ(run(fn, pr.p), run(&qu8s8_gemm_requant__ref, pr.p)) << name << " M=" << M << " N=" << N << " K=" << K;
+      }
+      // Long K: kernels may change their tiling there (panels that fit L1).
+      for (int64_t K : {511, 512, 513, 1027})
+        for (int64_t N : {16, 33, 49, 65}) {
+          Problem pr = make_problem(19, N, K, rng, K % 2 == 1);
+          ASSERT_EQ(run(fn, pr.p), run(&qu8s8_gemm_requant__ref, pr.p)) << name << " M=19 N=" << N << " K=" << K;
+        }
+      std::printf("# %s: 136 random problems equal the reference\n", name);
+    }
+  };
+#define QF_KERNEL(op, isa, fn) check_gemm(&fn, Isa::isa, #fn);
 #define QF_PACKER(isa, fn)
 #include "quant/kernels/kernel_list.inc"
 #undef QF_KERNEL

@@ -114,7 +114,10 @@ TEST(QConv, MatchesADirectIntegerConvolution) {
   const Case cases[] = {{2, 3, 5, 7, 6, 3, 1, 1, 1, 1}, {1, 4, 4, 9, 9, 3, 2, 0, 1, 4}, {3, 6, 4, 8, 7, 3, 1, 2, 2, 2},
                         {1, 16, 8, 5, 5, 1, 1, 0, 1, 1}, {2, 2, 3, 6, 6, 2, 2, 1, 1, 1},
                         // one input channel (a kernel row is 3 bytes) and 24 (72 bytes: a long copy)
-                        {2, 1, 8, 6, 6, 3, 1, 0, 1, 1}, {1, 24, 8, 5, 5, 3, 1, 1, 1, 1}};
+                        {2, 1, 8, 6, 6, 3, 1, 0, 1, 1}, {1, 24, 8, 5, 5, 3, 1, 1, 1, 1},
+                        // depthwise (the depthwise kernels): 16 + 1 channels, strides, dilation, 5x5
+                        {3, 17, 17, 9, 8, 3, 1, 1, 1, 17}, {2, 33, 33, 10, 10, 3, 2, 1, 1, 33},
+                        {1, 32, 32, 11, 9, 3, 1, 2, 2, 32}, {2, 8, 8, 7, 7, 5, 1, 2, 1, 8}};
   std::mt19937 rng(9);
   for (const Case& c : cases) {
     const int64_t icg = c.ic / c.groups, ocg = c.oc / c.groups;
@@ -152,11 +155,15 @@ TEST(QConv, MatchesADirectIntegerConvolution) {
       }
     for (auto isa : {kernels::Isa::ref, kernels::Isa::avx2, kernels::Isa::avx512vnni}) {
       if (!kernels::cpu_has(isa)) continue;
-      const kernels::KernelTable t = kernels::kernels_for(isa);
-      const Tensor got = to_nchw(qconv2d(L, to_nhwc(x), &t));
-      ASSERT_EQ(got.shape(), want.shape());
-      EXPECT_EQ(std::memcmp(got.raw(), want.raw(), want.nbytes()), 0)
-          << kernels::isa_name(isa) << " groups " << c.groups << " stride " << c.stride << " pad " << c.pad;
+      kernels::KernelTable t = kernels::kernels_for(isa);
+      for (int gemm_only = 0; gemm_only < 2; ++gemm_only) {
+        if (gemm_only) t.qdwconv = nullptr;  // depthwise through per-group GEMMs instead
+        const Tensor got = to_nchw(qconv2d(L, to_nhwc(x), &t));
+        ASSERT_EQ(got.shape(), want.shape());
+        EXPECT_EQ(std::memcmp(got.raw(), want.raw(), want.nbytes()), 0)
+            << kernels::isa_name(isa) << (gemm_only ? " (GEMM path)" : "") << " groups " << c.groups << " stride "
+            << c.stride << " pad " << c.pad;
+      }
     }
   }
 }
