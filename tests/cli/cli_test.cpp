@@ -209,6 +209,18 @@ TEST_F(Cli, PtqAndLsqRecipesRun) {
   EXPECT_EQ(field(l.json, "int8_accuracy"), field(l.json, "test_accuracy"));
 }
 
+TEST_F(Cli, LstmRecipeExportsTheIntegerLstm) {
+  const CliRun t = run("train " + kSource +
+                       "/recipes/mnist_lstm_qat_int8.yaml --set training.epochs=1 --set training.max_steps_per_epoch=8 "
+                       "--set quant.epochs=1 --set model.args.hidden=32 --out " + path("lstm"));
+  ASSERT_EQ(t.code, 0) << t.out;
+  EXPECT_EQ(field(t.json, "int8_mismatches"), "0");
+  EXPECT_EQ(field(t.json, "int8_accuracy"), field(t.json, "test_accuracy"));
+  const CliRun e = run("eval " + path("lstm") + "/mnist_lstm_int8.h5");
+  ASSERT_EQ(e.code, 0) << e.out;
+  EXPECT_EQ(field(e.json, "accuracy"), field(t.json, "int8_accuracy"));
+}
+
 TEST_F(Cli, AKilledRunResumesToTheSameResult) {
   const std::string args = "train " + kSource +
                            "/recipes/mnist_fp32.yaml --set training.epochs=3 --set training.max_steps_per_epoch=15 "

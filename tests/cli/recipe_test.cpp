@@ -42,6 +42,11 @@ TEST(Recipe, DefaultsResolveAndShippedRecipesParse) {
     EXPECT_EQ(s.dataset, "cifar10") << name;
     EXPECT_EQ(s.mean.size(), 3u) << name;
   }
+  for (const char* name : {"mnist_lstm_fp32", "mnist_lstm_qat_int8"}) {
+    const Recipe s = parse_recipe(kSource + "/recipes/" + name + ".yaml", {}, kSource);
+    EXPECT_EQ(s.model, "mnist_lstm") << name;
+    EXPECT_EQ(s.clip_grad_norm, 5.0) << name;
+  }
   const Recipe demo = parse_recipe(kSource + "/recipes/mnist_qat_int8.yaml", {}, kSource);
   EXPECT_TRUE(demo.quant && demo.do_export && demo.validate_export);
   EXPECT_EQ(demo.quant_mode, "qat");
@@ -90,7 +95,7 @@ TEST(Recipe, EveryBadInputGetsOneMessageWithLineAndColumn) {
   EXPECT_EQ(error_of("training:\n  optimizer: {name: adma}\n"),
             "r.yaml:2:21: training.optimizer.name: 'adma' is not one of: adam, adamw, sgd; did you mean 'adam'?");
   EXPECT_EQ(error_of("model: {name: mnist_cn}\n"),
-            "r.yaml:1:15: model.name: 'mnist_cn' is not a zoo model (lenet5, mlp, mnist_cnn, mobilenet_cifar, resnet20); did you mean "
+            "r.yaml:1:15: model.name: 'mnist_cn' is not a zoo model (lenet5, mlp, mnist_cnn, mnist_lstm, mobilenet_cifar, resnet20); did you mean "
             "'mnist_cnn'?");
   EXPECT_NE(error_of("quant:\n  activation: {observer: per_channel_minmax}\n").find("per tensor"), std::string::npos);
   EXPECT_NE(error_of("data:\n  normalize: {mean: [0.1, 0.2], std: [1, 1]}\n").find("need 1 value(s) each"),
