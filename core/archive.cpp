@@ -376,7 +376,19 @@ Tensor read_tensor(hid_t dset, const std::string& full, const LoadChecker& c) {
   const std::optional<DType> dtype = dtype_of_h5(type.get());
   c.check(dtype.has_value(), "dataset '" + full + "' has unsupported type " + type_desc(type.get()) +
                                  " (expected f32, f64, i8, u8 or i32)");
-  Tensor t = Tensor::empty(read_shape(dset, full, c), *dtype);
+  const Shape shape = read_shape(dset, full, c);
+  // A corrupt or hostile file can declare a huge dataset that stores almost
+  // nothing (HDF5 would read fill values): refuse sizes far beyond what the
+  // file holds (x1024 leaves room for compression) before allocating.
+  uint64_t bytes = dtype_size(*dtype);
+  for (int64_t d : shape)
+    c.check(!__builtin_mul_overflow(bytes, static_cast<uint64_t>(d), &bytes),
+            "dataset '" + full + "' declares a size that overflows");
+  const uint64_t stored = H5Dget_storage_size(dset);
+  c.check(bytes <= std::max<uint64_t>(uint64_t{64} << 20, stored * 1024),
+          "dataset '" + full + "' declares " + std::to_string(bytes) + " bytes but the file stores only " +
+              std::to_string(stored));
+  Tensor t = Tensor::empty(shape, *dtype);
   if (t.numel() > 0) {
     c.call(H5Dread(dset, native_type(*dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, t.raw()),
            "cannot read dataset '" + full + "'");

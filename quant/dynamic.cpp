@@ -21,14 +21,8 @@ DynamicLSTM::DynamicLSTM(const nn::LSTM& lstm) : nn::Module("DynamicLSTM"), spec
 Variable DynamicLSTM::forward(const Variable& x) {
   autograd::NoGradGuard ng;
   const Variable seq = nn::lstm_batch_first(spec_, x);
-  Tensor h_n;
-  const Tensor y = runtime::dynamic_lstm(layers_, seq.value(), Tensor(), Tensor(), &h_n);
-  if (spec_.last_step_only) {
-    const int64_t N = y.size(0), H = y.size(2), L = spec_.num_layers;
-    Tensor last = Tensor::empty({N, H});
-    std::copy_n(h_n.data<float>() + (L - 1) * N * H, N * H, last.data<float>());
-    return Variable(last);
-  }
+  const Tensor y = runtime::dynamic_lstm(layers_, seq.value());
+  if (spec_.last_step_only) return Variable(runtime::last_step(y));
   return spec_.batch_first ? Variable(y) : autograd::permute(Variable(y), {1, 0, 2});
 }
 

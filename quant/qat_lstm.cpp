@@ -71,7 +71,9 @@ Variable QATLSTM::float_forward(const Variable& x) {
     FakeQuantize& hq = quantizer(l, "hidden");
     FakeQuantize* gq[4] = {&quantizer(l, "gate_i"), &quantizer(l, "gate_f"), &quantizer(l, "gate_g"),
                            &quantizer(l, "gate_o")};
-    const bool record = hq.observer_enabled() && (is_training() || hq.calibrating());
+    // The cell range is recorded through all of training (also after the
+    // observers freeze, since the weights keep moving) and calibration.
+    const bool record = is_training() || hq.calibrating();
     float absmax = buffer("cell_absmax" + s).data<float>()[0];
     const Variable gx = linear(seq, wi, bi);  // [N, T, 4H]: the input projection of every step
     Variable h, c;
@@ -112,6 +114,9 @@ std::string QATLSTM::int8_blocker() {
     if (fq->calibrating()) return "a quantizer is calibrating";
     if (!fq->has_qparams()) return "a quantizer has no qparams yet";
   }
+  for (int64_t l = 0; l < spec_.num_layers; ++l)
+    if (!(buffer("cell_absmax" + suffix(l)).data<float>()[0] > 0))
+      return "the cell state's range has not been observed yet (train or calibrate first)";
   if (auto why = act_blocker(*in, "input"); !why.empty()) return why;
   if (auto why = act_blocker(output_fake_quant(), "hidden"); !why.empty()) return why;
   const QuantSpec& ws = qconfig_.weight.spec;
@@ -151,13 +156,7 @@ Variable QATLSTM::forward(const Variable& x) {
   const Tensor codes = runtime::quantize(seq.value(), in);
   const std::vector<runtime::QLstmLayer> layers = to_qlayers();
   Tensor y = runtime::qlstm(layers, codes);
-  const int64_t N = y.size(0), T = y.size(1), H = y.size(2);
-  if (spec_.last_step_only) {
-    Tensor last = Tensor::empty({N, H}, DType::u8);
-    for (int64_t n = 0; n < N; ++n)
-      std::copy_n(y.data<uint8_t>() + (n * T + T - 1) * H, H, last.data<uint8_t>() + n * H);
-    y = last;
-  }
+  if (spec_.last_step_only) y = runtime::last_step(y);
   Variable out(runtime::dequantize(y, layers.back().hidden));
   if (!spec_.last_step_only && !spec_.batch_first) out = autograd::permute(out, {1, 0, 2});
   return out;

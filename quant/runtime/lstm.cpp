@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <mutex>
 
@@ -53,14 +54,13 @@ WeightQParams symmetric_rows(const Tensor& w) {
   return q;
 }
 
-/// A projection QLayer: codes, per-row scales and (optional) bias at s_in *
-/// s_w. make_qlayer also derives a requant multiplier for an output equal to
-/// the input; the LSTM never uses it, so it is cleared.
+/// A projection QLayer: codes, per-row scales and (optional) bias at s_in * s_w.
 QLayer projection(const Tensor& w, const Tensor& bias, const WeightQParams& wq, const ActQParams& in) {
-  QLayer L = make_qlayer(w, bias, wq, in, in, Activation::none);
-  L.requant.clear();
-  return L;
+  return quantize_layer_weights(w, bias, wq, in);
 }
+
+/// The int32 accumulators stay exact below this depth (as qgemm's check()).
+constexpr int64_t kMaxDepth = (int64_t{1} << 31) / (255 * 128);
 
 /// The u8 codes [rows, K] and the int32 accumulators [rows, 4H] of one GEMM
 /// in the int32 output mode.
@@ -132,7 +132,9 @@ QLstmLayer make_qlstm_layer(const Tensor& w_ih, const Tensor& w_hh, const Tensor
 
 void finalize_qlstm_layer(QLstmLayer& L) {
   const int64_t H = L.hidden_size, I = L.input_size, H4 = 4 * H;
-  QF_CHECK(H >= 1 && I >= 1) << "LSTM layer: sizes must be >= 1, got input " << I << ", hidden " << H;
+  QF_CHECK(H >= 1 && I >= 1 && I < kMaxDepth && H < kMaxDepth)
+      << "LSTM layer: sizes must be in [1, " << kMaxDepth << ") (exact int32 sums), got input " << I << ", hidden "
+      << H;
   QF_CHECK(L.ih.in_channels == I && L.ih.out_channels == H4 && L.hh.in_channels == H && L.hh.out_channels == H4 &&
            static_cast<int64_t>(L.ih.weight.size()) == H4 * I && static_cast<int64_t>(L.hh.weight.size()) == H4 * H &&
            static_cast<int64_t>(L.ih.weight_scale.size()) == H4 &&
@@ -153,13 +155,8 @@ void finalize_qlstm_layer(QLstmLayer& L) {
     const double sg = L.gate[r / H].scale;
     const AddMultipliers m = add_multipliers_for(static_cast<double>(L.ih.input.scale) * sx / sg,
                                                  static_cast<double>(L.hidden.scale) * sh / sg);
-    // |acc_x| <= |bias| + I * 255 * 128 and |acc_h| <= H * 255 * 128: the sum of
-    // products must stay inside int64 (checked with margin, in double).
-    const double ax = std::fabs(static_cast<double>(L.ih.bias[r])) + static_cast<double>(I) * 255 * 128;
-    const double ah = static_cast<double>(H) * 255 * 128;
-    QF_CHECK(ax * static_cast<double>(m.a) + ah * static_cast<double>(m.b) < std::ldexp(1.0, 62))
-        << "LSTM layer: gate row " << r << " could overflow int64 (bias " << L.ih.bias[r]
-        << "); the gate scale is far from the input and weight scales";
+    // Both accumulators are int32 (saturated) and both multipliers below
+    // 2^31: each product is below 2^62 and their sum fits int64.
     L.gate_mult.push_back(m);
   }
   for (int k = 0; k < 4; ++k) {
@@ -258,6 +255,17 @@ Tensor qlstm(const std::vector<QLstmLayer>& layers, const Tensor& x, const kerne
   return out;
 }
 
+Tensor last_step(const Tensor& seq) {
+  QF_CHECK_SHAPE(seq.ndim() == 3 && seq.size(1) >= 1) << "last_step: needs [N, T, H], got " << seq.desc();
+  const int64_t N = seq.size(0), T = seq.size(1), H = seq.size(2);
+  const size_t row = static_cast<size_t>(H) * dtype_size(seq.dtype());
+  Tensor out = Tensor::empty({N, H}, seq.dtype());
+  const char* src = static_cast<const char*>(seq.raw());
+  char* dst = static_cast<char*>(out.raw());
+  for (int64_t n = 0; n < N; ++n) std::memcpy(dst + n * row, src + (n * T + T - 1) * row, row);
+  return out;
+}
+
 // ---- dynamic ------------------------------------------------------------------
 
 ActQParams dynamic_qparams(float lo, float hi) {
@@ -331,12 +339,14 @@ Tensor dynamic_lstm(const std::vector<DynamicLstmLayer>& layers, const Tensor& x
     QF_CHECK_SHAPE(layers[l].input_size == layers[l - 1].hidden_size)
         << "dynamic_lstm: layer " << l << " takes " << layers[l].input_size << " features, layer " << l - 1
         << " gives " << layers[l - 1].hidden_size;
-  const int64_t Hmax = layers.back().hidden_size;
+  const int64_t Hmax = layers.back().hidden_size;  // the output's; states need every layer at this size
+  if (h0.defined() || c0.defined() || h_n || c_n)
+    for (const auto& L : layers)
+      QF_CHECK_SHAPE(L.hidden_size == Hmax) << "dynamic_lstm: initial or final states [" << Lc << ", N, H] need "
+                                            << "equal hidden sizes in every layer";
   for (const Tensor* s : {&h0, &c0})
     if (s->defined()) {
       QF_CHECK_DTYPE(s->dtype() == DType::f32) << "dynamic_lstm: initial states must be f32";
-      for (const auto& L : layers)
-        QF_CHECK_SHAPE(L.hidden_size == Hmax) << "dynamic_lstm: initial states need equal hidden sizes";
       QF_CHECK_SHAPE(s->shape() == Shape({Lc, N, Hmax}))
           << "dynamic_lstm: initial states must be [" << Lc << ", " << N << ", " << Hmax << "], got " << s->desc();
     }

@@ -89,6 +89,9 @@ void finalize_qlstm_layer(QLstmLayer& layer);
 /// layer's input qparams are not the previous layer's hidden qparams.
 Tensor qlstm(const std::vector<QLstmLayer>& layers, const Tensor& x, const kernels::KernelTable* k = nullptr);
 
+/// The last step of a sequence [N, T, H] (any dtype), as a new [N, H] tensor.
+Tensor last_step(const Tensor& seq);
+
 /// One dynamic LSTM layer: int8 weights, float biases (b_ih + b_hh).
 struct DynamicLstmLayer {
   int64_t input_size = 0, hidden_size = 0;

@@ -310,6 +310,7 @@ Tensor Model::run(const Tensor& x, const kernels::KernelTable* k, const OpCallba
       << "int8 model: input must be [N, " << input_shape[0] << ", " << input_shape[1] << ", " << input_shape[2]
       << "], got " << x.desc();
   const int64_t N = x.size(0);
+  QF_CHECK_SHAPE(N >= 1) << "int8 model: the batch is empty (" << x.desc() << ")";
   // Each op's output lives until its last reader has run.
   std::vector<int> pending(ops.size(), 0);
   std::vector<std::vector<int32_t>> reads(ops.size());
@@ -355,15 +356,8 @@ Tensor Model::run(const Tensor& x, const kernels::KernelTable* k, const OpCallba
       case OpKind::lstm: {
         // [N, T, I, 1] NHWC codes of a one-channel map are [N, T, I].
         const int64_t T = t.size(1);
-        const Tensor seq = qlstm(op.lstm, t.reshape({N, T, t.numel() / (N * T)}), k);
-        const int64_t H = seq.size(2);
-        if (op.last_step_only) {
-          y = Tensor::empty({N, H}, DType::u8);
-          for (int64_t n = 0; n < N; ++n)
-            std::copy_n(seq.data<uint8_t>() + (n * T + T - 1) * H, H, y.data<uint8_t>() + n * H);
-        } else {
-          y = seq.reshape({N, T, H, 1});
-        }
+        const Tensor seq = qlstm(op.lstm, t.reshape({N, T, op.lstm[0].input_size}), k);
+        y = op.last_step_only ? last_step(seq) : seq.reshape({N, T, seq.size(2), 1});
         break;
       }
       case OpKind::flatten:
@@ -456,7 +450,10 @@ void save_model(const std::string& path, const Model& m, const std::string& prod
   Archive a;
   a.strings["format"] = kFormat;
   a.strings["producer"] = producer;
-  a.ints["format_version"] = kVersion;
+  // Files without an lstm op keep version 3, so that older builds read them.
+  bool has_lstm = false;
+  for (const Op& op : m.ops) has_lstm = has_lstm || op.kind == OpKind::lstm;
+  a.ints["format_version"] = has_lstm ? kVersion : 3;
   a.ints["num_ops"] = static_cast<int64_t>(m.ops.size());
   a.tensors["input_shape"] =
       Tensor::from_vector<int32_t>({static_cast<int32_t>(m.input_shape[0]), static_cast<int32_t>(m.input_shape[1]),
@@ -655,6 +652,7 @@ Model load_model(const std::string& path) {
           case OpKind::flatten:
             break;
           case OpKind::lstm: {
+            QF_CHECK_FORMAT(version >= 4) << "an lstm op in a version " << version << " file (lstm came in version 4)";
             const Tensor& pt = a.tensor(key(i, "params"));
             QF_CHECK_FORMAT(pt.dtype() == DType::i32 && pt.numel() >= 2) << key(i, "params") << " is " << pt.desc();
             const int64_t layers = pt.data<int32_t>()[1];
@@ -681,6 +679,12 @@ Model load_model(const std::string& path) {
               L.ih.in_channels = L.input_size;
               L.hh.in_channels = L.hidden_size;
               L.ih.out_channels = L.hh.out_channels = H4;
+              for (const auto& [name, cols] : {std::pair<const char*, int64_t>{"weight_ih", L.input_size},
+                                               std::pair<const char*, int64_t>{"weight_hh", L.hidden_size}}) {
+                const std::string k = key(i, (pre + name).c_str());
+                QF_CHECK_FORMAT(a.tensor(k).shape() == (Shape{H4, cols}))
+                    << k << " must be [" << H4 << ", " << cols << "], got " << a.tensor(k).desc();
+              }
               L.ih.weight = get_vec<int8_t>(a, key(i, (pre + "weight_ih").c_str()), DType::i8, H4 * L.input_size);
               L.hh.weight = get_vec<int8_t>(a, key(i, (pre + "weight_hh").c_str()), DType::i8, H4 * L.hidden_size);
               L.ih.weight_scale = get_vec<float>(a, key(i, (pre + "weight_ih_scale").c_str()), DType::f32, H4);

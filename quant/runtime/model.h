@@ -9,7 +9,7 @@
 // lstm op; versions 3 and 2, the latter with chains only, still load; version 1, never released, had NCHW weight
 // order):
 //   strings  format = "qforge-int8-model", producer
-//   ints     format_version = 3, num_ops
+//   ints     format_version = 4 (3 when no op is an lstm), num_ops
 //   tensor   input_shape (i32 [3]: C, H, W); optional input_mean and
 //            input_std (f32 [C])
 //   per op i, under "op/NNNN/": strings kind and name; tensors params (i32:

@@ -34,8 +34,21 @@ int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
 QLayer make_qlayer(const Tensor& weight, const Tensor& bias, const WeightQParams& wq, const ActQParams& in,
                    const ActQParams& out, Activation act, std::array<int64_t, 2> stride,
                    std::array<int64_t, 2> padding, std::array<int64_t, 2> dilation, int64_t groups) {
-  in.check("make_qlayer input");
   out.check("make_qlayer output");
+  QLayer L = quantize_layer_weights(weight, bias, wq, in, groups);
+  L.stride = stride;
+  L.padding = padding;
+  L.dilation = dilation;
+  L.output = out;
+  L.activation = act;
+  for (int64_t o = 0; o < L.out_channels; ++o) L.requant.push_back(requant_multiplier(in.scale, L.weight_scale[o], out.scale));
+  L.bounds = activation_bounds(act, out.scale, out.zero_point, out.qmin, out.qmax);
+  return L;
+}
+
+QLayer quantize_layer_weights(const Tensor& weight, const Tensor& bias, const WeightQParams& wq, const ActQParams& in,
+                              int64_t groups) {
+  in.check("make_qlayer input");
   QF_CHECK_DTYPE(weight.dtype() == DType::f32) << "make_qlayer: weight must be f32, got " << weight.desc();
   QF_CHECK_SHAPE(weight.ndim() == 4 || weight.ndim() == 2)
       << "make_qlayer: weight must be [OC, IC/groups, KH, KW] or [OC, IC], got " << weight.desc();
@@ -45,13 +58,8 @@ QLayer make_qlayer(const Tensor& weight, const Tensor& bias, const WeightQParams
   const int64_t icg = weight.size(1);
   L.in_channels = icg * groups;
   L.kernel = weight.ndim() == 4 ? std::array<int64_t, 2>{weight.size(2), weight.size(3)} : std::array<int64_t, 2>{1, 1};
-  L.stride = stride;
-  L.padding = padding;
-  L.dilation = dilation;
   L.groups = groups;
   L.input = in;
-  L.output = out;
-  L.activation = act;
   QF_CHECK(L.out_channels % groups == 0) << "make_qlayer: " << L.out_channels << " output channels are not divisible by "
                                          << groups << " groups";
   QF_CHECK_SHAPE(static_cast<int64_t>(wq.scale.size()) == L.out_channels)
@@ -75,9 +83,7 @@ QLayer make_qlayer(const Tensor& weight, const Tensor& bias, const WeightQParams
               quantize_value(pw[o * K + (c * KH + i) * KW + j], inv, 0, wq.qmin, wq.qmax));
     L.weight_scale.push_back(s);
     L.bias.push_back(bias.defined() ? quantize_bias(bias.data<float>()[o], in.scale, s) : 0);
-    L.requant.push_back(requant_multiplier(in.scale, s, out.scale));
   }
-  L.bounds = activation_bounds(act, out.scale, out.zero_point, out.qmin, out.qmax);
   return L;
 }
 

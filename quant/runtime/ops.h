@@ -109,6 +109,12 @@ QLayer make_qlayer(const Tensor& weight, const Tensor& bias, const WeightQParams
                    std::array<int64_t, 2> padding = {0, 0}, std::array<int64_t, 2> dilation = {1, 1},
                    int64_t groups = 1);
 
+/// The weight half of make_qlayer(): codes, scales, the int32 bias and the
+/// geometry of `groups`, with the input qparams, but no output qparams,
+/// requant multipliers or bounds (requant stays empty). For ops that
+/// combine int32 accumulators themselves (the LSTM). Same checks.
+QLayer quantize_layer_weights(const Tensor& weight, const Tensor& bias, const WeightQParams& wq, const ActQParams& in,
+                              int64_t groups = 1);
 /// Output size of a conv or pooling window along one axis (0 when the input,
 /// padded, is smaller than the window).
 int64_t out_size(int64_t in, int64_t kernel, int64_t stride, int64_t padding, int64_t dilation);

@@ -257,6 +257,25 @@ TEST_F(ArchiveTest, UnsupportedDatasetTypeIsFormatErrorNamingIt) {
   EXPECT_NE(msg.find(p), std::string::npos) << msg;
 }
 
+TEST_F(ArchiveTest, ADatasetDeclaringFarMoreThanItStoresIsFormatError) {
+  // 12345 bytes stored; the patched dataspace declares 12345 * 2^24 (about
+  // 200 GB). The loader must refuse before allocating, naming the dataset.
+  Archive a;
+  a.tensors["big"] = Tensor::zeros({12345}, DType::u8);
+  const std::string good = path("good.h5");
+  save_archive(good, a);
+  std::string bytes = read_bytes(good);
+  const std::string dim("\x39\x30\x00\x00\x00\x00\x00\x00", 8), huge("\x00\x00\x00\x39\x30\x00\x00\x00", 8);
+  int patched = 0;
+  while (patch(bytes, dim, huge)) ++patched;  // the size and the maximum size
+  ASSERT_GE(patched, 1);
+  const std::string p = path("huge.h5");
+  write_bytes(p, bytes);
+  const std::string msg = expect_throw<FormatError>([&] { load_archive(p); });
+  EXPECT_NE(msg.find("big"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("declares"), std::string::npos) << msg;
+}
+
 TEST_F(ArchiveTest, GettersNameTheMissingKeyAndFile) {
   const std::string p = path("ckpt.h5");
   save_archive(p, sample_archive());

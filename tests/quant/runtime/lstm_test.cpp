@@ -246,6 +246,13 @@ TEST(RuntimeLstm, DynamicModeIsCloseToFloat) {
   const Tensor y0 = dynamic_lstm(layers, x, z, z);
   for (int64_t i = 0; i < y.numel(); ++i) ASSERT_EQ(y0.data<float>()[i], y.data<float>()[i]);
   EXPECT_THROW(dynamic_lstm(layers, x, Tensor::zeros({1, N, H})), ShapeError);
+  // Final states [L, N, H] need one hidden size; the output alone does not.
+  const FloatLstm f3 = random_lstm(H, 2 * H, rng, 0.3f);
+  const std::vector<DynamicLstmLayer> mixed = {layers[0], make_dynamic_lstm_layer(f3.w_ih, f3.w_hh, f3.b_ih, f3.b_hh)};
+  EXPECT_EQ(dynamic_lstm(mixed, x).shape(), Shape({N, T, 2 * H}));
+  EXPECT_THROW(dynamic_lstm(mixed, x, Tensor(), Tensor(), &hn), ShapeError);
+  EXPECT_EQ(bytes(last_step(qlstm({quantize_layer(f1, act(-3, 3))}, Tensor::zeros({N, T, I}, DType::u8)))).size(),
+            static_cast<size_t>(N * H));
   EXPECT_THROW(dynamic_lstm(layers, Tensor::zeros({N, T, I + 1})), ShapeError);
 
   // The dynamic linear layer.
