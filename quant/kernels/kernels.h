@@ -123,6 +123,12 @@ struct QDwParams {
 };
 /// Throws ValueError naming the problem when p does not fit the contract.
 void check(const QDwParams& p);
+/// The output code of channel c from its exact window sum (bias added,
+/// saturated, requantized): every depthwise kernel's last step in scalar form.
+inline uint8_t finish_dw(const QDwParams& p, int64_t c, int64_t sum) {
+  return static_cast<uint8_t>(requantize(saturate_i32(sum + (p.bias ? p.bias[c] : 0)), p.requant[c],
+                                         p.out_zero_point, p.out_lo, p.out_hi));
+}
 /// A depthwise kernel (QDwParams); kernels do not validate p.
 using QDwFn = void (*)(const QDwParams&);
 

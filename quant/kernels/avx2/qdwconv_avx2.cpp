@@ -50,11 +50,7 @@ void qu8s8_dwconv_requant__avx2_8c(const QDwParams& p) {
           }
         }
         _mm256_store_si256(reinterpret_cast<__m256i*>(sums), acc);
-        for (int64_t k = 0; k < nn; ++k) {
-          const int64_t c = c0 + k;
-          out[c] = static_cast<uint8_t>(requantize(saturate_i32(int64_t{sums[k]} + (p.bias ? p.bias[c] : 0)),
-                                                   p.requant[c], p.out_zero_point, p.out_lo, p.out_hi));
-        }
+        for (int64_t k = 0; k < nn; ++k) out[c0 + k] = finish_dw(p, c0 + k, sums[k]);
       }
     }
   }

@@ -8,7 +8,7 @@ void qu8s8_dwconv_requant__ref(const QDwParams& p) {
   for (int64_t oh = p.oh_begin; oh < p.oh_end; ++oh)
     for (int64_t ow = 0; ow < p.OW; ++ow)
       for (int64_t c = 0; c < p.C; ++c) {
-        int64_t acc = p.bias ? p.bias[c] : 0;
+        int64_t acc = 0;
         for (int64_t i = 0; i < p.KH; ++i) {
           const int64_t ih = oh * p.stride_h - p.pad_h + i * p.dil_h;
           if (ih < 0 || ih >= p.H) continue;
@@ -19,8 +19,7 @@ void qu8s8_dwconv_requant__ref(const QDwParams& p) {
                    p.w[(i * p.KW + j) * p.C + c];
           }
         }
-        p.y[(oh * p.OW + ow) * p.C + c] = static_cast<uint8_t>(
-            requantize(saturate_i32(acc), p.requant[c], p.out_zero_point, p.out_lo, p.out_hi));
+        p.y[(oh * p.OW + ow) * p.C + c] = finish_dw(p, c, acc);
       }
 }
 
