@@ -20,6 +20,7 @@
 #include "data/mnist.h"
 #include "nn/zoo.h"
 #include "quant/convert.h"
+#include "quant/dynamic.h"
 #include "quant/kernels/kernels.h"
 #include "quant/prepare.h"
 #include "trainers/qat_hooks.h"
@@ -365,13 +366,15 @@ bool is_int8_model(const std::string& path) {
 }
 
 int run_eval(const std::string& model_path, const std::string& dataset_in, const std::string& data_dir_in,
-             const std::string& recipe_path, const std::string& source_dir) {
+             const std::string& recipe_path, const std::string& source_dir, bool dynamic) {
   std::string kind, dataset = dataset_in, data_dir = data_dir_in;
   std::vector<float> mean, std;
   std::function<Tensor(const Tensor&)> forward;
   std::optional<quant::runtime::Model> int8;
   nn::ModulePtr rebuilt;
   bool quantized = false;
+  if (dynamic && is_int8_model(model_path))
+    throw RecipeError("--dynamic needs an FP32 checkpoint; " + model_path + " is already an int8 model");
   if (is_int8_model(model_path)) {
     kind = "int8";
     int8 = quant::runtime::load_model(model_path);
@@ -387,6 +390,13 @@ int run_eval(const std::string& model_path, const std::string& dataset_in, const
     const Recipe r = recipe_of_checkpoint(model_path, recipe_path, source_dir);
     rebuild_from_checkpoint(model_path, r, rebuilt, quantized);
     kind = quantized ? "qat" : "fp32";
+    if (dynamic) {
+      if (quantized) throw RecipeError("--dynamic needs an FP32 checkpoint; " + model_path + " is a QAT checkpoint");
+      const int64_t n = quant::quantize_dynamic(*rebuilt);
+      std::printf("dynamic int8: %lld LSTM and Linear layers with int8 weights, activations quantized per call\n",
+                  static_cast<long long>(n));
+      kind = "dynamic";
+    }
     if (dataset.empty()) dataset = r.dataset;
     if (dataset != r.dataset) throw RecipeError(model_path + " was trained on " + r.dataset + ", not " + dataset);
     if (data_dir.empty()) data_dir = r.data_dir;

@@ -27,8 +27,11 @@ int run_train(const Recipe& recipe, const TrainArgs& args);
 /// rebuilt from the run's recipe), on a dataset's test split. An empty
 /// dataset or data_dir takes the recipe's (checkpoints) or mnist's defaults.
 /// JSON: accuracy, count, kind (int8 | fp32 | qat).
+/// With `dynamic`, an FP32 checkpoint is evaluated after quant::quantize_dynamic
+/// (LSTM and Linear layers in dynamic int8; kind "dynamic"); RecipeError for
+/// an int8 file or a QAT checkpoint.
 int run_eval(const std::string& model_path, const std::string& dataset, const std::string& data_dir,
-             const std::string& recipe_path, const std::string& source_dir);
+             const std::string& recipe_path, const std::string& source_dir, bool dynamic = false);
 
 /// Converts a QAT checkpoint of qforge train to the int8 file, rebuilding
 /// the prepared model from the run's recipe (`recipe_path`, or the

@@ -1,6 +1,6 @@
 // qforge: the command line.
 //   qforge train RECIPE [--set key.path=value ...] [--out DIR] [--resume]
-//   qforge eval MODEL|CHECKPOINT [--dataset mnist|cifar10] [--data DIR] [--recipe FILE]
+//   qforge eval MODEL|CHECKPOINT [--dataset mnist|cifar10] [--data DIR] [--recipe FILE] [--dynamic]
 //   qforge export CHECKPOINT --out FILE [--recipe FILE]
 //   qforge run MODEL --input FILE [--labels FILE] [--raw] [--show N]
 //   qforge bench MODEL [--batch N] [--threads N] [--min-sec S]
@@ -25,7 +25,7 @@ void usage() {
       "usage: qforge <command> [options]\n"
       "  train RECIPE [--set key.path=value ...] [--out DIR] [--resume]\n"
       "      FP32 training, QAT or PTQ, export and validation as the recipe says\n"
-      "  eval MODEL|CHECKPOINT [--dataset mnist|cifar10] [--data DIR] [--recipe FILE]\n"
+      "  eval MODEL|CHECKPOINT [--dataset mnist|cifar10] [--data DIR] [--recipe FILE] [--dynamic]\n"
       "      accuracy of an int8 export, an FP32 or a QAT checkpoint on a test set\n"
       "  export CHECKPOINT --out FILE [--recipe FILE]\n"
       "      a QAT checkpoint to an int8 model file\n"
@@ -163,7 +163,9 @@ int eval(int argc, char** argv) {
       "dataset", "mnist or cifar10 (default: the recipe's, or from the model's input)", cxxopts::value<std::string>())(
       "data", "dataset directory (default: the recipe's, or the dataset's usual place)", cxxopts::value<std::string>())(
       "recipe", "the run's recipe, for a checkpoint (default: recipe.yaml in a parent directory)",
-      cxxopts::value<std::string>())("h,help", "show help");
+      cxxopts::value<std::string>())(
+      "dynamic", "an FP32 checkpoint in dynamic int8 (LSTM and Linear weights int8, activations per call)")(
+      "h,help", "show help");
   o.parse_positional({"model"});
   o.positional_help("MODEL");
   cxxopts::ParseResult a;
@@ -176,7 +178,8 @@ int eval(int argc, char** argv) {
   if (!std::filesystem::is_regular_file(model)) return fail_input("eval", "no such model file '" + model + "'");
   return guarded("eval", [&] {
     return cli::run_eval(model, dataset, a.count("data") ? a["data"].as<std::string>() : "",
-                         a.count("recipe") ? a["recipe"].as<std::string>() : "", QFORGE_SOURCE_DIR);
+                         a.count("recipe") ? a["recipe"].as<std::string>() : "", QFORGE_SOURCE_DIR,
+                         a.count("dynamic") > 0);
   });
 }
 

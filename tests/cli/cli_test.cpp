@@ -219,6 +219,11 @@ TEST_F(Cli, LstmRecipeExportsTheIntegerLstm) {
   const CliRun e = run("eval " + path("lstm") + "/mnist_lstm_int8.h5");
   ASSERT_EQ(e.code, 0) << e.out;
   EXPECT_EQ(field(e.json, "accuracy"), field(t.json, "int8_accuracy"));
+  // The FP32 checkpoint in dynamic int8; an int8 file is refused.
+  const CliRun d = run("eval " + path("lstm") + "/fp32/ckpt/epoch_0001.h5 --dynamic");
+  ASSERT_EQ(d.code, 0) << d.out;
+  EXPECT_EQ(field(d.json, "kind"), "\"dynamic\"");
+  EXPECT_EQ(run("eval " + path("lstm") + "/mnist_lstm_int8.h5 --dynamic").code, 2);
 }
 
 TEST_F(Cli, AKilledRunResumesToTheSameResult) {
