@@ -21,6 +21,7 @@ foreach(dir core autograd nn quant data trainers)
     PATTERN "mnist" EXCLUDE
     PATTERN "sgemm_kernels.h" EXCLUDE
     PATTERN "tensor_math.h" EXCLUDE
+    PATTERN "requant_avx512.h" EXCLUDE
     PATTERN "ops" EXCLUDE)
 endforeach()
 
