@@ -194,7 +194,9 @@ int run_inspect(const std::string& path, const std::string& recipe_path, const s
   std::vector<LayerReport> layers;
   m.run(b.x, nullptr, [&](size_t i, const Tensor& codes) {
     const rt::Op& op = m.ops[i];
-    if (op.kind != rt::OpKind::conv2d && op.kind != rt::OpKind::linear && op.kind != rt::OpKind::add) return;
+    if (op.kind != rt::OpKind::conv2d && op.kind != rt::OpKind::linear && op.kind != rt::OpKind::add &&
+        op.kind != rt::OpKind::lstm)
+      return;
     const auto it = ref.find(op.name);
     if (it == ref.end()) return;
     const Tensor deq = rt::dequantize(codes.ndim() == 4 ? rt::to_nchw(codes) : codes, qp[i]);
