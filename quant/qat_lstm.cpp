@@ -87,8 +87,15 @@ Variable QATLSTM::float_forward(const Variable& x) {
       const Variable gg = tanh((*gq[2])(slice(g, 1, 2 * H, 3 * H)));
       const Variable o = sigmoid((*gq[3])(slice(g, 1, 3 * H, 4 * H)));
       c = c.defined() ? f * c + i * gg : i * gg;
-      if (record)
-        for (double v : c.value().to_vector()) absmax = std::max(absmax, static_cast<float>(std::fabs(v)));
+      if (record) {
+        const Tensor& cv = c.value();
+        if (cv.dtype() == DType::f32) {
+          const float* p = cv.data<float>();
+          for (int64_t k = 0; k < cv.numel(); ++k) absmax = std::max(absmax, std::fabs(p[k]));
+        } else {
+          for (double v : cv.to_vector()) absmax = std::max(absmax, static_cast<float>(std::fabs(v)));
+        }
+      }
       h = hq(o * tanh(c));
       outs.push_back(reshape(h, {N, 1, H}));
     }
