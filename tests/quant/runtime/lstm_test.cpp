@@ -4,11 +4,16 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
 #include <random>
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "core/archive.h"
 #include "quant/runtime/lstm.h"
+#include "quant/runtime/model.h"
 
 namespace qforge::quant::runtime {
 namespace {
@@ -267,6 +272,81 @@ TEST(RuntimeLstm, DynamicModeIsCloseToFloat) {
       for (int64_t k = 0; k < I; ++k) s += w.data<float>()[o * I + k] * xi.data<float>()[n * I + k];
       EXPECT_NEAR(yl.data<float>()[n * 4 * H + o], s, 0.03);
     }
+}
+
+}  // namespace
+}  // namespace qforge::quant::runtime
+
+namespace qforge::quant::runtime {
+namespace {
+
+/// quantize -> 2-layer lstm (sequence) -> dequantize over [1, T=5, I=6] inputs.
+Model lstm_model() {
+  std::mt19937 rng(8);
+  const ActQParams in = act(-1, 1);
+  const QLstmLayer l1 = quantize_layer(random_lstm(6, 4, rng), in);
+  const QLstmLayer l2 = quantize_layer(random_lstm(4, 4, rng), l1.hidden);
+  Model m;
+  m.input_shape = {1, 5, 6};
+  Op q;
+  q.kind = OpKind::quantize;
+  q.q = in;
+  m.ops.push_back(q);
+  Op l;
+  l.kind = OpKind::lstm;
+  l.name = "lstm";
+  l.lstm = {l1, l2};
+  m.ops.push_back(l);
+  Op d;
+  d.kind = OpKind::dequantize;
+  d.q = l2.hidden;
+  m.ops.push_back(d);
+  return m;
+}
+
+TEST(RuntimeLstm, ModelFilesRoundTripAndRejectBadLstmEntries) {
+  const std::string p = ::testing::TempDir() + "/lstm_model.h5";
+  const Model m = lstm_model();
+  EXPECT_EQ(m.validate(), (std::vector<int64_t>{1, 5, 4}));
+  save_model(p, m);
+  EXPECT_EQ(load_archive(p).get_int("format_version"), 4);
+  Tensor x = Tensor::empty({3, 1, 5, 6});
+  std::mt19937 rng(9);
+  std::normal_distribution<float> g(0, 0.5);
+  for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = g(rng);
+  const Tensor y = m.run(x), y2 = load_model(p).run(x);
+  ASSERT_EQ(y.shape(), Shape({3, 1, 5, 4}));
+  EXPECT_EQ(std::memcmp(y.raw(), y2.raw(), y.nbytes()), 0);
+  // The sequence output equals qlstm on the codes.
+  EXPECT_EQ(bytes(quantize(y, m.ops[2].q)),
+            bytes(qlstm(m.ops[1].lstm, quantize(x, m.ops[0].q)).reshape({3, 1, 5, 4})));
+  auto expect_bad = [&](const std::function<void(Archive&)>& edit, const std::string& needle) {
+    save_model(p, m);
+    Archive a = load_archive(p);
+    edit(a);
+    save_archive(p, a);
+    try {
+      load_model(p);
+      ADD_FAILURE() << "no error for: " << needle;
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_bad([](Archive& a) { a.ints["format_version"] = 3; }, "lstm came in version 4");
+  expect_bad([](Archive& a) { a.tensors["op/0001/lstm1_weight_hh"] = Tensor::zeros({4, 16}, DType::i8); },
+             "lstm1_weight_hh");
+  expect_bad([](Archive& a) { a.tensors.erase("op/0001/lstm0_bias"); }, "lstm0_bias");
+  expect_bad([](Archive& a) { a.tensors["op/0001/params"].data<int32_t>()[1] = 0; }, "LSTM layers");
+  expect_bad([](Archive& a) { a.tensors["op/0001/params"].data<int32_t>()[4] = 16; }, "cell_frac_bits");
+  expect_bad([](Archive& a) { a.tensors["op/0001/scales"].data<float>()[6] = 0.5f; }, "does not read");
+  // A model without an lstm op stays version 3 (older builds read it).
+  Model plain;
+  plain.input_shape = {1, 2, 2};
+  plain.ops = {m.ops[0], m.ops[0]};
+  plain.ops[1].kind = OpKind::dequantize;
+  save_model(p, plain);
+  EXPECT_EQ(load_archive(p).get_int("format_version"), 3);
+  std::remove(p.c_str());
 }
 
 }  // namespace
