@@ -2,6 +2,8 @@
 // a FormatError naming the problem.
 #include <gtest/gtest.h>
 
+#include "tests/quant/runtime/model_file_util.h"
+
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -75,17 +77,7 @@ class ModelFile : public ::testing::Test {
   /// Saves the small model, edits its archive, and expects load_model to
   /// throw a FormatError mentioning `needle`.
   void expect_bad(const std::function<void(Archive&)>& edit, const std::string& needle) {
-    const std::string p = path("m.h5");
-    save_model(p, small_model());
-    Archive a = load_archive(p);
-    edit(a);
-    save_archive(p, a);
-    try {
-      load_model(p);
-      ADD_FAILURE() << "no error for: " << needle;
-    } catch (const FormatError& e) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
+    testing::expect_load_error(path("m.h5"), small_model(), edit, needle);
   }
   fs::path dir_;
 };
