@@ -147,8 +147,9 @@ Variable softmax(const Variable& x, int axis = -1);
 /// x - logsumexp(x) along `axis`, more accurate than log(softmax(x)); checked as softmax().
 Variable log_softmax(const Variable& x, int axis = -1);
 /// Mean cross-entropy of logits [N, C] against class indices (i32 [N], each in
-/// [0, C)).
-Variable cross_entropy(const Variable& logits, const Tensor& targets);
+/// [0, C)). With label_smoothing = e in [0, 1), the target of each row is
+/// (1 - e) on its class plus e/C on every class (PyTorch's definition).
+Variable cross_entropy(const Variable& logits, const Tensor& targets, double label_smoothing = 0);
 
 // ---- norm.cpp ---------------------------------------------------------------
 /// Settings of batch_norm().

@@ -102,7 +102,8 @@ std::shared_ptr<nn::LrSchedule> make_schedule(const std::string& kind, double lr
 std::shared_ptr<nn::Optimizer> make_optimizer(const Recipe& r, nn::Module& model, double lr) {
   if (r.optimizer == "sgd")
     return std::make_shared<nn::SGD>(model.parameters(),
-                                     nn::SGDOptions{.lr = lr, .momentum = r.momentum, .weight_decay = r.weight_decay});
+                                     nn::SGDOptions{.lr = lr, .momentum = r.momentum, .weight_decay = r.weight_decay,
+                                                    .nesterov = r.nesterov});
   nn::AdamOptions ao{.lr = lr, .weight_decay = r.weight_decay};
   if (r.optimizer == "adamw") return std::make_shared<nn::AdamW>(model.parameters(), ao);
   return std::make_shared<nn::Adam>(model.parameters(), ao);
@@ -197,6 +198,10 @@ int run_train(const Recipe& r, const TrainArgs& args) {
     to.clip_grad_norm = r.clip_grad_norm;
     auto opt = make_optimizer(r, *model, sched->lr_at(0));
     trainers::Trainer t(model, opt, sched, l.train, l.test, to);
+    if (r.label_smoothing > 0)
+      t.set_loss([ls = r.label_smoothing](const autograd::Variable& logits, const Tensor& y) {
+        return autograd::cross_entropy(logits, y, ls);
+      });
     if (setup) setup(t);
     const auto results = t.fit();
     double ips = 0;

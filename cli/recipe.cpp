@@ -82,10 +82,11 @@ const Field& schema() {
                                           {"std", Kind::number_list, 0, 1e6, true, {}, {}, ""}})}),
            map("training", {integer("epochs", 0, 100000),
                             map("optimizer", {choice("name", {"adam", "adamw", "sgd"}), number("lr", 0, 100, true),
-                                              number("momentum", 0, 0.999999), number("weight_decay", 0, 1)}),
+                                              number("momentum", 0, 0.999999), number("weight_decay", 0, 1),
+                                              boolean("nesterov")}),
                             choice("schedule", {"cosine", "onecycle", "constant"}), integer("seed", 0, 9.0e15),
                             integer("threads", 0, 1024), integer("max_steps_per_epoch", 0, 1e12),
-                            number("clip_grad_norm", 0, 1e6)}),
+                            number("clip_grad_norm", 0, 1e6), number("label_smoothing", 0, 0.999)}),
            map("quant", {boolean("enabled"), choice("mode", {"qat", "ptq"}), integer("epochs", 1, 100000),
                          number("lr", 0, 100), choice("method", {"ste", "lsq"}),
                          map("weight", {integer("bits", 2, 8), choice("observer", kObservers)}),
@@ -320,6 +321,8 @@ Recipe build(const YAML::Node& root, const Checker& c, const std::string& name, 
   r.momentum = get<double>(root, "training.optimizer.momentum", r.momentum);
   r.weight_decay = get<double>(root, "training.optimizer.weight_decay", r.weight_decay);
   r.clip_grad_norm = get<double>(root, "training.clip_grad_norm", r.clip_grad_norm);
+  r.nesterov = get<bool>(root, "training.optimizer.nesterov", r.nesterov);
+  r.label_smoothing = get<double>(root, "training.label_smoothing", r.label_smoothing);
   r.schedule = get<std::string>(root, "training.schedule", r.schedule);
   r.seed = static_cast<uint64_t>(get<int64_t>(root, "training.seed", 0));
   r.threads = static_cast<int>(get<int64_t>(root, "training.threads", 0));
@@ -360,6 +363,9 @@ Recipe build(const YAML::Node& root, const Checker& c, const std::string& name, 
   r.do_export = get<bool>(root, "export.enabled", root["export"].IsDefined() && !root["export"].IsNull());
   r.export_path = get<std::string>(root, "export.path", r.export_path);
   r.validate_export = get<bool>(root, "export.validate", true);
+  if (r.nesterov && (r.optimizer != "sgd" || r.momentum <= 0))
+    c.fail(root["training"]["optimizer"]["nesterov"], "training.optimizer.nesterov",
+           "nesterov needs optimizer 'sgd' with momentum > 0");
   if (r.do_export && !r.quant)
     c.fail(root["export"], "export", "exporting an int8 model needs quantization (quant.enabled: true)");
   if (r.quant && r.quant_mode == "qat" && r.epochs == 0 && !root["pretrained"])
@@ -443,10 +449,12 @@ std::string to_yaml(const Recipe& r) {
   e << YAML::Key << "training" << YAML::Value << YAML::BeginMap << YAML::Key << "epochs" << YAML::Value << r.epochs
     << YAML::Key << "optimizer" << YAML::Value << YAML::BeginMap << YAML::Key << "name" << YAML::Value << r.optimizer
     << YAML::Key << "lr" << YAML::Value << r.lr << YAML::Key << "momentum" << YAML::Value << r.momentum << YAML::Key
-    << "weight_decay" << YAML::Value << r.weight_decay << YAML::EndMap << YAML::Key << "schedule" << YAML::Value
+    << "weight_decay" << YAML::Value << r.weight_decay << YAML::Key << "nesterov" << YAML::Value << r.nesterov
+    << YAML::EndMap << YAML::Key << "schedule" << YAML::Value
     << r.schedule << YAML::Key << "seed" << YAML::Value << static_cast<int64_t>(r.seed) << YAML::Key << "threads"
     << YAML::Value << r.threads << YAML::Key << "max_steps_per_epoch" << YAML::Value << r.max_steps_per_epoch
-    << YAML::Key << "clip_grad_norm" << YAML::Value << r.clip_grad_norm << YAML::EndMap;
+    << YAML::Key << "clip_grad_norm" << YAML::Value << r.clip_grad_norm << YAML::Key << "label_smoothing"
+    << YAML::Value << r.label_smoothing << YAML::EndMap;
   e << YAML::Key << "quant" << YAML::Value << YAML::BeginMap << YAML::Key << "enabled" << YAML::Value << r.quant
     << YAML::Key << "mode" << YAML::Value << r.quant_mode << YAML::Key << "epochs" << YAML::Value << r.qat_epochs
     << YAML::Key << "lr" << YAML::Value << r.qat_lr << YAML::Key << "method" << YAML::Value << r.method;

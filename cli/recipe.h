@@ -57,6 +57,8 @@ struct Recipe {
   std::string optimizer = "adam";  // adam | adamw | sgd
   double lr = 0.003;
   double momentum = 0.9;
+  bool nesterov = false;  // sgd only
+  double label_smoothing = 0;  // of the loss (training, and the test loss the trainer reports)
   double weight_decay = 0;
   std::string schedule = "cosine";  // cosine | onecycle | constant
   uint64_t seed = 0;

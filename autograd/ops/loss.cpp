@@ -90,7 +90,7 @@ Variable softmax_impl(const Variable& x, int axis, bool log) {
 Variable softmax(const Variable& x, int axis) { return softmax_impl(x, axis, false); }
 Variable log_softmax(const Variable& x, int axis) { return softmax_impl(x, axis, true); }
 
-Variable cross_entropy(const Variable& logits, const Tensor& targets) {
+Variable cross_entropy(const Variable& logits, const Tensor& targets, double label_smoothing) {
   const Tensor& xv = logits.value();
   detail::common_float_dtype({&xv}, "cross_entropy");
   QF_CHECK_SHAPE(xv.ndim() == 2) << "cross_entropy: logits must be [N, C], got " << xv.desc();
@@ -100,6 +100,9 @@ Variable cross_entropy(const Variable& logits, const Tensor& targets) {
   QF_CHECK_SHAPE(targets.ndim() == 1 && targets.size(0) == N)
       << "cross_entropy: targets " << targets.desc() << " do not match logits " << xv.desc();
   QF_CHECK_SHAPE(N >= 1 && C >= 1) << "cross_entropy: empty logits " << xv.desc();
+  QF_CHECK(label_smoothing >= 0 && label_smoothing < 1)
+      << "cross_entropy: label_smoothing must be in [0, 1), got " << label_smoothing;
+  const double eps = label_smoothing;
   const int32_t* pt = targets.data<int32_t>();
   for (int64_t i = 0; i < N; ++i)
     QF_CHECK_INDEX(pt[i] >= 0 && pt[i] < C)
@@ -111,11 +114,16 @@ Variable cross_entropy(const Variable& logits, const Tensor& targets) {
     softmax_kernel<T>(xv.data<T>(), logp.data<T>(), AxisView{N, C, 1}, true);
     const T* lp = logp.data<T>();
     double acc = 0;
-    for (int64_t i = 0; i < N; ++i) acc -= lp[i * C + pt[i]];
+    for (int64_t i = 0; i < N; ++i) {
+      double row = 0;
+      if (eps > 0)
+        for (int64_t c = 0; c < C; ++c) row += lp[i * C + c];
+      acc -= (1 - eps) * lp[i * C + pt[i]] + eps / static_cast<double>(C) * row;
+    }
     loss.data<T>()[0] = static_cast<T>(acc / static_cast<double>(N));
   });
   if (!any_requires_grad({&logits})) return Variable(loss);
-  return Variable::make(loss, {&logits}, "cross_entropy", [logp, targets = targets.clone(), N, C](const Tensor& g, GradSink& out) {
+  return Variable::make(loss, {&logits}, "cross_entropy", [logp, targets = targets.clone(), N, C, eps](const Tensor& g, GradSink& out) {
     Tensor dx = Tensor::empty(logp.shape(), logp.dtype());
     detail::with_float(logp, "cross_entropy backward", [&](auto tag) {
       using T = decltype(tag);
@@ -123,9 +131,11 @@ Variable cross_entropy(const Variable& logits, const Tensor& targets) {
       const T* lp = logp.data<T>();
       const int32_t* pt = targets.data<int32_t>();
       T* pd = dx.data<T>();
+      // d/dx of -sum_c q_c log p_c is p - q, with q = (1 - eps)·onehot + eps/C.
+      const T on = static_cast<T>(1 - eps) * s, every = static_cast<T>(eps / static_cast<double>(C)) * s;
       for (int64_t i = 0; i < N; ++i) {
-        for (int64_t c = 0; c < C; ++c) pd[i * C + c] = std::exp(lp[i * C + c]) * s;
-        pd[i * C + pt[i]] -= s;
+        for (int64_t c = 0; c < C; ++c) pd[i * C + c] = std::exp(lp[i * C + c]) * s - every;
+        pd[i * C + pt[i]] -= on;
       }
     });
     out.add(0, dx);

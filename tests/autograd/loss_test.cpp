@@ -27,6 +27,29 @@ TEST(LossGrad, CrossEntropy) {
   expect_jacobian([t](const std::vector<Variable>& v) { return cross_entropy(v[0], t); }, {rand64({5, 5}, g, -3, 3)});
   Tensor t1 = Tensor::from_vector<int32_t>({0}, {1});
   expect_jacobian([t1](const std::vector<Variable>& v) { return cross_entropy(v[0], t1); }, {rand64({1, 1}, g)});
+  for (double e : {0.1, 0.5, 0.95})
+    expect_jacobian([t, e](const std::vector<Variable>& v) { return cross_entropy(v[0], t, e); },
+                    {rand64({5, 5}, g, -3, 3)});
+}
+
+TEST(Loss, LabelSmoothingValue) {
+  // -sum_c q_c log p_c with q = (1 - e)·onehot + e/C, written out by hand.
+  Tensor x = Tensor::from_vector<float>({1, 2, 3, 0.5f, -1, 2}, {2, 3});
+  Tensor t = Tensor::from_vector<int32_t>({2, 0}, {2});
+  const double e = 0.2;
+  double expect = 0;
+  for (int i = 0; i < 2; ++i) {
+    double z = 0;
+    for (int c = 0; c < 3; ++c) z += std::exp(double(x.item(i * 3 + c)));
+    for (int c = 0; c < 3; ++c) {
+      const double q = (c == t.data<int32_t>()[i] ? 1 - e : 0) + e / 3;
+      expect -= q * (x.item(i * 3 + c) - std::log(z));
+    }
+  }
+  EXPECT_NEAR(cross_entropy(Variable(x), t, e).value().item(), expect / 2, 1e-5);
+  EXPECT_NEAR(cross_entropy(Variable(x), t, 0).value().item(), cross_entropy(Variable(x), t).value().item(), 0);
+  EXPECT_THROW(cross_entropy(Variable(x), t, 1.0), ValueError);
+  EXPECT_THROW(cross_entropy(Variable(x), t, -0.1), ValueError);
 }
 
 TEST(Loss, Values) {

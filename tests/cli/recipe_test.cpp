@@ -42,6 +42,10 @@ TEST(Recipe, DefaultsResolveAndShippedRecipesParse) {
     EXPECT_EQ(s.dataset, "cifar10") << name;
     EXPECT_EQ(s.mean.size(), 3u) << name;
   }
+  const Recipe r20 = parse_recipe(kSource + "/recipes/cifar10_resnet20_qat_int8.yaml", {}, kSource, false);
+  EXPECT_TRUE(r20.nesterov);
+  EXPECT_DOUBLE_EQ(r20.label_smoothing, 0.1);
+  EXPECT_EQ(r20.epochs + r20.qat_epochs, 30);
   for (const char* name : {"mnist_lstm_fp32", "mnist_lstm_qat_int8"}) {
     const Recipe s = parse_recipe(kSource + "/recipes/" + name + ".yaml", {}, kSource);
     EXPECT_EQ(s.model, "mnist_lstm") << name;
@@ -101,6 +105,10 @@ TEST(Recipe, EveryBadInputGetsOneMessageWithLineAndColumn) {
   EXPECT_NE(error_of("data:\n  normalize: {mean: [0.1, 0.2], std: [1, 1]}\n").find("need 1 value(s) each"),
             std::string::npos);
   EXPECT_NE(error_of("export: {path: x.h5}\n").find("needs quantization"), std::string::npos);
+  EXPECT_EQ(error_of("training:\n  optimizer: {name: adam, nesterov: true}\n"),
+            "r.yaml:2:37: training.optimizer.nesterov: nesterov needs optimizer 'sgd' with momentum > 0");
+  EXPECT_EQ(error_of("training:\n  label_smoothing: 1\n"),
+            "r.yaml:2:20: training.label_smoothing: must be in [0, 0.999], got 1");
   EXPECT_NE(error_of("quant:\n  overrides:\n    - {float: true}\n").find("r.yaml:3:7: quant.overrides[0]: needs a "
                                                                           "'match' glob"),
             std::string::npos);
@@ -114,12 +122,16 @@ TEST(Recipe, EveryBadInputGetsOneMessageWithLineAndColumn) {
 
 TEST(Recipe, ResolvedYamlParsesBackToTheSameRecipe) {
   const Recipe a = parse_recipe(kSource + "/recipes/mnist_lsq_w4a4.yaml",
-                                {"quant.overrides=[{match: fc, weight_bits: 8}]"}, kSource);
+                                {"quant.overrides=[{match: fc, weight_bits: 8}]", "training.optimizer.name=sgd",
+                                 "training.optimizer.nesterov=true", "training.label_smoothing=0.05"},
+                                kSource);
   const Recipe b = parse_recipe_text(to_yaml(a), "resolved.yaml", {}, kSource);
   EXPECT_EQ(to_yaml(a), to_yaml(b));
   ASSERT_EQ(b.overrides.size(), 1u);
   EXPECT_EQ(b.overrides[0].match, "fc");
   EXPECT_EQ(b.overrides[0].weight_bits, 8);
+  EXPECT_TRUE(b.nesterov);
+  EXPECT_DOUBLE_EQ(b.label_smoothing, 0.05);
 }
 
 TEST(Recipe, EditDistance) {
