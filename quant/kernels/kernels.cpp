@@ -66,6 +66,7 @@ void set_kernel(KernelTable& t, QGemmFn f) {
   t.qgemm_pack = nullptr;
 }
 void set_kernel(KernelTable& t, QDwFn f) { t.qdwconv = f; }
+void set_kernel(KernelTable& t, QAddFn f) { t.qadd = f; }
 
 Isa parse_isa(const char* s) {
   for (Isa i : {Isa::ref, Isa::avx2, Isa::avx512vnni, Isa::neon})
@@ -109,7 +110,14 @@ void check(const QGemmParams& p) {
   QF_CHECK(p.K < (int64_t{1} << 31) / (255 * 128)) << "qgemm: K=" << p.K << " could overflow the int32 accumulator";
   if (p.M == 0 || p.N == 0) return;
   QF_CHECK(p.a && p.b && (p.c32 || (p.c && p.requant))) << "qgemm: null operand";
-  QF_CHECK(p.lda >= p.K && p.ldb >= p.K && p.ldc >= p.N)
+  if (p.a_offsets) {
+    QF_CHECK(p.segments >= 1 && p.K % p.segments == 0 && (p.K / p.segments) % 4 == 0)
+        << "qgemm: segmented rows need K (" << p.K << ") to split into " << p.segments
+        << " runs of a multiple of 4 bytes";
+    for (int64_t i = 0; i < p.M * p.segments; ++i)
+      QF_CHECK(p.a_offsets[i] >= 0) << "qgemm: negative row offset " << p.a_offsets[i] << " at " << i;
+  }
+  QF_CHECK((p.a_offsets || p.lda >= p.K) && p.ldb >= p.K && p.ldc >= p.N)
       << "qgemm: leading dimensions lda=" << p.lda << " ldb=" << p.ldb << " ldc=" << p.ldc << " are too small for K="
       << p.K << ", N=" << p.N;
   QF_CHECK(p.a_zero_point >= 0 && p.a_zero_point <= 255) << "qgemm: input zero point " << p.a_zero_point
@@ -140,6 +148,19 @@ void check(const QDwParams& p) {
   for (int64_t c = 0; c < p.C; ++c)
     QF_CHECK(p.requant[c].multiplier >= (1 << 30) && p.requant[c].shift >= 1 && p.requant[c].shift <= 62)
         << "qdwconv: requant multiplier of channel " << c << " is not normalized";
+}
+
+void check(const QAddParams& p) {
+  QF_CHECK(p.n >= 0) << "qadd: negative size " << p.n;
+  if (p.n == 0) return;
+  QF_CHECK(p.a && p.b && p.y) << "qadd: null operand";
+  QF_CHECK(p.a_zero_point >= 0 && p.a_zero_point <= 255 && p.b_zero_point >= 0 && p.b_zero_point <= 255)
+      << "qadd: input zero points " << p.a_zero_point << ", " << p.b_zero_point << " are not within [0, 255]";
+  QF_CHECK(p.m.a >= 0 && p.m.a < (int64_t{1} << 31) && p.m.b >= 0 && p.m.b < (int64_t{1} << 31) && p.m.shift >= 1 &&
+           p.m.shift <= 62)
+      << "qadd: multipliers " << p.m.a << ", " << p.m.b << " (shift " << p.m.shift << ") are not from add_multipliers";
+  QF_CHECK(0 <= p.out_lo && p.out_lo <= p.out_hi && p.out_hi <= 255)
+      << "qadd: output bounds [" << p.out_lo << ", " << p.out_hi << "] are not within [0, 255]";
 }
 
 }  // namespace qforge::quant::kernels

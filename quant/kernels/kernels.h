@@ -59,7 +59,42 @@ struct QGemmParams {
   /// c, requant, out_zero_point and the bounds are then unused. The LSTM's
   /// gates combine two such GEMMs (input and recurrent) before one rounding.
   int32_t* c32 = nullptr;
+  /// Optional: segmented rows, an implicit im2col. When set, row m of A is
+  /// `segments` runs of K / segments bytes, run s starting at
+  /// a + a_offsets[m * segments + s] (lda is then unused): a convolution
+  /// reads each kernel row's taps straight from a padded input image.
+  /// K must be a multiple of segments, and K / segments a multiple of 4.
+  const int64_t* a_offsets = nullptr;
+  int64_t segments = 1;
 };
+
+/// Row m of A as one contiguous run when the rows are segmented
+/// (QGemmParams::a_offsets): copies the runs into `buf` (K bytes) and returns
+/// it; otherwise returns the row in place.
+inline const uint8_t* gemm_row(const QGemmParams& p, int64_t m, uint8_t* buf) {
+  if (!p.a_offsets) return p.a + m * p.lda;
+  const int64_t len = p.K / p.segments;
+  for (int64_t s = 0; s < p.segments; ++s) {
+    const uint8_t* src = p.a + p.a_offsets[m * p.segments + s];
+    for (int64_t k = 0; k < len; ++k) buf[s * len + k] = src[k];
+  }
+  return buf;
+}
+
+/// For kernels without a native segmented mode: the same problem with A's
+/// rows gathered into `rows` (M x K, contiguous), or p itself when A is
+/// already contiguous.
+inline QGemmParams gather_segmented_rows(const QGemmParams& p, std::vector<uint8_t>& rows) {
+  if (!p.a_offsets) return p;
+  rows.resize(static_cast<size_t>(p.M * p.K));
+  for (int64_t m = 0; m < p.M; ++m) gemm_row(p, m, rows.data() + m * p.K);
+  QGemmParams q = p;
+  q.a = rows.data();
+  q.lda = p.K;
+  q.a_offsets = nullptr;
+  q.segments = 1;
+  return q;
+}
 
 /// The output code of channel n from the exact sum of (a - zp) * b: adds the
 /// bias, saturates to int32 and requantizes (every kernel's last step, in
@@ -132,6 +167,28 @@ inline uint8_t finish_dw(const QDwParams& p, int64_t c, int64_t sum) {
 /// A depthwise kernel (QDwParams); kernels do not validate p.
 using QDwFn = void (*)(const QDwParams&);
 
+/// Quantized add of two u8 tensors of n codes (a residual), qmath's add rule
+/// element by element:
+///   y[i] = requantize_add(a[i] - a_zero_point, b[i] - b_zero_point, m, out_zero_point, out_lo, out_hi)
+/// i.e. clamp(rounding_shift((a - zp_a) * m.a + (b - zp_b) * m.b, m.shift) + zp, lo, hi), exact in int64.
+struct QAddParams {
+  int64_t n = 0;
+  const uint8_t* a = nullptr;
+  const uint8_t* b = nullptr;
+  /// The inputs' zero points, in [0, 255].
+  int32_t a_zero_point = 0, b_zero_point = 0;
+  /// From add_multipliers(): both multipliers in [0, 2^31), shift in [1, 62].
+  AddMultipliers m;
+  /// Output zero point and clamp bounds (activation_bounds for a fused ReLU).
+  int32_t out_zero_point = 0, out_lo = 0, out_hi = 255;
+  /// Output codes [n]; may be a or b (in place).
+  uint8_t* y = nullptr;
+};
+/// Throws ValueError naming the problem when p does not fit the contract.
+void check(const QAddParams& p);
+/// A quantized-add kernel (QAddParams); kernels do not validate p.
+using QAddFn = void (*)(const QAddParams&);
+
 /// Instruction-set levels a kernel can need.
 enum class Isa { ref, avx2, avx512vnni, neon };
 /// The level's name as QFORGE_KERNELS spells it ("ref", "avx2", "avx512vnni",
@@ -150,6 +207,8 @@ struct KernelTable {
   QGemmPackFn qgemm_pack = nullptr;
   /// The depthwise convolution (QDwParams).
   QDwFn qdwconv = nullptr;
+  /// The quantized add (QAddParams).
+  QAddFn qadd = nullptr;
 };
 /// The kernels in use: the best the CPU supports, or what QFORGE_KERNELS
 /// (ref|avx2|avx512vnni|neon) forces. Chosen once, on first call; the table
@@ -190,5 +249,14 @@ void qu8s8_dwconv_requant__avx2_8c(const QDwParams& p);
 void qu8s8_dwconv_requant__avx512_16c(const QDwParams& p);
 /// NEON depthwise: 8 channels per step (int16 widening multiply-accumulate).
 void qu8s8_dwconv_requant__neon_8c(const QDwParams& p);
+/// Quantized add, reference: requantize_add() per element.
+void qu8_add__ref(const QAddParams& p);
+/// AVX2 quantized add: 4 int64 lanes (vpmuldq products, a floor shift built
+/// from logical shifts, the half-to-even correction).
+void qu8_add__avx2_4l(const QAddParams& p);
+/// AVX-512 quantized add: 8 int64 lanes per vector, 16 codes per step.
+void qu8_add__avx512_16(const QAddParams& p);
+/// NEON quantized add: 2 int64 lanes per vector, 8 codes per step.
+void qu8_add__neon_8(const QAddParams& p);
 
 }  // namespace qforge::quant::kernels

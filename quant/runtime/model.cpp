@@ -345,7 +345,7 @@ Tensor Model::run(const Tensor& x, const kernels::KernelTable* k, const OpCallba
         y = qglobal_avg_pool(t, op.in_q[0], op.q);
         break;
       case OpKind::add:
-        y = qadd(t, op.in_q[0], out[static_cast<size_t>(reads[i][1])], op.in_q[1], op.q, op.activation);
+        y = qadd(t, op.in_q[0], out[static_cast<size_t>(reads[i][1])], op.in_q[1], op.q, op.activation, k);
         break;
       case OpKind::concat: {
         std::vector<Tensor> xs;

@@ -2,10 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
-#include <map>
 #include <memory>
 #include <mutex>
-#include <tuple>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -162,15 +160,34 @@ void reorder_linear_input_to_hwc(QLayer& L, int64_t C, int64_t H, int64_t W) {
 
 namespace {
 
-/// memcpy for the short runs of im2col (often 3 to 64 bytes): fixed-size
-/// 8-byte moves inline instead of a library call per run.
+/// memcpy for the short runs of im2col (often 3 to 200 bytes): 16-byte
+/// vector moves inline instead of a library call per run. GCC recognizes even
+/// these loops as a copy and calls memmove; the empty asm that makes dst
+/// opaque on every step stops it.
 inline void copy_bytes(uint8_t* __restrict dst, const uint8_t* __restrict src, int64_t n) {
-  if (n >= 64) {
+  if (n >= 512) {
     std::memcpy(dst, src, static_cast<size_t>(n));
     return;
   }
-  for (; n >= 8; n -= 8, dst += 8, src += 8) std::memcpy(dst, src, 8);
-  for (; n > 0; --n) *dst++ = *src++;
+#if defined(__SSE2__)
+  for (; n >= 16; n -= 16, dst += 16, src += 16) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+    asm("" : "+r"(dst));
+  }
+#elif defined(__ARM_NEON)
+  for (; n >= 16; n -= 16, dst += 16, src += 16) {
+    vst1q_u8(dst, vld1q_u8(src));
+    asm("" : "+r"(dst));
+  }
+#endif
+  if (n >= 8) {
+    std::memcpy(dst, src, 8);
+    n -= 8, dst += 8, src += 8;
+  }
+  for (; n > 0; --n) {
+    *dst++ = *src++;
+    asm("" : "+r"(dst));
+  }
 }
 
 /// out[i] = max(out[i], in[i]) for n bytes, 16 at a time (GCC 12 leaves
@@ -272,55 +289,104 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
   }
   const bool pointwise = L.kernel[0] == 1 && L.kernel[1] == 1 && L.stride[0] == 1 && L.stride[1] == 1 &&
                          L.padding[0] == 0 && L.padding[1] == 0 && G == 1;
-  // Work items are (group, run of up to kImages images): one GEMM call per
-  // item, so the kernel's weight packing is paid once per run of images.
-  constexpr int64_t kImages = 8;
-  const int64_t runs = (N + kImages - 1) / kImages;
-  parallel_for(0, runs * G, 1, [&](int64_t t0, int64_t t1) {
-    // One column buffer per thread, grown as needed and reused (resizing a
-    // fresh vector would zero it on every call).
+  // Work items are (group, chunk of output rows), the rows counted across
+  // the whole batch (row m is pixel m % P of image m / P). A chunk's im2col
+  // rows take about 64 KB, so they are written and read back by the GEMM
+  // while still in cache (the weights are packed once, at load time, so small
+  // GEMM calls cost nothing extra).
+  const int64_t M = N * P;
+  const int64_t chunk = pointwise ? std::min<int64_t>(M, 1024)
+                                  : std::min<int64_t>(M, std::max<int64_t>(8, (65536 / K) / 8 * 8));
+  const int64_t nchunks = (M + chunk - 1) / chunk;
+  // Geometry in locals: stores through uint8_t pointers may alias anything,
+  // so reading L's fields inside the loops would reload them at every step.
+  const int64_t KH = L.kernel[0], KW = L.kernel[1], rowlen = KW * icg;
+  const int64_t sh = L.stride[0], sw = L.stride[1], ph = L.padding[0], pw = L.padding[1];
+  const int64_t dh = L.dilation[0], dw = L.dilation[1];
+  const bool dense_rows = G == 1 && dw == 1;
+  // Without groups or horizontal dilation, and with kernel rows of whole
+  // groups of 4 bytes, the GEMM reads the input directly (segmented rows,
+  // one run per kernel row) from a copy padded with the zero point: no
+  // im2col, which would write and read each input byte KH * KW times.
+  const bool segmented = !pointwise && dense_rows && rowlen % 4 == 0;
+  const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
+  Tensor padded;
+  const uint8_t* src = px;
+  if (segmented && (ph > 0 || pw > 0)) {
+    padded = Tensor::empty({N, Hp, Wp, IC}, DType::u8);
+    uint8_t* pp = padded.data<uint8_t>();
+    parallel_for(0, N * Hp, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / Hp, h = r % Hp - ph;
+        uint8_t* dst = pp + r * Wp * IC;
+        if (h < 0 || h >= H) {
+          std::memset(dst, pad, static_cast<size_t>(Wp * IC));
+          continue;
+        }
+        std::memset(dst, pad, static_cast<size_t>(pw * IC));
+        std::memcpy(dst + pw * IC, px + (n * H + h) * W * IC, static_cast<size_t>(W * IC));
+        std::memset(dst + (pw + W) * IC, pad, static_cast<size_t>(pw * IC));
+      }
+    });
+    src = pp;
+  }
+  parallel_for(0, nchunks * G, 1, [&](int64_t t0, int64_t t1) {
+    // One column (or row-offset) buffer per thread, grown as needed and
+    // reused (resizing a fresh vector would zero it on every call).
     thread_local std::vector<uint8_t> cols;
+    thread_local std::vector<int64_t> offsets;
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t g = t % G, n0 = (t / G) * kImages, n1 = std::min(N, n0 + kImages), nimg = n1 - n0;
-      const uint8_t* a = px + n0 * H * W * IC;
-      if (!pointwise) {
-        if (cols.size() < static_cast<size_t>(nimg * P * K)) cols.resize(static_cast<size_t>(nimg * P * K));
+      const int64_t g = t % G, m0 = (t / G) * chunk, m1 = std::min(M, m0 + chunk);
+      const uint8_t* a = px + m0 * IC;
+      // (image, oh, ow) of row m0, then stepped along (no division per row).
+      int64_t n = m0 / P, oh = (m0 % P) / OW, ow = m0 % OW;
+      auto step = [&] {
+        if (++ow == OW) {
+          ow = 0;
+          if (++oh == OH) oh = 0, ++n;
+        }
+      };
+      if (segmented) {
+        if (offsets.size() < static_cast<size_t>(chunk * KH)) offsets.resize(static_cast<size_t>(chunk * KH));
+        int64_t* o = offsets.data();
+        for (int64_t m = m0; m < m1; ++m, step()) {
+          const int64_t base = ((n * Hp + oh * sh) * Wp + ow * sw) * IC;
+          for (int64_t i = 0; i < KH; ++i) *o++ = base + i * dh * Wp * IC;
+        }
+        a = src;
+      } else if (!pointwise) {
+        if (cols.size() < static_cast<size_t>(chunk * K)) cols.resize(static_cast<size_t>(chunk * K));
         // im2col over NHWC. Without groups or dilation, a kernel row's taps
         // are contiguous in the input (KW * IC bytes), so inside the image
         // each kernel row is one copy; at the borders each tap copies its
         // run of icg channels or the padding code.
-        const int64_t KW = L.kernel[1], rowlen = KW * icg;
-        const bool dense_rows = G == 1 && L.dilation[1] == 1;
-        for (int64_t n = n0; n < n1; ++n) {
+        uint8_t* row = cols.data();
+        for (int64_t m = m0; m < m1; ++m, step()) {
           const uint8_t* image = px + n * H * W * IC;
-          for (int64_t oh = 0; oh < OH; ++oh)
-            for (int64_t ow = 0; ow < OW; ++ow) {
-              uint8_t* row = cols.data() + ((n - n0) * P + oh * OW + ow) * K;
-              const int64_t iw0 = ow * L.stride[1] - L.padding[1];
-              for (int64_t i = 0; i < L.kernel[0]; ++i, row += rowlen) {
-                const int64_t ih = oh * L.stride[0] - L.padding[0] + i * L.dilation[0];
-                if (ih < 0 || ih >= H) {
-                  std::memset(row, pad, static_cast<size_t>(rowlen));
-                  continue;
-                }
-                if (dense_rows && iw0 >= 0 && iw0 + KW <= W) {
-                  copy_bytes(row, image + (ih * W + iw0) * IC, rowlen);
-                  continue;
-                }
-                for (int64_t j = 0; j < KW; ++j) {
-                  const int64_t iw = iw0 + j * L.dilation[1];
-                  if (iw >= 0 && iw < W)
-                    copy_bytes(row + j * icg, image + (ih * W + iw) * IC + g * icg, icg);
-                  else
-                    std::memset(row + j * icg, pad, static_cast<size_t>(icg));
-                }
-              }
+          const int64_t iw0 = ow * sw - pw;
+          for (int64_t i = 0; i < KH; ++i, row += rowlen) {
+            const int64_t ih = oh * sh - ph + i * dh;
+            if (ih < 0 || ih >= H) {
+              std::memset(row, pad, static_cast<size_t>(rowlen));
+              continue;
             }
+            if (dense_rows && iw0 >= 0 && iw0 + KW <= W) {
+              copy_bytes(row, image + (ih * W + iw0) * IC, rowlen);
+              continue;
+            }
+            for (int64_t j = 0; j < KW; ++j) {
+              const int64_t iw = iw0 + j * dw;
+              if (iw >= 0 && iw < W)
+                copy_bytes(row + j * icg, image + (ih * W + iw) * IC + g * icg, icg);
+              else
+                std::memset(row + j * icg, pad, static_cast<size_t>(icg));
+            }
+          }
         }
         a = cols.data();
       }
       kernels::QGemmParams p;
-      p.M = nimg * P;
+      p.M = m1 - m0;
       p.N = ocg;
       p.K = K;
       p.a = a;
@@ -333,9 +399,14 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
       p.out_zero_point = L.output.zero_point;
       p.out_lo = L.bounds.lo;
       p.out_hi = L.bounds.hi;
-      p.c = py + n0 * P * OC + g * ocg;
+      p.c = py + m0 * OC + g * ocg;
       p.ldc = OC;
       p.b_packed = L.packed_weights(table, g);
+      if (segmented) {
+        p.a_offsets = offsets.data();
+        p.segments = KH;
+        p.lda = 0;
+      }
       gemm(p);
     }
   });
@@ -417,35 +488,6 @@ bool same_qparams(const ActQParams& a, const ActQParams& b) {
   return a.scale == b.scale && a.zero_point == b.zero_point && a.qmin == b.qmin && a.qmax == b.qmax;
 }
 
-/// requantize_add for every pair of input codes ([a code][b code] -> output
-/// code, 64 KB), built on first use for each (qa, qb, out, act) and cached;
-/// the cache is emptied when it holds 256 tables (16 MB). Thread-safe; the
-/// shared_ptr keeps a table alive while a call uses it.
-std::shared_ptr<const std::vector<uint8_t>> add_table_ptr(const ActQParams& qa, const ActQParams& qb,
-                                                          const ActQParams& out, Activation act) {
-  using Key = std::tuple<float, int32_t, int32_t, int32_t, float, int32_t, int32_t, int32_t, float, int32_t, int32_t,
-                         int32_t, int32_t>;
-  static std::mutex mutex;
-  static std::map<Key, std::shared_ptr<const std::vector<uint8_t>>> cache;
-  const Key key{qa.scale,  qa.zero_point, qa.qmin,      qa.qmax, qb.scale, qb.zero_point, qb.qmin, qb.qmax,
-                out.scale, out.zero_point,  out.qmin, out.qmax, static_cast<int32_t>(act)};
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    const auto it = cache.find(key);
-    if (it != cache.end()) return it->second;
-  }
-  const AddMultipliers m = add_multipliers(qa.scale, qb.scale, out.scale);
-  const ClampBounds bounds = activation_bounds(act, out.scale, out.zero_point, out.qmin, out.qmax);
-  auto table = std::make_shared<std::vector<uint8_t>>(256 * 256);
-  for (int32_t ca = 0; ca < 256; ++ca)
-    for (int32_t cb = 0; cb < 256; ++cb)
-      (*table)[(static_cast<size_t>(ca) << 8) | static_cast<size_t>(cb)] = static_cast<uint8_t>(
-          requantize_add(ca - qa.zero_point, cb - qb.zero_point, m, out.zero_point, bounds.lo, bounds.hi));
-  std::lock_guard<std::mutex> lock(mutex);
-  if (cache.size() >= 256) cache.clear();
-  return cache.emplace(key, std::move(table)).first->second;
-}
-
 }  // namespace
 
 Tensor qavg_pool2d(const Tensor& x, const ActQParams& in, const ActQParams& out, std::array<int64_t, 2> kernel,
@@ -493,24 +535,33 @@ Tensor qglobal_avg_pool(const Tensor& x, const ActQParams& in, const ActQParams&
 }
 
 Tensor qadd(const Tensor& a, const ActQParams& qa, const Tensor& b, const ActQParams& qb, const ActQParams& out,
-            Activation act) {
+            Activation act, const kernels::KernelTable* k) {
   QF_CHECK_DTYPE(a.dtype() == DType::u8 && b.dtype() == DType::u8)
       << "qadd: expects u8 codes, got " << a.desc() << " and " << b.desc();
   QF_CHECK_SHAPE(a.shape() == b.shape()) << "qadd: shapes differ: " << a.desc() << " and " << b.desc();
   qa.check("qadd input a");
   qb.check("qadd input b");
   out.check("qadd output");
-  // The output code depends only on the pair of input codes: the rule is
-  // evaluated once for all 256 x 256 pairs (cached per qparams) and the add
-  // becomes a table lookup, exactly the rule's result.
-  const auto table_ptr = add_table_ptr(qa, qb, out, act);
-  const uint8_t* table = table_ptr->data();
+  const AddMultipliers m = add_multipliers(qa.scale, qb.scale, out.scale);
+  const ClampBounds bounds = activation_bounds(act, out.scale, out.zero_point, out.qmin, out.qmax);
+  const kernels::KernelTable& table = k ? *k : kernels::kernels();
   Tensor y = Tensor::empty(a.shape(), DType::u8);
   const uint8_t* pa = a.data<uint8_t>();
   const uint8_t* pb = b.data<uint8_t>();
   uint8_t* py = y.data<uint8_t>();
   parallel_for(0, a.numel(), 1 << 15, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) py[i] = table[(static_cast<size_t>(pa[i]) << 8) | pb[i]];
+    kernels::QAddParams p;
+    p.n = i1 - i0;
+    p.a = pa + i0;
+    p.b = pb + i0;
+    p.a_zero_point = qa.zero_point;
+    p.b_zero_point = qb.zero_point;
+    p.m = m;
+    p.out_zero_point = out.zero_point;
+    p.out_lo = bounds.lo;
+    p.out_hi = bounds.hi;
+    p.y = py + i0;
+    table.qadd(p);
   });
   return y;
 }

@@ -155,9 +155,9 @@ Tensor qavg_pool2d(const Tensor& x, const ActQParams& in, const ActQParams& out,
 Tensor qglobal_avg_pool(const Tensor& x, const ActQParams& in, const ActQParams& out);
 /// Residual add of two code tensors of one shape, with their own qparams,
 /// into `out` (the rule in qmath.h, requantize_add), with a fused ReLU/ReLU6
-/// as clamp bounds.
+/// as clamp bounds. k: the kernels to use (null: kernels()).
 Tensor qadd(const Tensor& a, const ActQParams& qa, const Tensor& b, const ActQParams& qb, const ActQParams& out,
-            Activation act = Activation::none);
+            Activation act = Activation::none, const kernels::KernelTable* k = nullptr);
 /// Concatenation along channels (the last NHWC axis; for [N, F] tensors, the
 /// features). Each input is rescaled to `out` (requantize with
 /// rescale_multiplier) unless its qparams equal out's, when it is copied.

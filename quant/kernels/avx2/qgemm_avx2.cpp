@@ -85,8 +85,10 @@ std::vector<int32_t> qgemm_pack__avx2_4x16(const int8_t* b, int64_t ldb, int64_t
   return out;
 }
 
-void qu8s8_gemm_requant__avx2_4x16(const QGemmParams& p) {
-  if (p.M == 0 || p.N == 0) return;
+void qu8s8_gemm_requant__avx2_4x16(const QGemmParams& p0) {
+  if (p0.M == 0 || p0.N == 0) return;
+  thread_local std::vector<uint8_t> rows;
+  const QGemmParams p = gather_segmented_rows(p0, rows);
   const int64_t K2 = (p.K + 1) / 2, NB = (p.N + 15) / 16;
   const int32_t* base = p.b_packed;
   if (!base) {

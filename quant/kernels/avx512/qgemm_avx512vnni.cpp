@@ -58,7 +58,8 @@ inline void dot_tile(const QGemmParams& p, const int32_t* packed, int64_t block_
           c23 = z, c30 = z, c31 = z, c32 = z, c33 = z, c40 = z, c41 = z, c50 = z, c51 = z, c60 = z, c61 = z,
           c70 = z, c71 = z;
   const uint8_t* a[8];
-  for (int r = 0; r < 8; ++r) a[r] = p.a + (m0 + (r < R ? r : 0)) * p.lda;
+  if (!p.a_offsets)
+    for (int r = 0; r < 8; ++r) a[r] = p.a + (m0 + (r < R ? r : 0)) * p.lda;
   const int32_t* bp[4];
   for (int v = 0; v < 4; ++v) bp[v] = packed + (v < NV ? v : 0) * block_stride;
   __m512i b0 = z, b1 = z, b2 = z, b3 = z;
@@ -97,16 +98,29 @@ inline void dot_tile(const QGemmParams& p, const int32_t* packed, int64_t block_
   if constexpr (R > 5) QF_ROW2(5, load(a[5], k4));       \
   if constexpr (R > 6) QF_ROW2(6, load(a[6], k4));       \
   if constexpr (R > 7) QF_ROW2(7, load(a[7], k4))
-  // Whole groups of 4 bytes, then (when K % 4 != 0) one zero-padded group.
-  const int64_t full = p.K / 4;
-  for (int64_t k4 = 0; k4 < full; ++k4) {
-    load_b(k4);
-    QF_ROWS(bcast);
-  }
-  if (full < K4) {
-    const int64_t k4 = full;
-    load_b(k4);
-    QF_ROWS(bcast_tail);
+  if (p.a_offsets) {
+    // Segmented rows: each run starts at its own offset and holds a whole
+    // number of groups of 4 (check() ensures it); the weights run on.
+    const int64_t S = p.segments, seg4 = p.K / S / 4;
+    for (int64_t s = 0; s < S; ++s) {
+      for (int r = 0; r < 8; ++r) a[r] = p.a + p.a_offsets[(m0 + (r < R ? r : 0)) * S + s];
+      for (int64_t k4 = 0; k4 < seg4; ++k4) {
+        load_b(s * seg4 + k4);
+        QF_ROWS(bcast);
+      }
+    }
+  } else {
+    // Whole groups of 4 bytes, then (when K % 4 != 0) one zero-padded group.
+    const int64_t full = p.K / 4;
+    for (int64_t k4 = 0; k4 < full; ++k4) {
+      load_b(k4);
+      QF_ROWS(bcast);
+    }
+    if (full < K4) {
+      const int64_t k4 = full;
+      load_b(k4);
+      QF_ROWS(bcast_tail);
+    }
   }
 #undef QF_ROWS
 #undef QF_ROW4

@@ -42,8 +42,10 @@ inline void tile(const QGemmParams& p, const int16_t* packed, const int32_t* bsu
 
 }  // namespace
 
-void qu8s8_gemm_requant__neon_4x8(const QGemmParams& p) {
-  if (p.M == 0 || p.N == 0) return;
+void qu8s8_gemm_requant__neon_4x8(const QGemmParams& p0) {
+  if (p0.M == 0 || p0.N == 0) return;
+  thread_local std::vector<uint8_t> rows;
+  const QGemmParams p = gather_segmented_rows(p0, rows);
   const int64_t NB = (p.N + 7) / 8;
   thread_local std::vector<int16_t> packed;
   thread_local std::vector<int32_t> bsum;

@@ -1,12 +1,15 @@
 // Scalar reference of the requantizing u8 x s8 GEMM: the oracle that every
 // SIMD kernel must equal bit for bit.
+#include <vector>
+
 #include "quant/kernels/kernels.h"
 
 namespace qforge::quant::kernels {
 
 void qu8s8_gemm_requant__ref(const QGemmParams& p) {
+  std::vector<uint8_t> row(static_cast<size_t>(p.a_offsets ? p.K : 0));
   for (int64_t m = 0; m < p.M; ++m) {
-    const uint8_t* a = p.a + m * p.lda;
+    const uint8_t* a = gemm_row(p, m, row.data());
     for (int64_t n = 0; n < p.N; ++n) {
       const int8_t* b = p.b + n * p.ldb;
       int64_t sum = 0;

@@ -205,6 +205,57 @@ TEST(QGemm, PrePackedWeightsGiveTheSameResult) {
   }
 }
 
+TEST(QGemm, SegmentedRowsEqualTheContiguousProblem) {
+  // Rows of A as S runs scattered over a buffer (as a convolution reads a
+  // padded image); each kernel must give what the reference gives on the
+  // same rows laid out contiguously, requantized or int32, packed or not.
+  const std::vector<int64_t> sizes = {1, 2, 3, 5, 7, 8, 9, 16, 17, 31, 33, 64, 65};
+  for (Isa isa : {Isa::ref, Isa::avx2, Isa::avx512vnni, Isa::neon}) {
+    if (!cpu_has(isa)) continue;
+    KernelTable t;
+    try {
+      t = kernels_for(isa);
+    } catch (const ValueError&) {
+      continue;
+    }
+    std::mt19937 rng(23);
+    for (int iter = 0; iter < 60; ++iter) {
+      const int64_t M = sizes[rng() % sizes.size()], N = sizes[rng() % sizes.size()];
+      const int64_t S = 1 + rng() % 5, len = 4 * (1 + rng() % 40), K = S * len;  // K up to 800
+      Problem pr = make_problem(M, N, K, rng);
+      std::vector<uint8_t> pool(static_cast<size_t>(M * K + 97));
+      for (auto& v : pool) v = static_cast<uint8_t>(rng());
+      std::vector<int64_t> offsets(static_cast<size_t>(M * S));
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t s = 0; s < S; ++s) {
+          const int64_t off = static_cast<int64_t>(rng() % (pool.size() - len + 1));
+          offsets[m * S + s] = off;
+          for (int64_t k = 0; k < len; ++k) pr.a[m * pr.p.lda + s * len + k] = pool[off + k];
+        }
+      QGemmParams seg = pr.p;
+      seg.a = pool.data();
+      seg.lda = 0;
+      seg.a_offsets = offsets.data();
+      seg.segments = S;
+      std::vector<int32_t> packed;
+      if (t.qgemm_pack && iter % 2) {
+        packed = t.qgemm_pack(pr.p.b, pr.p.ldb, N, K);
+        seg.b_packed = packed.data();
+      }
+      std::vector<uint8_t> c(static_cast<size_t>(M * pr.p.ldc));
+      seg.c = c.data();
+      check(seg);
+      ASSERT_EQ(run(t.qgemm, seg), run(&qu8s8_gemm_requant__ref, pr.p))
+          << isa_name(isa) << " M=" << M << " N=" << N << " K=" << K << " S=" << S;
+      if (iter % 3 == 0) {
+        ASSERT_EQ(run32(t.qgemm, seg), run32(&qu8s8_gemm_requant__ref, pr.p))
+            << isa_name(isa) << " int32, M=" << M << " N=" << N << " K=" << K << " S=" << S;
+      }
+    }
+    std::printf("# %s: segmented rows checked on 60 problems\n", isa_name(isa));
+  }
+}
+
 TEST(QGemm, ChecksTheContract) {
   std::mt19937 rng(3);
   Problem pr = make_problem(4, 4, 8, rng);
@@ -228,6 +279,18 @@ TEST(QGemm, ChecksTheContract) {
   std::vector<QuantMultiplier> rq(4, QuantMultiplier{5, 3});
   bad = pr.p;
   bad.requant = rq.data();
+  EXPECT_THROW(check(bad), ValueError);
+  const std::vector<int64_t> offsets(8, 0), negative(8, -1);
+  bad = pr.p;
+  bad.a_offsets = offsets.data();
+  bad.segments = 2;  // runs of 4: fine
+  EXPECT_NO_THROW(check(bad));
+  bad.segments = 3;  // 8 does not split into 3 runs
+  EXPECT_THROW(check(bad), ValueError);
+  bad.segments = 4;  // runs of 2 bytes
+  EXPECT_THROW(check(bad), ValueError);
+  bad.segments = 2;
+  bad.a_offsets = negative.data();
   EXPECT_THROW(check(bad), ValueError);
 }
 

@@ -109,7 +109,12 @@ TEST(QConv, MatchesADirectIntegerConvolution) {
                         {2, 1, 8, 6, 6, 3, 1, 0, 1, 1}, {1, 24, 8, 5, 5, 3, 1, 1, 1, 1},
                         // depthwise (the depthwise kernels): 16 + 1 channels, strides, dilation, 5x5
                         {3, 17, 17, 9, 8, 3, 1, 1, 1, 17}, {2, 33, 33, 10, 10, 3, 2, 1, 1, 33},
-                        {1, 32, 32, 11, 9, 3, 1, 2, 2, 32}, {2, 8, 8, 7, 7, 5, 1, 2, 1, 8}};
+                        {1, 32, 32, 11, 9, 3, 1, 2, 2, 32}, {2, 8, 8, 7, 7, 5, 1, 2, 1, 8},
+                        // segmented rows (the GEMM reads a padded copy): ResNet's strided conv and 1x1
+                        // shortcut, kernel rows of 12 bytes, and 1024 rows in several chunks that
+                        // cross image boundaries
+                        {3, 16, 32, 9, 9, 3, 2, 1, 1, 1}, {2, 16, 8, 8, 8, 1, 2, 0, 1, 1},
+                        {2, 4, 8, 12, 12, 3, 1, 1, 1, 1}, {4, 16, 16, 16, 16, 3, 1, 1, 1, 1}};
   std::mt19937 rng(9);
   for (const Case& c : cases) {
     const int64_t icg = c.ic / c.groups, ocg = c.oc / c.groups;

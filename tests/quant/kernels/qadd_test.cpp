@@ -1,0 +1,129 @@
+// The quantized-add kernels: the reference against the rule written out on
+// worked cases (ties included), and every add kernel of kernel_list.inc
+// against the reference on random lengths (around the vector widths),
+// zero points, scale ratios and clamps, in place too.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <type_traits>
+#include <vector>
+
+#include "core/error.h"
+#include "quant/kernels/kernels.h"
+
+namespace qforge::quant::kernels {
+namespace {
+
+std::vector<uint8_t> run_add(QAddFn fn, QAddParams p) {
+  std::vector<uint8_t> y(static_cast<size_t>(p.n) + 1, 0xCD);  // one guard byte past the end
+  p.y = y.data();
+  check(p);
+  fn(p);
+  EXPECT_EQ(y.back(), 0xCD) << "wrote past the end";
+  y.pop_back();
+  return y;
+}
+
+TEST(QAdd, ReferenceFollowsTheRule) {
+  // s_a = s_b = s_out: the add is (a - zp_a) + (b - zp_b) + zp_out exactly.
+  const std::vector<uint8_t> a = {0, 10, 200, 255}, b = {5, 10, 100, 255};
+  QAddParams p;
+  p.n = 4;
+  p.a = a.data();
+  p.b = b.data();
+  p.a_zero_point = 10;
+  p.b_zero_point = 20;
+  p.m = add_multipliers(0.5f, 0.5f, 0.5f);
+  p.out_zero_point = 30;
+  p.out_hi = 255;
+  EXPECT_EQ(run_add(&qu8_add__ref, p), (std::vector<uint8_t>{5, 20, 255, 255}));
+  // Halves: s_a / s_out = 0.5 makes odd offsets land on ties, rounded to even:
+  // 1 * 0.5 = 0.5 -> 0, 3 * 0.5 = 1.5 -> 2, -1 * 0.5 -> -0 = 0, -3 * 0.5 -> -2.
+  const std::vector<uint8_t> c = {11, 13, 9, 7}, z = {20, 20, 20, 20};
+  p.a = c.data();
+  p.b = z.data();
+  p.m = add_multipliers(0.5f, 1.0f, 1.0f);
+  p.out_zero_point = 100;
+  EXPECT_EQ(run_add(&qu8_add__ref, p), (std::vector<uint8_t>{100, 102, 100, 98}));
+}
+
+TEST(QAdd, EveryKernelEqualsTheReference) {
+  int kernels_run = 0;
+  auto check_add = [&](auto fn, Isa isa, const char* name) {
+    if constexpr (std::is_same_v<decltype(fn), QAddFn>) {
+      if (!cpu_has(isa)) {
+        std::printf("# %s skipped: this CPU lacks %s\n", name, isa_name(isa));
+        return;
+      }
+      ++kernels_run;
+      std::mt19937 rng(29);
+      std::uniform_int_distribution<int> u8(0, 255);
+      std::uniform_real_distribution<double> ratio(-6, 4);
+      for (int iter = 0; iter < 400; ++iter) {
+        const std::vector<int64_t> lengths = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 1000};
+        QAddParams p;
+        p.n = lengths[rng() % lengths.size()];
+        std::vector<uint8_t> a(static_cast<size_t>(p.n)), b(static_cast<size_t>(p.n));
+        for (auto& v : a) v = static_cast<uint8_t>(u8(rng));
+        for (auto& v : b) v = static_cast<uint8_t>(iter % 7 == 0 ? a[&v - b.data()] : u8(rng));
+        p.a = a.data();
+        p.b = b.data();
+        p.a_zero_point = u8(rng);
+        p.b_zero_point = u8(rng);
+        // Scale ratios from 2^-6 to 2^4, exact powers of two now and then
+        // (ties), and the full output range or a fused-ReLU-like clamp.
+        const float sa = static_cast<float>(std::exp2(iter % 5 == 0 ? std::round(ratio(rng)) : ratio(rng)));
+        const float sb = static_cast<float>(std::exp2(iter % 5 == 1 ? std::round(ratio(rng)) : ratio(rng)));
+        p.m = add_multipliers(sa, sb, 1.0f);
+        p.out_zero_point = u8(rng);
+        p.out_lo = iter % 3 == 0 ? p.out_zero_point : 0;
+        p.out_hi = iter % 4 == 0 ? std::max(p.out_lo, 200) : 255;
+        const std::vector<uint8_t> want = run_add(&qu8_add__ref, p);
+        ASSERT_EQ(run_add(fn, p), want) << name << " n=" << p.n << " m=" << p.m.a << "," << p.m.b << " shift "
+                                        << p.m.shift;
+        // In place: the output over input a.
+        std::vector<uint8_t> inplace = a;
+        QAddParams q = p;
+        q.a = inplace.data();
+        q.y = inplace.data();
+        fn(q);
+        ASSERT_EQ(inplace, want) << name << " in place, n=" << p.n;
+      }
+      std::printf("# %s: 400 random problems equal the reference\n", name);
+    }
+  };
+#define QF_KERNEL(op, isa, fn) check_add(&fn, Isa::isa, #fn);
+#define QF_PACKER(isa, fn)
+#include "quant/kernels/kernel_list.inc"
+#undef QF_KERNEL
+#undef QF_PACKER
+  EXPECT_GE(kernels_run, 2);  // the reference and this machine's SIMD level
+}
+
+TEST(QAdd, ChecksTheContract) {
+  const std::vector<uint8_t> a(8, 1);
+  std::vector<uint8_t> y(8);
+  QAddParams p;
+  p.n = 8;
+  p.a = p.b = a.data();
+  p.y = y.data();
+  p.m = add_multipliers(1.0f, 1.0f, 1.0f);
+  EXPECT_NO_THROW(check(p));
+  QAddParams bad = p;
+  bad.b = nullptr;
+  EXPECT_THROW(check(bad), ValueError);
+  bad = p;
+  bad.a_zero_point = 300;
+  EXPECT_THROW(check(bad), ValueError);
+  bad = p;
+  bad.m.shift = 0;
+  EXPECT_THROW(check(bad), ValueError);
+  bad = p;
+  bad.out_lo = 10, bad.out_hi = 5;
+  EXPECT_THROW(check(bad), ValueError);
+  EXPECT_NE(kernels_for(Isa::ref).qadd, nullptr);
+}
+
+}  // namespace
+}  // namespace qforge::quant::kernels
