@@ -1,15 +1,17 @@
-// AVX-512 VNNI requantizing u8 x s8 GEMM: tiles of 4 rows x up to 64 output
-// channels (4 blocks of 16), one vpdpbusd per row and block per 4 values of K. B is packed (per call, or once
-// by qgemm_pack__avx512vnni_4x64) into
+// AVX-512 VNNI requantizing u8 x s8 GEMM: tiles of R rows x NV blocks of 16
+// output channels with 16 accumulators (16 x 1, 8 x 2, 4 x 4 when the panel
+// allows), one vpdpbusd per row and block per 4 values of K. B is packed
+// (per call, or once by qgemm_pack__avx512vnni_4x64) into
 // [N/16][K/4][16 channels][4 bytes] (zero-padded), with each channel's sum of
 // weights kept for the input zero point:
 //   sum_k (a - zp) * b = sum_k a * b - zp * sum_k b.
 // vpdpbusd adds u8 x s8 products into int32 without saturation, so the dot
-// product is exact. Requantization is vectorized, 8 lanes of int64 at a time,
-// and computes qmath's requantize() exactly: the bias added in int64 and
-// saturated to int32, the 64-bit product with the multiplier (vpmuldq), an
-// arithmetic shift per channel (vpsravq), the half-to-even correction from
-// the remainder, the zero point and the clamp.
+// product is exact. A may be plain rows or segmented rows (an implicit
+// im2col). Requantization (requant_avx512.h) computes qmath's requantize()
+// exactly: bias and zero-point correction in int32 when no accumulator can
+// leave int32 (else in int64 with saturation), the 64-bit product with the
+// multiplier (vpmuldq), one rounding half to even by an added offset and an
+// arithmetic shift per channel (vpsravq), then the clamp and the zero point.
 #include <immintrin.h>
 
 #include <cstdint>
@@ -41,10 +43,9 @@ inline int32_t load4(const uint8_t* a, int64_t k, int64_t K) {
 /// copy of the accumulator around every call.
 #define QF_DPBUSD(acc, a, b) asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
 
-/// R rows x NV blocks of 16 channels: each broadcast of 4 input bytes feeds
-/// NV vpdpbusd, so the loads per multiply fall as NV grows.
 /// The dot products of R rows x NV blocks of 16 channels into
-/// sums[R][NV][16] (R <= 8, NV <= 4, R * NV <= 16 accumulators). Each
+/// sums[R][NV][16] (R <= 16, NV <= 4, R * NV <= 16 accumulators; rows past 8
+/// only with NV = 1, rows past 4 only with NV <= 2). Each
 /// broadcast of 4 input bytes feeds NV vpdpbusd, and each load of 16
 /// channels' weights feeds R. The accumulators are named variables, not an
 /// array: GCC 12 keeps an array of __m512i on the stack and reloads and
@@ -52,14 +53,14 @@ inline int32_t load4(const uint8_t* a, int64_t k, int64_t K) {
 template <int R, int NV>
 inline void dot_tile(const QGemmParams& p, const int32_t* packed, int64_t block_stride, int64_t K4, int64_t m0,
                      int32_t (*sums)[NV][16]) {
-  static_assert(R >= 1 && R <= 8 && NV >= 1 && NV <= 4 && R * NV <= 16);
+  static_assert(R >= 1 && R <= 16 && NV >= 1 && NV <= 4 && R * NV <= 16);
   const __m512i z = _mm512_setzero_si512();
   __m512i c00 = z, c01 = z, c02 = z, c03 = z, c10 = z, c11 = z, c12 = z, c13 = z, c20 = z, c21 = z, c22 = z,
           c23 = z, c30 = z, c31 = z, c32 = z, c33 = z, c40 = z, c41 = z, c50 = z, c51 = z, c60 = z, c61 = z,
-          c70 = z, c71 = z;
-  const uint8_t* a[8];
+          c70 = z, c71 = z, c80 = z, c90 = z, cA0 = z, cB0 = z, cC0 = z, cD0 = z, cE0 = z, cF0 = z;
+  const uint8_t* a[16];
   if (!p.a_offsets)
-    for (int r = 0; r < 8; ++r) a[r] = p.a + (m0 + (r < R ? r : 0)) * p.lda;
+    for (int r = 0; r < 16; ++r) a[r] = p.a + (m0 + (r < R ? r : 0)) * p.lda;
   const int32_t* bp[4];
   for (int v = 0; v < 4; ++v) bp[v] = packed + (v < NV ? v : 0) * block_stride;
   __m512i b0 = z, b1 = z, b2 = z, b3 = z;
@@ -75,6 +76,7 @@ inline void dot_tile(const QGemmParams& p, const int32_t* packed, int64_t block_
     return _mm512_set1_epi32(v);
   };
   auto bcast_tail = [&](const uint8_t* row, int64_t k4) { return _mm512_set1_epi32(load4(row, 4 * k4, p.K)); };
+#define QF_ROW1(r, av) QF_DPBUSD(c##r##0, (av), b0)
 #define QF_ROW2(r, av)                                   \
   do {                                                   \
     const __m512i a_ = (av);                             \
@@ -97,13 +99,21 @@ inline void dot_tile(const QGemmParams& p, const int32_t* packed, int64_t block_
   if constexpr (R > 4) QF_ROW2(4, load(a[4], k4));       \
   if constexpr (R > 5) QF_ROW2(5, load(a[5], k4));       \
   if constexpr (R > 6) QF_ROW2(6, load(a[6], k4));       \
-  if constexpr (R > 7) QF_ROW2(7, load(a[7], k4))
+  if constexpr (R > 7) QF_ROW2(7, load(a[7], k4));       \
+  if constexpr (R > 8) QF_ROW1(8, load(a[8], k4));       \
+  if constexpr (R > 9) QF_ROW1(9, load(a[9], k4));       \
+  if constexpr (R > 10) QF_ROW1(A, load(a[10], k4));     \
+  if constexpr (R > 11) QF_ROW1(B, load(a[11], k4));     \
+  if constexpr (R > 12) QF_ROW1(C, load(a[12], k4));     \
+  if constexpr (R > 13) QF_ROW1(D, load(a[13], k4));     \
+  if constexpr (R > 14) QF_ROW1(E, load(a[14], k4));     \
+  if constexpr (R > 15) QF_ROW1(F, load(a[15], k4))
   if (p.a_offsets) {
     // Segmented rows: each run starts at its own offset and holds a whole
     // number of groups of 4 (check() ensures it); the weights run on.
     const int64_t S = p.segments, seg4 = p.K / S / 4;
     for (int64_t s = 0; s < S; ++s) {
-      for (int r = 0; r < 8; ++r) a[r] = p.a + p.a_offsets[(m0 + (r < R ? r : 0)) * S + s];
+      for (int r = 0; r < R; ++r) a[r] = p.a + p.a_offsets[(m0 + r) * S + s];
       for (int64_t k4 = 0; k4 < seg4; ++k4) {
         load_b(s * seg4 + k4);
         QF_ROWS(bcast);
@@ -125,9 +135,13 @@ inline void dot_tile(const QGemmParams& p, const int32_t* packed, int64_t block_
 #undef QF_ROWS
 #undef QF_ROW4
 #undef QF_ROW2
-  const __m512i all[8][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13}, {c20, c21, c22, c23},
-                             {c30, c31, c32, c33}, {c40, c41, z, z},     {c50, c51, z, z},
-                             {c60, c61, z, z},     {c70, c71, z, z}};
+#undef QF_ROW1
+  const __m512i all[16][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13}, {c20, c21, c22, c23},
+                              {c30, c31, c32, c33}, {c40, c41, z, z},     {c50, c51, z, z},
+                              {c60, c61, z, z},     {c70, c71, z, z},     {c80, z, z, z},
+                              {c90, z, z, z},       {cA0, z, z, z},       {cB0, z, z, z},
+                              {cC0, z, z, z},       {cD0, z, z, z},       {cE0, z, z, z},
+                              {cF0, z, z, z}};
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) _mm512_store_si512(sums[r][v], all[r][v]);
 }
@@ -139,8 +153,8 @@ inline void tile(const QGemmParams& p, const int32_t* packed, int64_t block_stri
                  int64_t m0, int64_t n0) {
   alignas(64) int32_t sums[R][NV][16];
   dot_tile<R, NV>(p, packed, block_stride, K4, m0, sums);
-  const __m512i zp = _mm512_set1_epi64(p.out_zero_point), lo = _mm512_set1_epi64(p.out_lo),
-                hi = _mm512_set1_epi64(p.out_hi);
+  const __m512i zp32 = _mm512_set1_epi32(p.out_zero_point), lo_zp = _mm512_set1_epi32(p.out_lo - p.out_zero_point),
+                hi_zp = _mm512_set1_epi32(p.out_hi - p.out_zero_point);
   for (int v = 0; v < NV; ++v) {
     const int64_t nn = std::min<int64_t>(16, p.N - (n0 + 16 * v));
     const __mmask16 store_mask = static_cast<__mmask16>((1u << nn) - 1);
@@ -160,23 +174,24 @@ inline void tile(const QGemmParams& p, const int32_t* packed, int64_t block_stri
       continue;
     }
     for (int r = 0; r < R; ++r) {
-      // The exact sum of (a - zp) * b: both terms fit int32 (K is bounded), so does the difference.
-      const __m512i sum = _mm512_sub_epi32(_mm512_load_si512(sums[r][v]), rq[v].zp_bsum);
-      const __m512i q0 = requant8(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(sum)), rq[v], 0, zp, lo, hi);
-      const __m512i q1 = requant8(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(sum, 1)), rq[v], 1, zp, lo, hi);
-      const __m128i bytes = _mm_unpacklo_epi64(_mm512_cvtepi64_epi8(q0), _mm512_cvtepi64_epi8(q1));
+      const __m128i bytes = requant16(_mm512_load_si512(sums[r][v]), rq[v], zp32, lo_zp, hi_zp);
       _mm_mask_storeu_epi8(p.c + (m0 + r) * p.ldc + n0 + 16 * v, store_mask, bytes);
     }
   }
 }
 
-/// All rows against NV blocks: tiles of R rows, then single rows.
+/// All rows against NV blocks: tiles of R rows, then of R/2, R/4, ... (so
+/// that a remainder still has several independent accumulators), then
+/// single rows.
 template <int R, int NV>
 void run_blocks(const QGemmParams& p, const int32_t* packed, int64_t block_stride, const Requant16* rq, int64_t K4,
-                int64_t n0) {
-  int64_t m = 0;
+                int64_t n0, int64_t m = 0) {
   for (; m + R <= p.M; m += R) tile<R, NV>(p, packed, block_stride, rq, K4, m, n0);
-  for (; m < p.M; ++m) tile<1, NV>(p, packed, block_stride, rq, K4, m, n0);
+  if constexpr (R > 2) {
+    run_blocks<R / 2, NV>(p, packed, block_stride, rq, K4, n0, m);
+  } else {
+    for (; m < p.M; ++m) tile<1, NV>(p, packed, block_stride, rq, K4, m, n0);
+  }
 }
 
 }  // namespace
@@ -236,11 +251,10 @@ void qu8s8_gemm_requant__avx512vnni_4x64(const QGemmParams& p) {
     switch (nv) {
       case 4: run_blocks<4, 4>(p, pk, stride, rq, K4, nb * 16); break;
       case 3: run_blocks<4, 3>(p, pk, stride, rq, K4, nb * 16); break;
-      case 2:
-        if (width == 2) run_blocks<8, 2>(p, pk, stride, rq, K4, nb * 16);
-        else run_blocks<4, 2>(p, pk, stride, rq, K4, nb * 16);
-        break;
-      default: run_blocks<8, 1>(p, pk, stride, rq, K4, nb * 16); break;
+      // 16 accumulators whenever the panel allows: vpdpbusd has a latency
+      // of several cycles, and fewer independent chains leave it idle.
+      case 2: run_blocks<8, 2>(p, pk, stride, rq, K4, nb * 16); break;
+      default: run_blocks<16, 1>(p, pk, stride, rq, K4, nb * 16); break;
     }
   }
 }

@@ -5,6 +5,7 @@
 // with random zero points, multipliers, biases and clamps.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <random>
 #include <type_traits>
 #include <vector>
@@ -50,7 +51,8 @@ DwProblem make_dw(std::mt19937& rng) {
   std::uniform_real_distribution<double> e(-12, -4);
   for (int64_t c = 0; c < p.C; ++c) {
     d.bias.push_back(bias(rng));
-    d.requant.push_back(quantize_multiplier(std::exp2(e(rng))));
+    // Every third channel's multiplier is a power of two: exact ties, rounded to even.
+    d.requant.push_back(quantize_multiplier(std::exp2(c % 3 == 0 ? std::round(e(rng)) : e(rng))));
   }
   p.x = d.x.data();
   p.w = d.w.data();

@@ -4,6 +4,7 @@
 // multipliers, biases, clamps and padded strides.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <random>
 #include <type_traits>
 #include <vector>
@@ -39,7 +40,8 @@ Problem make_problem(int64_t M, int64_t N, int64_t K, std::mt19937& rng, bool pa
   std::uniform_real_distribution<double> e(-14, -4);
   for (int64_t n = 0; n < N; ++n) {
     pr.bias.push_back(bias(rng));
-    pr.requant.push_back(quantize_multiplier(std::exp2(e(rng))));
+    // Every third channel's multiplier is a power of two: exact ties, rounded to even.
+    pr.requant.push_back(quantize_multiplier(std::exp2(n % 3 == 0 ? std::round(e(rng)) : e(rng))));
   }
   p.a = pr.a.data();
   p.b = pr.b.data();
@@ -103,6 +105,15 @@ TEST(QGemm, EveryKernelEqualsTheReference) {
         const int64_t M = sizes[rng() % sizes.size()], N = sizes[rng() % sizes.size()];
         const int64_t K = sizes[rng() % sizes.size()] * (1 + rng() % 8);
         Problem pr = make_problem(M, N, K, rng, iter % 3 == 0);
+        if (iter % 5 == 2) {
+          // A bias near the int32 limits: the accumulator may saturate
+          // (kernels must take their saturating path), and a small
+          // multiplier keeps some outputs inside the clamp.
+          const int64_t n = static_cast<int64_t>(rng() % N);
+          pr.bias[n] = iter % 2 ? INT32_MAX - 1000 : INT32_MIN + 1000;
+          pr.requant[n] = quantize_multiplier(std::exp2(-24));
+          pr.p.bias = pr.bias.data();
+        }
         ASSERT_EQ(run(fn, pr.p), run(&qu8s8_gemm_requant__ref, pr.p)) << name << " M=" << M << " N=" << N << " K=" << K;
       }
       // Long K: kernels may change their tiling there (panels that fit L1).
