@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <sstream>
 
 #include "core/archive.h"
 #include "core/error.h"
+#include "core/parallel.h"
 
 namespace qforge::quant::runtime {
 
@@ -311,6 +313,40 @@ Tensor Model::run(const Tensor& x, const kernels::KernelTable* k, const OpCallba
       << "], got " << x.desc();
   const int64_t N = x.size(0);
   QF_CHECK_SHAPE(N >= 1) << "int8 model: the batch is empty (" << x.desc() << ")";
+  // A batch runs as sub-batches of at most kSubBatch images, each through the
+  // whole graph on one thread: the activations of a few images stay in
+  // cache from one op to the next (a whole batch's would not), and threads
+  // need no hand-off between ops. Every op treats images independently, so
+  // the codes do not depend on the split. Batches too small to split (and
+  // runs with a callback, which sees whole-batch tensors) go op by op, each op
+  // parallel inside.
+  constexpr int64_t kSubBatch = 8;
+  const int64_t threads = num_threads();
+  const int64_t sub = std::min<int64_t>(kSubBatch, (N + threads - 1) / threads);
+  if (each || sub >= N || in_parallel_region()) return run_graph(x, k, each);
+  const int64_t parts = (N + sub - 1) / sub, per_image = x.numel() / N;
+  std::vector<Tensor> outs(static_cast<size_t>(parts));
+  parallel_chunks(parts, [&](int64_t c) {
+    const int64_t n0 = c * sub, n1 = std::min(N, n0 + sub);
+    Shape shape = x.shape();
+    shape[0] = n1 - n0;
+    Tensor part = Tensor::empty(shape, DType::f32);
+    std::memcpy(part.raw(), x.data<float>() + n0 * per_image, static_cast<size_t>((n1 - n0) * per_image) * sizeof(float));
+    outs[static_cast<size_t>(c)] = run_graph(part, k, nullptr);
+  });
+  Shape shape = outs[0].shape();
+  shape[0] = N;
+  Tensor y = Tensor::empty(shape, outs[0].dtype());
+  uint8_t* dst = static_cast<uint8_t*>(y.raw());
+  for (const Tensor& o : outs) {
+    std::memcpy(dst, o.raw(), o.nbytes());
+    dst += o.nbytes();
+  }
+  return y;
+}
+
+Tensor Model::run_graph(const Tensor& x, const kernels::KernelTable* k, const OpCallback& each) const {
+  const int64_t N = x.size(0);
   // Each op's output lives until its last reader has run.
   std::vector<int> pending(ops.size(), 0);
   std::vector<std::vector<int32_t>> reads(ops.size());

@@ -136,6 +136,8 @@ class Model {
   Tensor run(const Tensor& x, const kernels::KernelTable* k, const OpCallback& each) const;
 
  private:
+  /// run() on one batch, op by op (no sub-batches); x is checked.
+  Tensor run_graph(const Tensor& x, const kernels::KernelTable* k, const OpCallback& each) const;
   std::vector<int64_t> validate_into(std::vector<std::vector<int64_t>>* shapes,
                                      std::vector<ActQParams>* qparams = nullptr) const;
 };

@@ -348,10 +348,22 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
       };
       if (segmented) {
         if (offsets.size() < static_cast<size_t>(chunk * KH)) offsets.resize(static_cast<size_t>(chunk * KH));
+        // Locals, not the captured references: the int64 stores below could
+        // alias them, and the compiler would reload each one on every row.
+        const int64_t kh = KH, ow_end = OW, oh_end = OH, col_step = sw * IC, row_step = sh * Wp * IC,
+                      seg_step = dh * Wp * IC, image_step = Hp * Wp * IC;
         int64_t* o = offsets.data();
-        for (int64_t m = m0; m < m1; ++m, step()) {
-          const int64_t base = ((n * Hp + oh * sh) * Wp + ow * sw) * IC;
-          for (int64_t i = 0; i < KH; ++i) *o++ = base + i * dh * Wp * IC;
+        int64_t row_base = n * image_step + oh * row_step, base = row_base + ow * col_step;
+        for (int64_t m = m0; m < m1; ++m) {
+          for (int64_t i = 0; i < kh; ++i) o[i] = base + i * seg_step;
+          o += kh;
+          base += col_step;
+          if (++ow == ow_end) {
+            ow = 0;
+            row_base += row_step;
+            if (++oh == oh_end) oh = 0, row_base += image_step - oh_end * row_step;
+            base = row_base;
+          }
         }
         a = src;
       } else if (!pointwise) {

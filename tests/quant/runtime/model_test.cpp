@@ -13,6 +13,7 @@
 
 #include "core/archive.h"
 #include "core/error.h"
+#include "core/parallel.h"
 #include "core/rng.h"
 #include "quant/runtime/model.h"
 
@@ -95,6 +96,25 @@ TEST_F(ModelFile, RunsAndRoundTripsBitExactly) {
   EXPECT_EQ(back.ops[1].layer.requant.size(), 4u);
   EXPECT_EQ(back.ops[1].layer.requant[2].multiplier, m.ops[1].layer.requant[2].multiplier);
   EXPECT_THROW(m.run(randn({5, 2, 8, 9}, 5)), ShapeError);
+}
+
+TEST_F(ModelFile, SubBatchesGiveTheWholeBatchResult) {
+  // run() splits a batch into sub-batches (one thread each); with a
+  // callback it runs the whole batch op by op. Both must agree bit for bit,
+  // on 1 and 2 threads and for batch sizes around the split.
+  const Model m = small_model();
+  const int before = num_threads();
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    for (int64_t n : {1, 2, 9, 17, 37}) {
+      const Tensor x = randn({n, 2, 8, 8}, static_cast<uint64_t>(100 + n));
+      const Tensor split = m.run(x);
+      const Tensor whole = m.run(x, nullptr, [](size_t, const Tensor&) {});
+      ASSERT_EQ(split.shape(), whole.shape());
+      EXPECT_EQ(std::memcmp(split.raw(), whole.raw(), whole.nbytes()), 0) << n << " images, " << threads << " threads";
+    }
+  }
+  set_num_threads(before);
 }
 
 /// qconv2d against a direct NCHW integer convolution, over groups, strides,
