@@ -2,6 +2,11 @@
 
 #include <cstdlib>
 #include <cstring>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "core/error.h"
 
@@ -13,9 +18,31 @@ const char* isa_name(Isa isa) {
     case Isa::avx2: return "avx2";
     case Isa::avx512vnni: return "avx512vnni";
     case Isa::neon: return "neon";
+    case Isa::amx: return "amx";
   }
   return "?";
 }
+
+namespace {
+
+#if defined(__x86_64__)
+/// AMX-TILE and AMX-INT8 in cpuid, the tile state enabled by the OS (XCR0
+/// bits 17 and 18), and the kernel's permission for this process to use it
+/// (arch_prctl ARCH_REQ_XCOMP_PERM for XTILEDATA; Linux 5.16 and later).
+bool amx_usable() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  if (!((d >> 24) & 1) || !((d >> 25) & 1)) return false;  // AMX-TILE, AMX-INT8
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1)) return false;  // OSXSAVE
+  unsigned lo = 0, hi = 0;
+  asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if (((lo >> 17) & 3) != 3) return false;
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+#endif
+
+}  // namespace
 
 bool cpu_has(Isa isa) {
   switch (isa) {
@@ -29,9 +56,18 @@ bool cpu_has(Isa isa) {
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
     case Isa::neon:
       return false;
+    case Isa::amx: {
+#if defined(__x86_64__)
+      static const bool usable = cpu_has(Isa::avx512vnni) && amx_usable();
+      return usable;
+#else
+      return false;
+#endif
+    }
 #else
     case Isa::avx2:
     case Isa::avx512vnni:
+    case Isa::amx:
       return false;
     case Isa::neon:
       return true;  // every AArch64 CPU has Advanced SIMD
@@ -54,12 +90,16 @@ bool build_has(Isa level) {
 }
 
 /// Levels from best to worst, for detection.
-constexpr Isa kPreference[] = {Isa::avx512vnni, Isa::avx2, Isa::neon, Isa::ref};
+constexpr Isa kPreference[] = {Isa::amx, Isa::avx512vnni, Isa::avx2, Isa::neon, Isa::ref};
 
 /// Whether a table for `level` may use a kernel of level `k`: the reference
-/// always, the level itself, and AVX2 under AVX-512 VNNI (a CPU with VNNI
-/// has AVX2).
-bool allowed(Isa k, Isa level) { return k == Isa::ref || k == level || (level == Isa::avx512vnni && k == Isa::avx2); }
+/// always, the level itself, AVX2 under AVX-512 VNNI (a CPU with VNNI has
+/// AVX2), and both under AMX (cpu_has(amx) includes AVX-512 VNNI).
+bool allowed(Isa k, Isa level) {
+  if (k == Isa::ref || k == level) return true;
+  if (level == Isa::amx) return k == Isa::avx512vnni || k == Isa::avx2;
+  return level == Isa::avx512vnni && k == Isa::avx2;
+}
 
 void set_kernel(KernelTable& t, QGemmFn f) {
   t.qgemm = f;
@@ -69,9 +109,9 @@ void set_kernel(KernelTable& t, QDwFn f) { t.qdwconv = f; }
 void set_kernel(KernelTable& t, QAddFn f) { t.qadd = f; }
 
 Isa parse_isa(const char* s) {
-  for (Isa i : {Isa::ref, Isa::avx2, Isa::avx512vnni, Isa::neon})
+  for (Isa i : kAllIsas)
     if (std::strcmp(s, isa_name(i)) == 0) return i;
-  QF_THROW(ValueError) << "QFORGE_KERNELS='" << s << "' is not one of ref, avx2, avx512vnni, neon";
+  QF_THROW(ValueError) << "QFORGE_KERNELS='" << s << "' is not one of ref, avx2, avx512vnni, amx, neon";
   __builtin_unreachable();
 }
 

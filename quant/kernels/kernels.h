@@ -8,6 +8,7 @@
 // Depends on core alone (through quant/runtime/qmath.h, the arithmetic).
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -74,10 +75,8 @@ struct QGemmParams {
 inline const uint8_t* gemm_row(const QGemmParams& p, int64_t m, uint8_t* buf) {
   if (!p.a_offsets) return p.a + m * p.lda;
   const int64_t len = p.K / p.segments;
-  for (int64_t s = 0; s < p.segments; ++s) {
-    const uint8_t* src = p.a + p.a_offsets[m * p.segments + s];
-    for (int64_t k = 0; k < len; ++k) buf[s * len + k] = src[k];
-  }
+  for (int64_t s = 0; s < p.segments; ++s)
+    std::memcpy(buf + s * len, p.a + p.a_offsets[m * p.segments + s], static_cast<size_t>(len));
   return buf;
 }
 
@@ -189,12 +188,16 @@ void check(const QAddParams& p);
 /// A quantized-add kernel (QAddParams); kernels do not validate p.
 using QAddFn = void (*)(const QAddParams&);
 
-/// Instruction-set levels a kernel can need.
-enum class Isa { ref, avx2, avx512vnni, neon };
+/// Instruction-set levels a kernel can need. amx is AVX-512 VNNI plus
+/// AMX-INT8 tiles (its table takes the AVX-512 kernels for the other ops).
+enum class Isa { ref, avx2, avx512vnni, neon, amx };
+/// Every level, for loops over them (tests, benchmarks).
+inline constexpr Isa kAllIsas[] = {Isa::ref, Isa::avx2, Isa::avx512vnni, Isa::amx, Isa::neon};
 /// The level's name as QFORGE_KERNELS spells it ("ref", "avx2", "avx512vnni",
-/// "neon"), a static string; "?" for a value outside the enum.
+/// "amx", "neon"), a static string; "?" for a value outside the enum.
 const char* isa_name(Isa isa);
-/// True when this CPU can run kernels of that level.
+/// True when this CPU can run kernels of that level. For amx this also asks
+/// the kernel for permission to use the tile state (once per process).
 bool cpu_has(Isa isa);
 
 /// One level's kernels: what the runtime's ops call.
@@ -211,7 +214,7 @@ struct KernelTable {
   QAddFn qadd = nullptr;
 };
 /// The kernels in use: the best the CPU supports, or what QFORGE_KERNELS
-/// (ref|avx2|avx512vnni|neon) forces. Chosen once, on first call; the table
+/// (ref|avx2|avx512vnni|amx|neon) forces. Chosen once, on first call; the table
 /// lives for the whole program. Forcing a level the CPU lacks, or that this
 /// build has no kernels for, throws ValueError with the reason.
 const KernelTable& kernels();
@@ -238,6 +241,14 @@ void qu8s8_gemm_requant__avx512vnni_4x64(const QGemmParams& p);
 /// Packs B for the VNNI kernel ([N/16][K/4][16][4 bytes], zero-padded, then
 /// the channel sums). Compiled with AVX-512 flags: needs cpu_has(Isa::avx512vnni).
 std::vector<int32_t> qgemm_pack__avx512vnni_4x64(const int8_t* b, int64_t ldb, int64_t N, int64_t K);
+/// AMX-INT8 (x86 builds): 16-row blocks of A gathered into a zero-padded
+/// buffer, up to 4 C tiles of 16 x 16 at a time, the AVX-512
+/// requantization. Packs B per call unless b_packed came from
+/// qgemm_pack__amx. Needs cpu_has(Isa::amx).
+void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p);
+/// Packs B for the AMX kernel ([N/16][K4p][16][4 bytes] with the groups of 4
+/// rounded up to 16, zero-padded, then the channel sums). Needs cpu_has(Isa::amx).
+std::vector<int32_t> qgemm_pack__amx(const int8_t* b, int64_t ldb, int64_t N, int64_t K);
 /// NEON (AArch64 builds only; baseline there, no CPU check needed), 4 rows x 8
 /// channels: packs B on every call and ignores b_packed.
 void qu8s8_gemm_requant__neon_4x8(const QGemmParams& p);

@@ -295,9 +295,6 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
   // while still in cache (the weights are packed once, at load time, so small
   // GEMM calls cost nothing extra).
   const int64_t M = N * P;
-  const int64_t chunk = pointwise ? std::min<int64_t>(M, 1024)
-                                  : std::min<int64_t>(M, std::max<int64_t>(8, (65536 / K) / 8 * 8));
-  const int64_t nchunks = (M + chunk - 1) / chunk;
   // Geometry in locals: stores through uint8_t pointers may alias anything,
   // so reading L's fields inside the loops would reload them at every step.
   const int64_t KH = L.kernel[0], KW = L.kernel[1], rowlen = KW * icg;
@@ -309,6 +306,18 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
   // one run per kernel row) from a copy padded with the zero point: no
   // im2col, which would write and read each input byte KH * KW times.
   const bool segmented = !pointwise && dense_rows && rowlen % 4 == 0;
+  // Chunks of rows: im2col chunks of about 64 KB (written, then read back
+  // while in cache); without im2col, large chunks (few GEMM calls, each with
+  // its per-call set-up), but at least 4 per thread when the op runs in
+  // parallel.
+  int64_t chunk;
+  if (!pointwise && !segmented) {
+    chunk = std::min<int64_t>(M, std::max<int64_t>(8, (65536 / K) / 8 * 8));
+  } else {
+    const int64_t ways = in_parallel_region() ? 1 : 4 * num_threads();
+    chunk = std::min<int64_t>(M, std::clamp<int64_t>(((M + ways - 1) / ways + 63) / 64 * 64, 64, 4096));
+  }
+  const int64_t nchunks = (M + chunk - 1) / chunk;
   const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
   Tensor padded;
   const uint8_t* src = px;

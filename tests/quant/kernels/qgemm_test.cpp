@@ -164,7 +164,7 @@ TEST(QGemm, Int32OutputIsTheExactSumPlusBias) {
 
 TEST(QGemm, EveryKernelsInt32OutputEqualsTheReference) {
   const std::vector<int64_t> sizes = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65};
-  for (Isa isa : {Isa::ref, Isa::avx2, Isa::avx512vnni, Isa::neon}) {
+  for (Isa isa : kAllIsas) {
     if (!cpu_has(isa)) continue;
     KernelTable t;
     try {
@@ -193,7 +193,7 @@ TEST(QGemm, EveryKernelsInt32OutputEqualsTheReference) {
 
 TEST(QGemm, PrePackedWeightsGiveTheSameResult) {
   const std::vector<int64_t> sizes = {1, 3, 7, 16, 17, 33, 64, 65};
-  for (Isa isa : {Isa::ref, Isa::avx2, Isa::avx512vnni, Isa::neon}) {
+  for (Isa isa : kAllIsas) {
     if (!cpu_has(isa)) continue;
     KernelTable t;
     try {
@@ -221,7 +221,7 @@ TEST(QGemm, SegmentedRowsEqualTheContiguousProblem) {
   // padded image); each kernel must give what the reference gives on the
   // same rows laid out contiguously, requantized or int32, packed or not.
   const std::vector<int64_t> sizes = {1, 2, 3, 5, 7, 8, 9, 16, 17, 31, 33, 64, 65};
-  for (Isa isa : {Isa::ref, Isa::avx2, Isa::avx512vnni, Isa::neon}) {
+  for (Isa isa : kAllIsas) {
     if (!cpu_has(isa)) continue;
     KernelTable t;
     try {
@@ -312,7 +312,7 @@ TEST(QGemm, DispatchTable) {
   EXPECT_NE(kernels().qgemm, nullptr);
   // A level the CPU lacks is refused.
   int lacking = 0;
-  for (Isa isa : {Isa::avx2, Isa::avx512vnni, Isa::neon})
+  for (Isa isa : {Isa::avx2, Isa::avx512vnni, Isa::amx, Isa::neon})
     if (!cpu_has(isa)) {
       EXPECT_THROW(kernels_for(isa), ValueError) << isa_name(isa);
       ++lacking;

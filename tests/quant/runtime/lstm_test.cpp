@@ -147,7 +147,7 @@ TEST(RuntimeLstm, EqualsThePlainRuleOnEveryKernelLevel) {
     Tensor xt = Tensor::from_vector(std::vector<uint8_t>(x), {N, T, I});
     const auto expect = plain_qlstm(L, x, N, T);
     int levels = 0;
-    for (kernels::Isa isa : {kernels::Isa::ref, kernels::Isa::avx2, kernels::Isa::avx512vnni, kernels::Isa::neon}) {
+    for (kernels::Isa isa : kernels::kAllIsas) {
       if (!kernels::cpu_has(isa)) continue;
       kernels::KernelTable t;
       try {

@@ -170,7 +170,7 @@ TEST(QConv, MatchesADirectIntegerConvolution) {
                 requantize(kernels::saturate_i32(acc), L.requant[o], out.zero_point, L.bounds.lo, L.bounds.hi));
           }
       }
-    for (auto isa : {kernels::Isa::ref, kernels::Isa::avx2, kernels::Isa::avx512vnni}) {
+    for (auto isa : kernels::kAllIsas) {
       if (!kernels::cpu_has(isa)) continue;
       kernels::KernelTable t = kernels::kernels_for(isa);
       for (int gemm_only = 0; gemm_only < 2; ++gemm_only) {
@@ -220,7 +220,7 @@ TEST_F(ModelFile, RunUsesTheKernelTableItIsGivenAndEveryLevelAgrees) {
   g_calls = 0;
   const Tensor y = m.run(x, &counting);
   EXPECT_GE(g_calls, 2);  // the conv and the linear layer
-  for (auto isa : {kernels::Isa::ref, kernels::Isa::avx2, kernels::Isa::avx512vnni}) {
+  for (auto isa : kernels::kAllIsas) {
     if (!kernels::cpu_has(isa)) continue;
     const kernels::KernelTable t = kernels::kernels_for(isa);
     const Tensor yi = m.run(x, &t);

@@ -1,0 +1,256 @@
+// AMX-INT8 requantizing u8 x s8 GEMM. AMX multiplies tiles: tdpbusd adds a
+// 16-row x 64-byte u8 tile of A times a 16-row x 64-byte s8 tile of B (16
+// groups of 4 values of K x 16 channels) into a 16 x 16 int32 tile, exactly
+// (int32 accumulation, no saturation) -- 16,384 multiply-adds per
+// instruction against vpdpbusd's 64.
+//
+// B is packed once per layer (qgemm_pack__amx) into [N/16][K4p][16][4]
+// (K4p = groups of 4 of K, rounded up to 16, zero-padded), so each 16 x 16
+// block of groups is one contiguous 1 KB tile, followed by the channel sums.
+// For each pass of 16, 32 or 64 rows (64 when N <= 16, 32 when N <= 32, so
+// that 4 C tiles work on independent chains), the kernel gathers A into a
+// zero-padded [rows][4 * K4p] buffer (plain or segmented rows alike), then
+// for up to 4 blocks of 16 channels at a time runs the K chunks into the C
+// tiles, stores them and requantizes each row with the AVX-512
+// requantization (requant_avx512.h): the same arithmetic, so the codes equal
+// the reference.
+//
+// Tile registers: tmm0-3 accumulate C, tmm4-7 hold A and B chunks. The tile
+// configuration is loaded on entry and released on exit.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "quant/kernels/avx512/requant_avx512.h"
+#include "quant/kernels/kernels.h"
+
+namespace qforge::quant::kernels {
+
+namespace {
+
+/// The 64-byte tile configuration (palette 1): every tile used is 16 rows of
+/// 64 bytes.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+/// dst[0, len) = src[0, len): 64-byte vector moves, the tail masked.
+inline void copy_run(uint8_t* dst, const uint8_t* src, int64_t len) {
+  for (; len >= 64; len -= 64, dst += 64, src += 64) _mm512_storeu_si512(dst, _mm512_loadu_si512(src));
+  if (len > 0) {
+    const __mmask64 k = (uint64_t{1} << len) - 1;
+    _mm512_mask_storeu_epi8(dst, k, _mm512_maskz_loadu_epi8(k, src));
+  }
+}
+
+/// dst[0, len) = 0.
+inline void zero_run(uint8_t* dst, int64_t len) {
+  const __m512i z = _mm512_setzero_si512();
+  for (; len >= 64; len -= 64, dst += 64) _mm512_storeu_si512(dst, z);
+  if (len > 0) _mm512_mask_storeu_epi8(dst, (uint64_t{1} << len) - 1, z);
+}
+
+void pack_amx(std::vector<int32_t>& out, const int8_t* b0, int64_t ldb, int64_t N, int64_t K) {
+  const int64_t K4 = (K + 3) / 4, K4p = (K4 + 15) / 16 * 16, NB = (N + 15) / 16;
+  out.assign(static_cast<size_t>(NB * K4p * 16 + NB * 16), 0);
+  int32_t* bsum = out.data() + NB * K4p * 16;
+  for (int64_t n = 0; n < N; ++n) {
+    const int8_t* b = b0 + n * ldb;
+    int32_t* dst = out.data() + (n / 16) * K4p * 16 + (n % 16);
+    int32_t s = 0;
+    for (int64_t k4 = 0; k4 < K4; ++k4) {
+      uint8_t t[4] = {0, 0, 0, 0};
+      for (int i = 0; i < 4 && 4 * k4 + i < K; ++i) {
+        t[i] = static_cast<uint8_t>(b[4 * k4 + i]);
+        s += b[4 * k4 + i];
+      }
+      std::memcpy(dst + k4 * 16, t, 4);
+    }
+    bsum[n] = s;
+  }
+}
+
+/// C tiles (RB row blocks x NV channel blocks, tile rb * NV + v; zeroed
+/// first) += the A rows in `abuf` (16 * RB rows of 64 * chunks bytes, stride
+/// astride) times NV blocks of packed B (block stride bstride int32s), over
+/// `chunks` chunks of 16 groups of K. RB * NV <= 4; several row blocks
+/// share each B chunk, so the products of one chunk are independent.
+template <int RB, int NV>
+inline void tile_products(const uint8_t* abuf, int64_t astride, const int32_t* pk, int64_t bstride, int64_t chunks) {
+  static_assert(RB * NV <= 4 && (RB == 1 || NV <= 2));
+  _tile_zero(0);
+  if constexpr (RB * NV > 1) _tile_zero(1);
+  if constexpr (RB * NV > 2) _tile_zero(2);
+  if constexpr (RB * NV > 3) _tile_zero(3);
+  const int64_t rstride = 16 * astride;  // one row block
+  for (int64_t c = 0; c < chunks; ++c) {
+    const uint8_t* a = abuf + 64 * c;
+    const int32_t* b = pk + c * 256;  // 16 groups x 16 channels
+    if constexpr (NV == 1 && RB > 1) {
+      _tile_loadd(4, b, 64);
+      _tile_loadd(5, a, astride);
+      _tile_dpbusd(0, 5, 4);
+      _tile_loadd(6, a + rstride, astride);
+      _tile_dpbusd(1, 6, 4);
+      if constexpr (RB > 2) {
+        _tile_loadd(7, a + 2 * rstride, astride);
+        _tile_dpbusd(2, 7, 4);
+      }
+      if constexpr (RB > 3) {
+        _tile_loadd(5, a + 3 * rstride, astride);
+        _tile_dpbusd(3, 5, 4);
+      }
+    } else if constexpr (NV == 2 && RB == 2) {
+      _tile_loadd(4, a, astride);
+      _tile_loadd(5, a + rstride, astride);
+      _tile_loadd(6, b, 64);
+      _tile_loadd(7, b + bstride, 64);
+      _tile_dpbusd(0, 4, 6);
+      _tile_dpbusd(1, 4, 7);
+      _tile_dpbusd(2, 5, 6);
+      _tile_dpbusd(3, 5, 7);
+    } else {
+      _tile_loadd(4, a, astride);
+      _tile_loadd(5, b, 64);
+      _tile_dpbusd(0, 4, 5);
+      if constexpr (NV > 1) {
+        _tile_loadd(6, b + bstride, 64);
+        _tile_dpbusd(1, 4, 6);
+      }
+      if constexpr (NV > 2) {
+        _tile_loadd(7, b + 2 * bstride, 64);
+        _tile_dpbusd(2, 4, 7);
+      }
+      if constexpr (NV > 3) {
+        _tile_loadd(5, b + 3 * bstride, 64);
+        _tile_dpbusd(3, 4, 5);
+      }
+    }
+  }
+}
+
+/// Stores the C tiles into cbuf: row block rb, channel block v at
+/// cbuf[(16 * rb + r) * 64 + 16 * v] (rows of 256 bytes).
+template <int RB, int NV>
+inline void store_tiles(int32_t* cbuf) {
+  constexpr int64_t kRow = 16 * 64;  // int32s per row block
+  _tile_stored(0, cbuf, 256);
+  if constexpr (RB * NV > 1) _tile_stored(1, cbuf + (NV == 1 ? kRow : 16), 256);
+  if constexpr (RB * NV > 2) _tile_stored(2, cbuf + (NV == 1 ? 2 * kRow : NV == 2 ? kRow : 32), 256);
+  if constexpr (RB * NV > 3) _tile_stored(3, cbuf + (NV == 1 ? 3 * kRow : NV == 2 ? kRow + 16 : 48), 256);
+}
+
+}  // namespace
+
+std::vector<int32_t> qgemm_pack__amx(const int8_t* b, int64_t ldb, int64_t N, int64_t K) {
+  std::vector<int32_t> out;
+  pack_amx(out, b, ldb, N, K);
+  return out;
+}
+
+void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
+  if (p.M == 0 || p.N == 0) return;
+  const int64_t K4 = (p.K + 3) / 4, K4p = (K4 + 15) / 16 * 16, NB = (p.N + 15) / 16, chunks = K4p / 16;
+  const int64_t astride = 4 * K4p;
+  const int32_t* base = p.b_packed;
+  if (!base) {
+    thread_local std::vector<int32_t> tl;
+    pack_amx(tl, p.b, p.ldb, p.N, p.K);
+    base = tl.data();
+  }
+  const int32_t* bsum = base + NB * K4p * 16;
+  // Row blocks per pass: 4 with one channel block, 2 with two, else 1.
+  const int64_t RB = NB == 1 ? 4 : NB == 2 ? 2 : 1, rows_per_pass = 16 * RB;
+  thread_local std::vector<uint8_t> abuf_storage;
+  const size_t abytes = static_cast<size_t>(rows_per_pass * astride + 64);
+  if (abuf_storage.size() < abytes) abuf_storage.resize(abytes);
+  uint8_t* abuf = abuf_storage.data() + ((64 - reinterpret_cast<uintptr_t>(abuf_storage.data()) % 64) % 64);
+  thread_local std::vector<int32_t> cbuf_storage(64 * 64 + 16);
+  int32_t* cbuf = cbuf_storage.data() + ((16 - (reinterpret_cast<uintptr_t>(cbuf_storage.data()) / 4) % 16) % 16);
+
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  _tile_loadconfig(&cfg);
+
+  const __m512i zp32 = _mm512_set1_epi32(p.out_zero_point), lo_zp = _mm512_set1_epi32(p.out_lo - p.out_zero_point),
+                hi_zp = _mm512_set1_epi32(p.out_hi - p.out_zero_point);
+  // Requantization constants of every block, once per call.
+  thread_local std::vector<Requant16> rq;
+  rq.resize(static_cast<size_t>(NB));
+  for (int64_t v = 0; v < NB; ++v) rq[static_cast<size_t>(v)] = make_requant(p, bsum + v * 16, v * 16);
+
+  for (int64_t m0 = 0; m0 < p.M; m0 += rows_per_pass) {
+    const int64_t rows = std::min<int64_t>(rows_per_pass, p.M - m0);
+    // Gather the rows, zero-padded to 4 * K4p bytes (rows past M: zeros),
+    // with inline 64-byte moves (the runs are short: a library call each
+    // would cost more than the copy).
+    for (int64_t r = 0; r < rows_per_pass; ++r) {
+      uint8_t* dst = abuf + r * astride;
+      if (r < rows) {
+        if (p.a_offsets) {
+          const int64_t len = p.K / p.segments;
+          const int64_t* off = p.a_offsets + (m0 + r) * p.segments;
+          for (int64_t s = 0; s < p.segments; ++s) copy_run(dst + s * len, p.a + off[s], len);
+        } else {
+          copy_run(dst, p.a + (m0 + r) * p.lda, p.K);
+        }
+        zero_run(dst + p.K, astride - p.K);
+      } else {
+        zero_run(dst, astride);
+      }
+    }
+    for (int64_t nb = 0; nb < NB; nb += 4) {
+      const int64_t nv = std::min<int64_t>(4, NB - nb);
+      const int32_t* pk = base + nb * K4p * 16;
+      const int64_t bstride = K4p * 16;
+      if (RB == 4) {
+        tile_products<4, 1>(abuf, astride, pk, bstride, chunks);
+        store_tiles<4, 1>(cbuf);
+      } else if (RB == 2) {
+        tile_products<2, 2>(abuf, astride, pk, bstride, chunks);
+        store_tiles<2, 2>(cbuf);
+      } else {
+        switch (nv) {
+          case 4: tile_products<1, 4>(abuf, astride, pk, bstride, chunks); store_tiles<1, 4>(cbuf); break;
+          case 3: tile_products<1, 3>(abuf, astride, pk, bstride, chunks); store_tiles<1, 3>(cbuf); break;
+          case 2: tile_products<1, 2>(abuf, astride, pk, bstride, chunks); store_tiles<1, 2>(cbuf); break;
+          default: tile_products<1, 1>(abuf, astride, pk, bstride, chunks); store_tiles<1, 1>(cbuf); break;
+        }
+      }
+      for (int64_t v = 0; v < nv; ++v) {
+        const Requant16& q = rq[static_cast<size_t>(nb + v)];
+        const int64_t n0 = (nb + v) * 16, nn = std::min<int64_t>(16, p.N - n0);
+        const __mmask16 store_mask = static_cast<__mmask16>((1u << nn) - 1);
+        for (int64_t r = 0; r < rows; ++r) {
+          const __m512i raw = _mm512_load_si512(cbuf + r * 64 + v * 16);
+          if (p.c32) {
+            // int32 mode: saturate_i32(sum + bias) (the sum corrected for the zero point).
+            const __m512i i32min = _mm512_set1_epi64(INT32_MIN), i32max = _mm512_set1_epi64(INT32_MAX);
+            const __m512i sum = _mm512_sub_epi32(raw, q.zp_bsum);
+            __m512i h0 = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(sum)), q.bias[0]);
+            __m512i h1 = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(sum, 1)), q.bias[1]);
+            h0 = _mm512_min_epi64(_mm512_max_epi64(h0, i32min), i32max);
+            h1 = _mm512_min_epi64(_mm512_max_epi64(h1, i32min), i32max);
+            const __m512i out = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(h0)),
+                                                   _mm512_cvtepi64_epi32(h1), 1);
+            _mm512_mask_storeu_epi32(p.c32 + (m0 + r) * p.ldc + n0, store_mask, out);
+          } else {
+            _mm_mask_storeu_epi8(p.c + (m0 + r) * p.ldc + n0, store_mask, requant16(raw, q, zp32, lo_zp, hi_zp));
+          }
+        }
+      }
+    }
+  }
+  _tile_release();
+}
+
+}  // namespace qforge::quant::kernels
