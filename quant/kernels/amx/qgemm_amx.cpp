@@ -171,8 +171,11 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
   const size_t abytes = static_cast<size_t>(rows_per_pass * astride + 64);
   if (abuf_storage.size() < abytes) abuf_storage.resize(abytes);
   uint8_t* abuf = abuf_storage.data() + ((64 - reinterpret_cast<uintptr_t>(abuf_storage.data()) % 64) % 64);
-  thread_local std::vector<int32_t> cbuf_storage(64 * 64 + 16);
-  int32_t* cbuf = cbuf_storage.data() + ((16 - (reinterpret_cast<uintptr_t>(cbuf_storage.data()) / 4) % 16) % 16);
+  // Two C buffers: the tiles of one job are stored into one while the
+  // previous job's results are requantized from the other.
+  thread_local std::vector<int32_t> cbuf_storage(2 * 64 * 64 + 16);
+  int32_t* cbuf0 = cbuf_storage.data() + ((16 - (reinterpret_cast<uintptr_t>(cbuf_storage.data()) / 4) % 16) % 16);
+  int32_t* cbufs[2] = {cbuf0, cbuf0 + 64 * 64};
 
   TileConfig cfg;
   for (int t = 0; t < 8; ++t) {
@@ -188,11 +191,67 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
   rq.resize(static_cast<size_t>(NB));
   for (int64_t v = 0; v < NB; ++v) rq[static_cast<size_t>(v)] = make_requant(p, bsum + v * 16, v * 16);
 
+  // A job: rows [m0, m0 + rows) against channel blocks [nb, nb + nv).
+  struct Job {
+    int64_t m0 = 0, rows = 0, nb = 0, nv = 0;
+  };
+  const int64_t bstride = K4p * 16;
+  // Issues the tile products of a job (the tiles compute in the background).
+  auto issue = [&](const Job& j) {
+    const int32_t* pk = base + j.nb * K4p * 16;
+    if (RB == 4) tile_products<4, 1>(abuf, astride, pk, bstride, chunks);
+    else if (RB == 2) tile_products<2, 2>(abuf, astride, pk, bstride, chunks);
+    else if (j.nv == 4) tile_products<1, 4>(abuf, astride, pk, bstride, chunks);
+    else if (j.nv == 3) tile_products<1, 3>(abuf, astride, pk, bstride, chunks);
+    else if (j.nv == 2) tile_products<1, 2>(abuf, astride, pk, bstride, chunks);
+    else tile_products<1, 1>(abuf, astride, pk, bstride, chunks);
+  };
+  auto store = [&](const Job& j, int32_t* cbuf) {
+    if (RB == 4) store_tiles<4, 1>(cbuf);
+    else if (RB == 2) store_tiles<2, 2>(cbuf);
+    else if (j.nv == 4) store_tiles<1, 4>(cbuf);
+    else if (j.nv == 3) store_tiles<1, 3>(cbuf);
+    else if (j.nv == 2) store_tiles<1, 2>(cbuf);
+    else store_tiles<1, 1>(cbuf);
+  };
+  // Requantizes (or, in int32 mode, finishes) a job's stored sums.
+  auto finish = [&](const Job& j, const int32_t* cbuf) {
+    for (int64_t v = 0; v < j.nv; ++v) {
+      const Requant16& q = rq[static_cast<size_t>(j.nb + v)];
+      const int64_t n0 = (j.nb + v) * 16, nn = std::min<int64_t>(16, p.N - n0);
+      const __mmask16 store_mask = static_cast<__mmask16>((1u << nn) - 1);
+      for (int64_t r = 0; r < j.rows; ++r) {
+        const __m512i raw = _mm512_load_si512(cbuf + r * 64 + v * 16);
+        const int64_t m = j.m0 + r;
+        if (p.c32) {
+          // int32 mode: saturate_i32(sum + bias) (the sum corrected for the zero point).
+          const __m512i i32min = _mm512_set1_epi64(INT32_MIN), i32max = _mm512_set1_epi64(INT32_MAX);
+          const __m512i sum = _mm512_sub_epi32(raw, q.zp_bsum);
+          __m512i h0 = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(sum)), q.bias[0]);
+          __m512i h1 = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(sum, 1)), q.bias[1]);
+          h0 = _mm512_min_epi64(_mm512_max_epi64(h0, i32min), i32max);
+          h1 = _mm512_min_epi64(_mm512_max_epi64(h1, i32min), i32max);
+          const __m512i out = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(h0)),
+                                                 _mm512_cvtepi64_epi32(h1), 1);
+          _mm512_mask_storeu_epi32(p.c32 + m * p.ldc + n0, store_mask, out);
+        } else {
+          _mm_mask_storeu_epi8(p.c + m * p.ldc + n0, store_mask, requant16(raw, q, zp32, lo_zp, hi_zp));
+        }
+      }
+    }
+  };
+
+  // Software pipeline: issue job k's tile products, requantize job k - 1
+  // (whose sums were stored) while the tiles compute, then store job k.
+  Job prev;
+  bool have_prev = false;
+  int buf = 0;
   for (int64_t m0 = 0; m0 < p.M; m0 += rows_per_pass) {
     const int64_t rows = std::min<int64_t>(rows_per_pass, p.M - m0);
     // Gather the rows, zero-padded to 4 * K4p bytes (rows past M: zeros),
     // with inline 64-byte moves (the runs are short: a library call each
-    // would cost more than the copy).
+    // would cost more than the copy). The previous job's tile loads are
+    // done: its sums were stored.
     for (int64_t r = 0; r < rows_per_pass; ++r) {
       uint8_t* dst = abuf + r * astride;
       if (r < rows) {
@@ -209,47 +268,16 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
       }
     }
     for (int64_t nb = 0; nb < NB; nb += 4) {
-      const int64_t nv = std::min<int64_t>(4, NB - nb);
-      const int32_t* pk = base + nb * K4p * 16;
-      const int64_t bstride = K4p * 16;
-      if (RB == 4) {
-        tile_products<4, 1>(abuf, astride, pk, bstride, chunks);
-        store_tiles<4, 1>(cbuf);
-      } else if (RB == 2) {
-        tile_products<2, 2>(abuf, astride, pk, bstride, chunks);
-        store_tiles<2, 2>(cbuf);
-      } else {
-        switch (nv) {
-          case 4: tile_products<1, 4>(abuf, astride, pk, bstride, chunks); store_tiles<1, 4>(cbuf); break;
-          case 3: tile_products<1, 3>(abuf, astride, pk, bstride, chunks); store_tiles<1, 3>(cbuf); break;
-          case 2: tile_products<1, 2>(abuf, astride, pk, bstride, chunks); store_tiles<1, 2>(cbuf); break;
-          default: tile_products<1, 1>(abuf, astride, pk, bstride, chunks); store_tiles<1, 1>(cbuf); break;
-        }
-      }
-      for (int64_t v = 0; v < nv; ++v) {
-        const Requant16& q = rq[static_cast<size_t>(nb + v)];
-        const int64_t n0 = (nb + v) * 16, nn = std::min<int64_t>(16, p.N - n0);
-        const __mmask16 store_mask = static_cast<__mmask16>((1u << nn) - 1);
-        for (int64_t r = 0; r < rows; ++r) {
-          const __m512i raw = _mm512_load_si512(cbuf + r * 64 + v * 16);
-          if (p.c32) {
-            // int32 mode: saturate_i32(sum + bias) (the sum corrected for the zero point).
-            const __m512i i32min = _mm512_set1_epi64(INT32_MIN), i32max = _mm512_set1_epi64(INT32_MAX);
-            const __m512i sum = _mm512_sub_epi32(raw, q.zp_bsum);
-            __m512i h0 = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(sum)), q.bias[0]);
-            __m512i h1 = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(sum, 1)), q.bias[1]);
-            h0 = _mm512_min_epi64(_mm512_max_epi64(h0, i32min), i32max);
-            h1 = _mm512_min_epi64(_mm512_max_epi64(h1, i32min), i32max);
-            const __m512i out = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(h0)),
-                                                   _mm512_cvtepi64_epi32(h1), 1);
-            _mm512_mask_storeu_epi32(p.c32 + (m0 + r) * p.ldc + n0, store_mask, out);
-          } else {
-            _mm_mask_storeu_epi8(p.c + (m0 + r) * p.ldc + n0, store_mask, requant16(raw, q, zp32, lo_zp, hi_zp));
-          }
-        }
-      }
+      const Job j{m0, rows, nb, std::min<int64_t>(4, NB - nb)};
+      issue(j);
+      if (have_prev) finish(prev, cbufs[1 - buf]);
+      store(j, cbufs[buf]);
+      prev = j;
+      have_prev = true;
+      buf ^= 1;
     }
   }
+  if (have_prev) finish(prev, cbufs[1 - buf]);
   _tile_release();
 }
 
