@@ -224,16 +224,7 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
         const __m512i raw = _mm512_load_si512(cbuf + r * 64 + v * 16);
         const int64_t m = j.m0 + r;
         if (p.c32) {
-          // int32 mode: saturate_i32(sum + bias) (the sum corrected for the zero point).
-          const __m512i i32min = _mm512_set1_epi64(INT32_MIN), i32max = _mm512_set1_epi64(INT32_MAX);
-          const __m512i sum = _mm512_sub_epi32(raw, q.zp_bsum);
-          __m512i h0 = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(sum)), q.bias[0]);
-          __m512i h1 = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(sum, 1)), q.bias[1]);
-          h0 = _mm512_min_epi64(_mm512_max_epi64(h0, i32min), i32max);
-          h1 = _mm512_min_epi64(_mm512_max_epi64(h1, i32min), i32max);
-          const __m512i out = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(h0)),
-                                                 _mm512_cvtepi64_epi32(h1), 1);
-          _mm512_mask_storeu_epi32(p.c32 + m * p.ldc + n0, store_mask, out);
+          _mm512_mask_storeu_epi32(p.c32 + m * p.ldc + n0, store_mask, acc16(raw, q));
         } else {
           _mm_mask_storeu_epi8(p.c + m * p.ldc + n0, store_mask, requant16(raw, q, zp32, lo_zp, hi_zp));
         }

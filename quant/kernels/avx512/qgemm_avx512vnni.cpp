@@ -159,18 +159,9 @@ inline void tile(const QGemmParams& p, const int32_t* packed, int64_t block_stri
     const int64_t nn = std::min<int64_t>(16, p.N - (n0 + 16 * v));
     const __mmask16 store_mask = static_cast<__mmask16>((1u << nn) - 1);
     if (p.c32) {
-      // int32 mode: saturate_i32(sum + bias), in int64 lanes like requant8.
-      const __m512i i32min = _mm512_set1_epi64(INT32_MIN), i32max = _mm512_set1_epi64(INT32_MAX);
-      for (int r = 0; r < R; ++r) {
-        const __m512i sum = _mm512_sub_epi32(_mm512_load_si512(sums[r][v]), rq[v].zp_bsum);
-        __m512i h[2] = {_mm512_cvtepi32_epi64(_mm512_castsi512_si256(sum)),
-                        _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(sum, 1))};
-        for (int k = 0; k < 2; ++k)
-          h[k] = _mm512_min_epi64(_mm512_max_epi64(_mm512_add_epi64(h[k], rq[v].bias[k]), i32min), i32max);
-        const __m512i out = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(h[0])),
-                                               _mm512_cvtepi64_epi32(h[1]), 1);
-        _mm512_mask_storeu_epi32(p.c32 + (m0 + r) * p.ldc + n0 + 16 * v, store_mask, out);
-      }
+      for (int r = 0; r < R; ++r)
+        _mm512_mask_storeu_epi32(p.c32 + (m0 + r) * p.ldc + n0 + 16 * v, store_mask,
+                                 acc16(_mm512_load_si512(sums[r][v]), rq[v]));
       continue;
     }
     for (int r = 0; r < R; ++r) {

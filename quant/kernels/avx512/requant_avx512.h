@@ -110,5 +110,18 @@ inline __m128i requant16(__m512i raw, const Requant16& r, __m512i zp32, __m512i 
   return _mm512_cvtepi32_epi8(_mm512_add_epi32(q, zp32));
 }
 
+/// The int32 output mode (QGemmParams::c32) of 16 raw dot-product sums of
+/// one block: saturate_i32(sum - zp * sum_k b + bias) per channel, in int64
+/// lanes.
+inline __m512i acc16(__m512i raw, const Requant16& r) {
+  const __m512i i32min = _mm512_set1_epi64(INT32_MIN), i32max = _mm512_set1_epi64(INT32_MAX);
+  const __m512i sum = _mm512_sub_epi32(raw, r.zp_bsum);
+  __m512i h0 = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(sum)), r.bias[0]);
+  __m512i h1 = _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(sum, 1)), r.bias[1]);
+  h0 = _mm512_min_epi64(_mm512_max_epi64(h0, i32min), i32max);
+  h1 = _mm512_min_epi64(_mm512_max_epi64(h1, i32min), i32max);
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(h0)), _mm512_cvtepi64_epi32(h1), 1);
+}
+
 }  // namespace
 }  // namespace qforge::quant::kernels
