@@ -22,6 +22,7 @@ foreach(dir core autograd nn quant data trainers)
     PATTERN "sgemm_kernels.h" EXCLUDE
     PATTERN "tensor_math.h" EXCLUDE
     PATTERN "requant_avx512.h" EXCLUDE
+    PATTERN "pack_groups.h" EXCLUDE
     PATTERN "ops" EXCLUDE)
 endforeach()
 

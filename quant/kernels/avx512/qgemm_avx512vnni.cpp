@@ -19,6 +19,7 @@
 
 #include "quant/kernels/avx512/requant_avx512.h"
 #include "quant/kernels/kernels.h"
+#include "quant/kernels/pack_groups.h"
 
 namespace qforge::quant::kernels {
 
@@ -189,25 +190,8 @@ void run_blocks(const QGemmParams& p, const int32_t* packed, int64_t block_strid
 
 namespace {
 
-/// [NB][K4][16 channels][4 bytes] (zero-padded), then the NB * 16 channel sums.
 void pack_into(std::vector<int32_t>& out, const int8_t* b0, int64_t ldb, int64_t N, int64_t K) {
-  const int64_t K4 = (K + 3) / 4, NB = (N + 15) / 16;
-  out.assign(NB * K4 * 16 + NB * 16, 0);
-  int32_t* bsum = out.data() + NB * K4 * 16;
-  for (int64_t n = 0; n < N; ++n) {
-    const int8_t* b = b0 + n * ldb;
-    int32_t* dst = out.data() + (n / 16) * K4 * 16 + (n % 16);
-    int32_t s = 0;
-    for (int64_t k4 = 0; k4 < K4; ++k4) {
-      uint8_t t[4] = {0, 0, 0, 0};
-      for (int i = 0; i < 4 && 4 * k4 + i < K; ++i) {
-        t[i] = static_cast<uint8_t>(b[4 * k4 + i]);
-        s += b[4 * k4 + i];
-      }
-      __builtin_memcpy(dst + k4 * 16, t, 4);
-    }
-    bsum[n] = s;
-  }
+  pack_groups_of_4(out, b0, ldb, N, K, 1);
 }
 
 }  // namespace

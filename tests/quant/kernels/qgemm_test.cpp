@@ -146,6 +146,20 @@ std::vector<int32_t> run32(QGemmFn fn, const QGemmParams& p0) {
   return c;
 }
 
+/// The kernel table of every level this CPU runs and this build has.
+std::vector<std::pair<Isa, KernelTable>> runnable_tables() {
+  std::vector<std::pair<Isa, KernelTable>> out;
+  for (Isa isa : kAllIsas) {
+    if (!cpu_has(isa)) continue;
+    try {
+      out.emplace_back(isa, kernels_for(isa));
+    } catch (const ValueError&) {
+      // no kernels of that level in this build
+    }
+  }
+  return out;
+}
+
 TEST(QGemm, Int32OutputIsTheExactSumPlusBias) {
   std::mt19937 rng(5);
   Problem pr = make_problem(5, 19, 37, rng, true);
@@ -164,14 +178,7 @@ TEST(QGemm, Int32OutputIsTheExactSumPlusBias) {
 
 TEST(QGemm, EveryKernelsInt32OutputEqualsTheReference) {
   const std::vector<int64_t> sizes = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65};
-  for (Isa isa : kAllIsas) {
-    if (!cpu_has(isa)) continue;
-    KernelTable t;
-    try {
-      t = kernels_for(isa);
-    } catch (const ValueError&) {
-      continue;
-    }
+  for (const auto& [isa, t] : runnable_tables()) {
     std::mt19937 rng(13);
     for (int iter = 0; iter < 80; ++iter) {
       const int64_t M = sizes[rng() % sizes.size()], N = sizes[rng() % sizes.size()];
@@ -193,14 +200,7 @@ TEST(QGemm, EveryKernelsInt32OutputEqualsTheReference) {
 
 TEST(QGemm, PrePackedWeightsGiveTheSameResult) {
   const std::vector<int64_t> sizes = {1, 3, 7, 16, 17, 33, 64, 65};
-  for (Isa isa : kAllIsas) {
-    if (!cpu_has(isa)) continue;
-    KernelTable t;
-    try {
-      t = kernels_for(isa);
-    } catch (const ValueError&) {
-      continue;  // no kernels of that level in this build
-    }
+  for (const auto& [isa, t] : runnable_tables()) {
     if (!t.qgemm_pack) continue;
     std::mt19937 rng(11);
     for (int iter = 0; iter < 60; ++iter) {
@@ -221,14 +221,7 @@ TEST(QGemm, SegmentedRowsEqualTheContiguousProblem) {
   // padded image); each kernel must give what the reference gives on the
   // same rows laid out contiguously, requantized or int32, packed or not.
   const std::vector<int64_t> sizes = {1, 2, 3, 5, 7, 8, 9, 16, 17, 31, 33, 64, 65};
-  for (Isa isa : kAllIsas) {
-    if (!cpu_has(isa)) continue;
-    KernelTable t;
-    try {
-      t = kernels_for(isa);
-    } catch (const ValueError&) {
-      continue;
-    }
+  for (const auto& [isa, t] : runnable_tables()) {
     std::mt19937 rng(23);
     for (int iter = 0; iter < 60; ++iter) {
       const int64_t M = sizes[rng() % sizes.size()], N = sizes[rng() % sizes.size()];
