@@ -176,24 +176,29 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
   rq.resize(static_cast<size_t>(NB));
   for (int64_t v = 0; v < NB; ++v) rq[static_cast<size_t>(v)] = make_requant(p, bsum + v * 16, v * 16);
 
-  // A job: rows [m0, m0 + rows) against channel blocks [nb, nb + nv).
+  // A job: rows [m0, m0 + rows) (rb row blocks) against channel blocks
+  // [nb, nb + nv).
   struct Job {
-    int64_t m0 = 0, rows = 0, nb = 0, nv = 0;
+    int64_t m0 = 0, rows = 0, rb = 1, nb = 0, nv = 0;
   };
   const int64_t bstride = K4p * 16;
   // Issues the tile products of a job (the tiles compute in the background).
   auto issue = [&](const Job& j) {
     const int32_t* pk = base + j.nb * K4p * 16;
-    if (RB == 4) tile_products<4, 1>(abuf, astride, pk, bstride, chunks);
-    else if (RB == 2) tile_products<2, 2>(abuf, astride, pk, bstride, chunks);
+    if (j.nv == 1 && j.rb == 4) tile_products<4, 1>(abuf, astride, pk, bstride, chunks);
+    else if (j.nv == 1 && j.rb == 3) tile_products<3, 1>(abuf, astride, pk, bstride, chunks);
+    else if (j.nv == 1 && j.rb == 2) tile_products<2, 1>(abuf, astride, pk, bstride, chunks);
+    else if (j.nv == 2 && j.rb == 2) tile_products<2, 2>(abuf, astride, pk, bstride, chunks);
     else if (j.nv == 4) tile_products<1, 4>(abuf, astride, pk, bstride, chunks);
     else if (j.nv == 3) tile_products<1, 3>(abuf, astride, pk, bstride, chunks);
     else if (j.nv == 2) tile_products<1, 2>(abuf, astride, pk, bstride, chunks);
     else tile_products<1, 1>(abuf, astride, pk, bstride, chunks);
   };
   auto store = [&](const Job& j, int32_t* cbuf) {
-    if (RB == 4) store_tiles<4, 1>(cbuf);
-    else if (RB == 2) store_tiles<2, 2>(cbuf);
+    if (j.nv == 1 && j.rb == 4) store_tiles<4, 1>(cbuf);
+    else if (j.nv == 1 && j.rb == 3) store_tiles<3, 1>(cbuf);
+    else if (j.nv == 1 && j.rb == 2) store_tiles<2, 1>(cbuf);
+    else if (j.nv == 2 && j.rb == 2) store_tiles<2, 2>(cbuf);
     else if (j.nv == 4) store_tiles<1, 4>(cbuf);
     else if (j.nv == 3) store_tiles<1, 3>(cbuf);
     else if (j.nv == 2) store_tiles<1, 2>(cbuf);
@@ -223,12 +228,12 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
   bool have_prev = false;
   int buf = 0;
   for (int64_t m0 = 0; m0 < p.M; m0 += rows_per_pass) {
-    const int64_t rows = std::min<int64_t>(rows_per_pass, p.M - m0);
-    // Gather the rows, zero-padded to 4 * K4p bytes (rows past M: zeros),
-    // with inline 64-byte moves (the runs are short: a library call each
-    // would cost more than the copy). The previous job's tile loads are
-    // done: its sums were stored.
-    for (int64_t r = 0; r < rows_per_pass; ++r) {
+    const int64_t rows = std::min<int64_t>(rows_per_pass, p.M - m0), rb = (rows + 15) / 16;
+    // Gather the rows, zero-padded to 4 * K4p bytes (the rows of the last
+    // row block past M: zeros), with inline 64-byte moves (the runs are
+    // short: a library call each would cost more than the copy). The
+    // previous job's tile loads are done: its sums were stored.
+    for (int64_t r = 0; r < 16 * rb; ++r) {
       uint8_t* dst = abuf + r * astride;
       if (r < rows) {
         if (p.a_offsets) {
@@ -244,7 +249,7 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
       }
     }
     for (int64_t nb = 0; nb < NB; nb += 4) {
-      const Job j{m0, rows, nb, std::min<int64_t>(4, NB - nb)};
+      const Job j{m0, rows, rb, nb, std::min<int64_t>(4, NB - nb)};
       issue(j);
       if (have_prev) finish(prev, cbufs[1 - buf]);
       store(j, cbufs[buf]);
