@@ -106,7 +106,25 @@ Tensor quantize(const Tensor& x, const ActQParams& q) {
   uint8_t* po = out.data<uint8_t>();
   const float inv = 1.0f / q.scale;
   parallel_for(0, x.numel(), 1 << 16, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) po[i] = static_cast<uint8_t>(quantize_value(px[i], inv, q.zero_point, q.qmin, q.qmax));
+    int64_t i = b;
+#if defined(__SSE2__)
+    // quantize_value() four at a time: clamping x * inv to the integer
+    // bounds [qmin - zp, qmax - zp] before rounding equals clamping after
+    // (the bounds are integers); maxps returns the bound for NaN, as fmax
+    // does; cvtps2dq rounds half to even (the default MXCSR mode), as
+    // nearbyint does, and every clamped value fits int32.
+    const __m128 vinv = _mm_set1_ps(inv), lo = _mm_set1_ps(static_cast<float>(q.qmin - q.zero_point)),
+                 hi = _mm_set1_ps(static_cast<float>(q.qmax - q.zero_point));
+    const __m128i zp = _mm_set1_epi32(q.zero_point);
+    for (; i + 4 <= e; i += 4) {
+      const __m128 v = _mm_min_ps(_mm_max_ps(_mm_mul_ps(_mm_loadu_ps(px + i), vinv), lo), hi);
+      const __m128i c = _mm_add_epi32(_mm_cvtps_epi32(v), zp);  // in [qmin, qmax] within [0, 255]
+      const __m128i c16 = _mm_packs_epi32(c, c);
+      const int32_t bytes = _mm_cvtsi128_si32(_mm_packus_epi16(c16, c16));
+      std::memcpy(po + i, &bytes, 4);
+    }
+#endif
+    for (; i < e; ++i) po[i] = static_cast<uint8_t>(quantize_value(px[i], inv, q.zero_point, q.qmin, q.qmax));
   });
   return out;
 }

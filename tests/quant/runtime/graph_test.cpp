@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <random>
 #include <unistd.h>
 
@@ -27,6 +28,30 @@ Tensor random_codes(const Shape& s, std::mt19937& rng, int lo = 0, int hi = 255)
 
 uint8_t at(const Tensor& t, int64_t n, int64_t h, int64_t w, int64_t c) {
   return t.data<uint8_t>()[((n * t.size(1) + h) * t.size(2) + w) * t.size(3) + c];
+}
+
+TEST(QQuantize, EqualsTheScalarRuleOnEveryValue) {
+  // quantize() has a vector path; it must give quantize_value() exactly:
+  // ties (half to even), values far outside the range, infinities, NaN and
+  // lengths that leave a tail.
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-40, 40);
+  for (const ActQParams q : {ActQParams{0.1f, 128, 0, 255}, ActQParams{0.5f, 0, 0, 255}, ActQParams{0.25f, 3, 2, 200}}) {
+    for (int64_t n : {1, 3, 4, 7, 64, 1001}) {
+      Tensor x = Tensor::empty({n});
+      float* px = x.data<float>();
+      for (int64_t i = 0; i < n; ++i) px[i] = u(rng);
+      const float specials[] = {0.05f, 0.15f, -0.05f, 0.25f, 0.75f, -1.25f, 1e30f, -1e30f,
+                                std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                                std::numeric_limits<float>::quiet_NaN(), -0.0f, 3e9f};
+      for (int64_t i = 0; i < n && i < 13; ++i) px[i] = specials[(i * 5) % 13];
+      const Tensor c = quantize(x, q);
+      const float inv = 1.0f / q.scale;
+      for (int64_t i = 0; i < n; ++i)
+        ASSERT_EQ(c.data<uint8_t>()[i], quantize_value(px[i], inv, q.zero_point, q.qmin, q.qmax))
+            << "x=" << px[i] << " scale " << q.scale << " zp " << q.zero_point;
+    }
+  }
 }
 
 TEST(QPool, MaxPoolMatchesADirectReference) {
