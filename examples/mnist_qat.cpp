@@ -314,7 +314,7 @@ int main(int argc, char** argv) {
     std::printf("logits that differ between the QAT model and the exported int8 model: %lld of %lld\n",
                 static_cast<long long>(differ), static_cast<long long>(qat_logits.numel()));
     // The exported model again on every kernel level this CPU runs: all must agree bit for bit.
-    for (auto isa : {quant::kernels::Isa::ref, quant::kernels::Isa::avx2, quant::kernels::Isa::avx512vnni}) {
+    for (auto isa : quant::kernels::kAllIsas) {
       if (!quant::kernels::cpu_has(isa)) continue;
       quant::kernels::KernelTable table;
       try {

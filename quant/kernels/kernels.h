@@ -1,7 +1,8 @@
 #pragma once
 // int8 kernels of the runtime, chosen once at run time. Every kernel has a
 // scalar reference (always compiled, the fallback and the test oracle) and
-// AVX2, AVX-512 VNNI and NEON versions that must equal it bit for bit.
+// AVX2, AVX-512 VNNI, AMX-INT8 (the GEMM) and NEON versions that must equal
+// it bit for bit.
 // kernel_list.inc is the one list of kernels: the dispatch table, the tests
 // and the benchmarks all include it, so no kernel goes untested.
 //
@@ -234,8 +235,8 @@ void qu8s8_gemm_requant__avx2_4x16(const QGemmParams& p);
 /// Packs B for the AVX2 kernel ([N/16][K/2][16][2 x int16], zero-padded, then
 /// the channel sums). Compiled with AVX2 flags: needs cpu_has(Isa::avx2).
 std::vector<int32_t> qgemm_pack__avx2_4x16(const int8_t* b, int64_t ldb, int64_t N, int64_t K);
-/// AVX-512 F/BW/VL + VNNI (x86 builds), 4 rows x 64 channels (8 x 32 when
-/// K > 512): packs B per call unless b_packed came from
+/// AVX-512 F/BW/VL + VNNI (x86 builds): tiles of 16 accumulators (16 rows x
+/// 16 channels, 8 x 32 or 4 x 64 by the panel width): packs B per call unless b_packed came from
 /// qgemm_pack__avx512vnni_4x64. Needs cpu_has(Isa::avx512vnni).
 void qu8s8_gemm_requant__avx512vnni_4x64(const QGemmParams& p);
 /// Packs B for the VNNI kernel ([N/16][K/4][16][4 bytes], zero-padded, then

@@ -584,6 +584,8 @@ Tensor qadd(const Tensor& a, const ActQParams& qa, const Tensor& b, const ActQPa
   const AddMultipliers m = add_multipliers(qa.scale, qb.scale, out.scale);
   const ClampBounds bounds = activation_bounds(act, out.scale, out.zero_point, out.qmin, out.qmax);
   const kernels::KernelTable& table = k ? *k : kernels::kernels();
+  // A table without an add kernel (a caller's partial table) gets the reference.
+  const kernels::QAddFn add = table.qadd ? table.qadd : &kernels::qu8_add__ref;
   Tensor y = Tensor::empty(a.shape(), DType::u8);
   const uint8_t* pa = a.data<uint8_t>();
   const uint8_t* pb = b.data<uint8_t>();
@@ -600,7 +602,7 @@ Tensor qadd(const Tensor& a, const ActQParams& qa, const Tensor& b, const ActQPa
     p.out_lo = bounds.lo;
     p.out_hi = bounds.hi;
     p.y = py + i0;
-    table.qadd(p);
+    add(p);
   });
   return y;
 }

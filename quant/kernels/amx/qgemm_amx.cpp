@@ -17,6 +17,7 @@
 //
 // Tile registers: tmm0-3 accumulate C, tmm4-7 hold A and B chunks. The tile
 // configuration is loaded on entry and released on exit.
+#if defined(__x86_64__)  // AMX exists in 64-bit mode only
 #include <immintrin.h>
 
 #include <algorithm>
@@ -167,6 +168,11 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
     cfg.colsb[t] = 64;
     cfg.rows[t] = 16;
   }
+  // GCC 12's tile intrinsics are volatile asm without memory operands: the
+  // empty asm with a memory clobber keeps plain stores (the config, the
+  // gathered rows) before the tile loads, and the loads of stored C tiles
+  // after the tile stores.
+  asm volatile("" ::: "memory");
   _tile_loadconfig(&cfg);
 
   const __m512i zp32 = _mm512_set1_epi32(p.out_zero_point), lo_zp = _mm512_set1_epi32(p.out_lo - p.out_zero_point),
@@ -248,11 +254,13 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
         zero_run(dst, astride);
       }
     }
+    asm volatile("" ::: "memory");
     for (int64_t nb = 0; nb < NB; nb += 4) {
       const Job j{m0, rows, rb, nb, std::min<int64_t>(4, NB - nb)};
       issue(j);
       if (have_prev) finish(prev, cbufs[1 - buf]);
       store(j, cbufs[buf]);
+      asm volatile("" ::: "memory");
       prev = j;
       have_prev = true;
       buf ^= 1;
@@ -263,3 +271,5 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
 }
 
 }  // namespace qforge::quant::kernels
+
+#endif  // defined(__x86_64__)

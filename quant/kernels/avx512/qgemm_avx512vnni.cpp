@@ -54,7 +54,8 @@ inline int32_t load4(const uint8_t* a, int64_t k, int64_t K) {
 template <int R, int NV>
 inline void dot_tile(const QGemmParams& p, const int32_t* packed, int64_t block_stride, int64_t K4, int64_t m0,
                      int32_t (*sums)[NV][16]) {
-  static_assert(R >= 1 && R <= 16 && NV >= 1 && NV <= 4 && R * NV <= 16);
+  static_assert(R >= 1 && R <= 16 && NV >= 1 && NV <= 4 && R * NV <= 16 && (R <= 4 || NV <= 2) && (R <= 8 || NV == 1),
+                "the named accumulators cover rows 0-3 x 4 blocks, 4-7 x 2 and 8-15 x 1");
   const __m512i z = _mm512_setzero_si512();
   __m512i c00 = z, c01 = z, c02 = z, c03 = z, c10 = z, c11 = z, c12 = z, c13 = z, c20 = z, c21 = z, c22 = z,
           c23 = z, c30 = z, c31 = z, c32 = z, c33 = z, c40 = z, c41 = z, c50 = z, c51 = z, c60 = z, c61 = z,

@@ -285,6 +285,21 @@ TEST_F(GraphFile, ResidualGraphRunsOpByOpAndRoundTrips) {
   const Tensor l = qlinear(o[8].layer, g.reshape({4, 8}));
   const Tensor want = dequantize(l, o[9].q);
   EXPECT_EQ(std::memcmp(y.raw(), want.raw(), y.nbytes()), 0);
+  // The batch split into sub-batches (run) and op by op (a callback) agree,
+  // and so do a table holding only a GEMM (the other ops fall back to the
+  // reference kernels) and every kernel level.
+  const Tensor whole = m.run(x, nullptr, [](size_t, const Tensor&) {});
+  EXPECT_EQ(std::memcmp(y.raw(), whole.raw(), y.nbytes()), 0);
+  kernels::KernelTable gemm_only;
+  gemm_only.qgemm = &kernels::qu8s8_gemm_requant__ref;
+  const Tensor partial = m.run(x, &gemm_only);
+  EXPECT_EQ(std::memcmp(y.raw(), partial.raw(), y.nbytes()), 0);
+  for (auto isa : kernels::kAllIsas) {
+    if (!kernels::cpu_has(isa)) continue;
+    const kernels::KernelTable t = kernels::kernels_for(isa);
+    const Tensor yi = m.run(x, &t);
+    EXPECT_EQ(std::memcmp(y.raw(), yi.raw(), y.nbytes()), 0) << kernels::isa_name(isa);
+  }
 
   save_model(path("g.h5"), m);
   const Model back = load_model(path("g.h5"));
