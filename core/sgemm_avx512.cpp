@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <vector>
 
 #include "core/sgemm_kernels.h"
 
@@ -176,6 +177,91 @@ void sgemm_packed(bool ta, int64_t M, int64_t N, int64_t K, float alpha, const f
   }
 }
 
+// ---- rows path: C = alpha * A B + beta * C, B rows read in place -----------
+//
+// For B given as row pointers with contiguous columns (a convolution's shifted
+// image rows), packing B costs about as much as the few micro-tiles that reuse
+// each panel when M is small. So B is read straight from its rows, 48 columns
+// at a time, and only A (the weights, small) is packed, once per call.
+
+constexpr int kRowsMR = 8;
+constexpr int kRowsNV = 3;  // 16-wide vectors per tile row: 8 x 48 tiles, 24 accumulators
+constexpr int kRowsNR = 16 * kRowsNV;
+
+// C[mr x nr] = alpha * Apanel[kc][kRowsMR] * B(rows[0..kc), cols j0..j0+nr) + beta * C.
+template <int MR>
+void kernel_rows(int64_t kc, const float* a, const float* const* rows, int64_t j0, float* c, int64_t ldc,
+                 int64_t nr, float alpha, float beta) {
+  __mmask16 m[kRowsNV];
+  for (int v = 0; v < kRowsNV; ++v) {
+    const int64_t left = nr - 16 * v;
+    m[v] = left >= 16 ? 0xFFFF : left > 0 ? static_cast<__mmask16>((1u << left) - 1) : 0;
+  }
+  __m512 acc[MR][kRowsNV];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < kRowsNV; ++v) acc[i][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* b = rows[k] + j0;
+    __m512 bv[kRowsNV];
+    for (int v = 0; v < kRowsNV; ++v) bv[v] = _mm512_maskz_loadu_ps(m[v], b + 16 * v);
+    const float* ak = a + k * kRowsMR;
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m512 ai = _mm512_set1_ps(ak[i]);
+      for (int v = 0; v < kRowsNV; ++v) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
+    }
+  }
+  const __m512 va = _mm512_set1_ps(alpha);
+  const __m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    float* r = c + i * ldc;
+    for (int v = 0; v < kRowsNV; ++v) {
+      __m512 x = _mm512_mul_ps(va, acc[i][v]);
+      if (beta != 0.0f) x = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m[v], r + 16 * v), x);
+      _mm512_mask_storeu_ps(r + 16 * v, m[v], x);
+    }
+  }
+}
+
+using RowsKernel = void (*)(int64_t, const float*, const float* const*, int64_t, float*, int64_t, int64_t, float,
+                            float);
+constexpr RowsKernel kRowsKernels[kRowsMR + 1] = {nullptr,         kernel_rows<1>, kernel_rows<2>,
+                                                  kernel_rows<3>, kernel_rows<4>, kernel_rows<5>,
+                                                  kernel_rows<6>, kernel_rows<7>, kernel_rows<8>};
+
+void sgemm_rows_direct(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                       const float* const* brows, float beta, float* C, int64_t ldc) {
+  // A as panels of kRowsMR rows, each [K][kRowsMR]; panel p starts at p * K * kRowsMR.
+  thread_local std::vector<float> apack;
+  const int64_t panels = (M + kRowsMR - 1) / kRowsMR;
+  apack.resize(static_cast<size_t>(panels * K * kRowsMR));
+  for (int64_t p = 0; p < panels; ++p) {
+    float* d = apack.data() + p * K * kRowsMR;
+    const int64_t mr = std::min<int64_t>(kRowsMR, M - p * kRowsMR);
+    for (int64_t i = 0; i < mr; ++i) {
+      const float* s = A + (p * kRowsMR + i) * lda;
+      for (int64_t k = 0; k < K; ++k) d[k * kRowsMR + i] = s[k];
+    }
+  }
+  // Equal K blocks of at most kKC, so that a block's B rows stay in L1.
+  const int64_t kblocks = (K + kKC - 1) / kKC;
+  const int64_t kstep = (K + kblocks - 1) / kblocks;
+  for (int64_t p0 = 0; p0 < K; p0 += kstep) {
+    const int64_t kc = std::min<int64_t>(kstep, K - p0);
+    const float beta_eff = p0 == 0 ? beta : 1.0f;
+    for (int64_t j0 = 0; j0 < N; j0 += kRowsNR) {
+      const int64_t nr = std::min<int64_t>(kRowsNR, N - j0);
+      for (int64_t p = 0; p < panels; ++p) {
+        const int64_t mr = std::min<int64_t>(kRowsMR, M - p * kRowsMR);
+        kRowsKernels[mr](kc, apack.data() + (p * K + p0) * kRowsMR, brows + p0, j0, C + p * kRowsMR * ldc + j0,
+                         ldc, nr, alpha, beta_eff);
+      }
+    }
+  }
+}
+
 // ---- dot path: C = alpha * A B^T + beta * C, A [M x K], B [N x K] ----------
 
 // Horizontal sum in a fixed order.
@@ -270,12 +356,27 @@ DotKernel dot_kernel(int ri, int rj) {
   }
 }
 
-// B row j is brow(j), a pointer to K contiguous floats.
+// B row j is brow(j), a pointer to K contiguous floats. With a_outer, each
+// block of A rows stays in L1 while every B row streams past it (right for
+// convolution, where consecutive B rows are shifted views of one image row and
+// so share cache lines); otherwise blocks of B rows stay while A streams.
 template <class RowFn>
 void sgemm_dot(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, RowFn brow, float beta,
-               float* C, int64_t ldc) {
+               float* C, int64_t ldc, bool a_outer = false) {
   constexpr int64_t kRI = 4, kRJ = 4;
-  // Blocks of B rows stay in L1 while A rows stream past them.
+  if (a_outer) {
+    for (int64_t i0 = 0; i0 < M; i0 += kRI) {
+      const int64_t ri = std::min<int64_t>(kRI, M - i0);
+      for (int64_t j0 = 0; j0 < N; j0 += kRJ) {
+        const int64_t rj = std::min<int64_t>(kRJ, N - j0);
+        const float* rows[kRJ];
+        for (int64_t j = 0; j < rj; ++j) rows[j] = brow(j0 + j);
+        dot_kernel(static_cast<int>(ri), static_cast<int>(rj))(K, A + i0 * lda, lda, rows, C + i0 * ldc + j0, ldc,
+                                                                alpha, beta);
+      }
+    }
+    return;
+  }
   for (int64_t j0 = 0; j0 < N; j0 += kRJ) {
     const int64_t rj = std::min<int64_t>(kRJ, N - j0);
     const float* rows[kRJ];
@@ -305,14 +406,12 @@ void sgemm_avx512(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha
 
 void sgemm_rows_nn_avx512(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                           const float* const* brows, float beta, float* C, int64_t ldc) {
-  BSource b;
-  b.rows = brows;
-  sgemm_packed(false, M, N, K, alpha, A, lda, b, beta, C, ldc);
+  sgemm_rows_direct(M, N, K, alpha, A, lda, brows, beta, C, ldc);
 }
 
 void sgemm_rows_nt_avx512(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                           const float* const* brows, float beta, float* C, int64_t ldc) {
-  sgemm_dot(M, N, K, alpha, A, lda, [&](int64_t j) { return brows[j]; }, beta, C, ldc);
+  sgemm_dot(M, N, K, alpha, A, lda, [&](int64_t j) { return brows[j]; }, beta, C, ldc, /*a_outer=*/true);
 }
 
 }  // namespace qforge::detail

@@ -116,43 +116,55 @@ void sum_partials(const std::vector<Tensor>& parts, int64_t n, T* out) {
 //
 // With stride 1, row (c, kh, kw) of the im2col matrix is the padded input
 // plane shifted by (kh*dh, kw*dw), provided the output is computed on a grid
-// as wide as the padded input (Wp columns per output row instead of OW). So
-// no column matrix is built: the GEMM reads B rows straight from the padded
-// image through a table of row pointers. The Wp - OW extra columns per row
-// are computed and dropped (forward), or held at zero in the output gradient
-// so that they contribute nothing (backward).
+// as wide as the padded rows (Ws columns per output row instead of OW). So no
+// column matrix is built: the GEMM reads B rows straight from the padded image
+// through a table of row pointers. The extra grid columns are computed and
+// dropped (forward), or held at zero in the output gradient so that they
+// contribute nothing (backward).
+//
+// Consecutive image rows share one zero gap (the right padding of a row is the
+// left padding of the next), and so do consecutive stacked samples: a 3x3,
+// pad-1 conv on 8x8 maps computes 9x9 grid points per output image, not 10x10.
 struct Shifted {
-  int64_t Hp, Wp, plane, nb, cstride, slack;
-  // nb samples share one GEMM: the padded buffer is [Cg][nb][Hp][Wp], so a
+  int64_t Ws, Hs, plane, nb, base, cstride;
+  // nb samples share one GEMM: the padded buffer is [Cg][base + nb * plane +
+  // tail], sample s's pixel (h, w) at base + s * plane + h * Ws + w, so a
   // shifted row runs through all nb images (small maps get wider GEMMs).
-  Shifted(const ConvGeom& g, int64_t nb_)
-      : Hp(g.H + 2 * g.ph),
-        Wp(g.W + 2 * g.pw),
-        plane((g.H + 2 * g.ph) * (g.W + 2 * g.pw)),
-        nb(nb_),
-        cstride(nb_ * (g.H + 2 * g.ph) * (g.W + 2 * g.pw)),
-        slack((g.KH - 1) * g.dh * (g.W + 2 * g.pw) + (g.KW - 1) * g.dw + 64) {}
+  Shifted(const ConvGeom& g, int64_t nb_) : nb(nb_) {
+    // A zero gap must absorb the left overhang (pw), the right overhang (pw
+    // for stride 1) and outputs wider than the input (large padding).
+    Ws = g.W + std::max<int64_t>(g.pw, g.OW - g.W);
+    Hs = g.H + std::max<int64_t>(g.ph, g.OH - g.H);
+    plane = Hs * Ws;
+    base = g.ph * Ws + g.pw;
+    const int64_t tail = (g.KH - 1) * g.dh * Ws + (g.KW - 1) * g.dw + 16;
+    cstride = (base + nb * plane + tail + 15) / 16 * 16;
+  }
   // Grid columns that cover `ns` stacked samples.
-  int64_t L(const ConvGeom& g, int64_t ns) const { return (ns - 1) * plane + g.OH * Wp; }
-  int64_t padded_size(const ConvGeom& g) const { return g.Cg() * cstride + slack; }
+  int64_t L(const ConvGeom& g, int64_t ns) const { return (ns - 1) * plane + g.OH * Ws; }
+  int64_t padded_size(const ConvGeom& g) const { return g.Cg() * cstride; }
   // Grid offset of output (s, oh, 0).
-  int64_t out_at(int64_t s, int64_t oh) const { return s * plane + oh * Wp; }
+  int64_t out_at(int64_t s, int64_t oh) const { return s * plane + oh * Ws; }
+  // Where kernel tap (kh, kw) reads, relative to the grid point, past `base`.
+  int64_t tap(const ConvGeom& g, int64_t kh, int64_t kw) const {
+    return (kh * g.dh - g.ph) * Ws + kw * g.dw - g.pw;
+  }
   // Row pointers of the virtual column matrix over a padded buffer.
   void rows(const ConvGeom& g, const float* xp, std::vector<const float*>& out) const {
     out.resize(g.Kc());
     for (int64_t c = 0; c < g.Cg(); ++c)
       for (int64_t kh = 0; kh < g.KH; ++kh)
         for (int64_t kw = 0; kw < g.KW; ++kw)
-          out[(c * g.KH + kh) * g.KW + kw] = xp + c * cstride + kh * g.dh * Wp + kw * g.dw;
+          out[(c * g.KH + kh) * g.KW + kw] = xp + c * cstride + base + tap(g, kh, kw);
   }
-  // Copies one group's channels of samples n0..n0+ns into the interior of the
-  // padded buffer (whose borders stay zero).
+  // Copies one group's channels of samples n0..n0+ns into the padded buffer
+  // (whose gaps stay zero).
   void pad(const ConvGeom& g, const float* x, int64_t n0, int64_t ns, int64_t gi, float* xp) const {
     for (int64_t s = 0; s < ns; ++s)
       for (int64_t c = 0; c < g.Cg(); ++c) {
         const float* src = x + ((n0 + s) * g.C + gi * g.Cg() + c) * g.H * g.W;
-        float* dst = xp + c * cstride + s * plane + g.ph * Wp + g.pw;
-        for (int64_t h = 0; h < g.H; ++h) std::memcpy(dst + h * Wp, src + h * g.W, sizeof(float) * g.W);
+        float* dst = xp + c * cstride + base + s * plane;
+        for (int64_t h = 0; h < g.H; ++h) std::memcpy(dst + h * Ws, src + h * g.W, sizeof(float) * g.W);
       }
   }
 };
@@ -161,7 +173,7 @@ bool use_shifted(const ConvGeom& g) { return g.sh == 1 && g.sw == 1 && !g.pointw
 
 // Samples per GEMM: enough for about 1024 grid columns, at most the chunk.
 int64_t stack_count(const ConvGeom& g, int64_t chunk) {
-  const int64_t plane = (g.H + 2 * g.ph) * (g.W + 2 * g.pw);
+  const int64_t plane = Shifted(g, 1).plane;
   return std::clamp<int64_t>(1024 / plane, 1, std::max<int64_t>(chunk, 1));
 }
 
@@ -200,24 +212,48 @@ void conv_forward_shifted(const float* x, const float* w, const float* b, const 
   });
 }
 
+// The input gradient is itself a stride-1 correlation, of the output gradient
+// (on the grid, zero off the outputs) with the transposed weights:
+//   dx(c, P) = sum over (o, kh, kw) of W[o, c, kh, kw] * gy_grid(o, P - tap(kh, kw)),
+// so it runs through the same row-pointer GEMM, over rows of the gradient
+// grid shifted the other way, with no column buffer and no scatter.
 void conv_backward_shifted(const float* x, const float* w, const float* gy, const ConvGeom& g, float* dx,
                            float* dw, float* db) {
-  const int64_t Kc = g.Kc(), OHW = g.OHW(), OCg = g.OCg(), wsize = g.OC * Kc;
+  const int64_t Kc = g.Kc(), OHW = g.OHW(), OCg = g.OCg(), Cg = g.Cg(), wsize = g.OC * Kc;
+  const int64_t KK = g.KH * g.KW;
   const int64_t chunks = std::min<int64_t>(g.N, num_threads());
   const Shifted sh(g, stack_count(g, (g.N + chunks - 1) / chunks));
-  const int64_t Lmax = sh.L(g, sh.nb);
+  // Gradient grid rows: [front zeros F][grid ... up to nb planes], stride LD.
+  const int64_t F = std::max<int64_t>(0, sh.tap(g, g.KH - 1, g.KW - 1));
+  const int64_t LD = (F + sh.nb * sh.plane + 15) / 16 * 16;
+  // Transposed weights per group: wt[gi][c][(o, kh, kw)] = W[gi*OCg + o, c, kh, kw].
+  std::vector<float> wt;
+  if (dx) {
+    wt.resize(static_cast<size_t>(g.groups * Cg * OCg * KK));
+    for (int64_t gi = 0; gi < g.groups; ++gi)
+      for (int64_t o = 0; o < OCg; ++o)
+        for (int64_t c = 0; c < Cg; ++c)
+          for (int64_t t = 0; t < KK; ++t)
+            wt[((gi * Cg + c) * OCg + o) * KK + t] = w[((gi * OCg + o) * Cg + c) * KK + t];
+  }
   std::vector<Tensor> dw_part(chunks), db_part(chunks);
   parallel_chunks(chunks, [&](int64_t c) {
     int64_t lo, hi;
     chunk_range(g.N, chunks, c, lo, hi);
-    Tensor xpad = Tensor::zeros({sh.padded_size(g)});
-    Tensor gygrid = Tensor::empty({OCg * Lmax});
-    Tensor dcolbuf = dx ? Tensor::empty({Kc * Lmax}) : Tensor();
-    Tensor dxpad = dx ? Tensor::empty({sh.padded_size(g)}) : Tensor();
-    float* xp = xpad.data<float>();
+    Tensor xpad = dw ? Tensor::zeros({sh.padded_size(g)}) : Tensor();
+    Tensor gygrid = Tensor::zeros({OCg * LD});
     float* gp = gygrid.data<float>();
-    std::vector<const float*> rows;
-    sh.rows(g, xp, rows);
+    std::vector<const float*> xrows, grows;
+    if (dw) sh.rows(g, xpad.data<float>(), xrows);
+    // Input-domain columns: sample s's pixel (h, w) at s * plane + h * Ws + w.
+    const int64_t Nmax = (sh.nb - 1) * sh.plane + (g.H - 1) * sh.Ws + g.W;
+    Tensor dxgrid = dx ? Tensor::empty({Cg * Nmax}) : Tensor();
+    if (dx) {
+      grows.resize(OCg * KK);
+      for (int64_t o = 0; o < OCg; ++o)
+        for (int64_t kh = 0; kh < g.KH; ++kh)
+          for (int64_t kw = 0; kw < g.KW; ++kw) grows[o * KK + kh * g.KW + kw] = gp + o * LD + F - sh.tap(g, kh, kw);
+    }
     float* dwp = nullptr;
     float* dbp = nullptr;
     if (dw) {
@@ -232,13 +268,13 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
       const int64_t ns = std::min(sh.nb, hi - n0);
       const int64_t L = sh.L(g, ns);
       for (int64_t gi = 0; gi < g.groups; ++gi) {
-        // Output gradient on the grid; every column that is not an output is 0.
-        std::memset(gp, 0, sizeof(float) * OCg * L);
+        // Output gradient on the grid. Only output positions are written, so
+        // every other column stays 0 from the allocation.
         for (int64_t s = 0; s < ns; ++s) {
           const float* gyg = gy + ((n0 + s) * g.OC + gi * OCg) * OHW;
           for (int64_t o = 0; o < OCg; ++o) {
             for (int64_t oh = 0; oh < g.OH; ++oh)
-              std::memcpy(gp + o * L + sh.out_at(s, oh), gyg + o * OHW + oh * g.OW, sizeof(float) * g.OW);
+              std::memcpy(gp + o * LD + F + sh.out_at(s, oh), gyg + o * OHW + oh * g.OW, sizeof(float) * g.OW);
             if (dbp) {
               float sum = 0;
               for (int64_t i = 0; i < OHW; ++i) sum += gyg[o * OHW + i];
@@ -247,24 +283,19 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
           }
         }
         if (dwp) {  // dW_g += gy_grid [OCg, L] x cols^T
-          sh.pad(g, x, n0, ns, gi, xp);
-          gemm_rows_nt(OCg, Kc, L, 1.0f, gp, L, rows.data(), 1.0f, dwp + gi * OCg * Kc, Kc);
+          sh.pad(g, x, n0, ns, gi, xpad.data<float>());
+          gemm_rows_nt(OCg, Kc, L, 1.0f, gp + F, LD, xrows.data(), 1.0f, dwp + gi * OCg * Kc, Kc);
         }
-        if (dx) {  // dcol = W_g^T gy_grid, then add each row back at its shift
-          float* dcol = dcolbuf.data<float>();
-          float* dxp = dxpad.data<float>();
-          gemm(true, false, Kc, L, OCg, 1.0f, w + gi * OCg * Kc, Kc, gp, L, 0.0f, dcol, L);
-          std::memset(dxp, 0, sizeof(float) * sh.padded_size(g));
-          for (int64_t k = 0; k < Kc; ++k) {
-            float* dst = dxp + (rows[k] - xp);
-            const float* src = dcol + k * L;
-            for (int64_t j = 0; j < L; ++j) dst[j] += src[j];
-          }
+        if (dx) {  // dx_grid [Cg, N] = Wt_g [Cg, OCg*KK] x shifted gradient rows
+          const int64_t N = (ns - 1) * sh.plane + (g.H - 1) * sh.Ws + g.W;
+          float* dg = dxgrid.data<float>();
+          gemm_rows_nn(Cg, N, OCg * KK, 1.0f, wt.data() + gi * Cg * OCg * KK, OCg * KK, grows.data(), 0.0f, dg,
+                       N);
           for (int64_t s = 0; s < ns; ++s)
-            for (int64_t ch = 0; ch < g.Cg(); ++ch) {
-              float* dst = dx + ((n0 + s) * g.C + gi * g.Cg() + ch) * g.H * g.W;
-              const float* src = dxp + ch * sh.cstride + s * sh.plane + g.ph * sh.Wp + g.pw;
-              for (int64_t h = 0; h < g.H; ++h) std::memcpy(dst + h * g.W, src + h * sh.Wp, sizeof(float) * g.W);
+            for (int64_t ch = 0; ch < Cg; ++ch) {
+              float* dst = dx + ((n0 + s) * g.C + gi * Cg + ch) * g.H * g.W;
+              const float* src = dg + ch * N + s * sh.plane;
+              for (int64_t h = 0; h < g.H; ++h) std::memcpy(dst + h * g.W, src + h * sh.Ws, sizeof(float) * g.W);
             }
         }
       }

@@ -120,6 +120,15 @@ TEST(Conv, Float32BackwardMatchesFloat64) {
   cases.push_back({{4, 6, 8, 8}, 6, 3, 3, opts(1, 1, 1, 1, 1, 6), false});
   // Several samples per GEMM with a partial last stack (plane 16x16 -> 4 per stack).
   cases.push_back({{11, 3, 14, 14}, 4, 3, 3, opts(1, 1, 1, 1, 1, 1), true});
+  // Padding wider than the kernel's reach (outputs larger than the input),
+  // asymmetric padding and kernels, and stacks of tiny maps whose zero gaps
+  // are shared between rows and samples.
+  cases.push_back({{3, 2, 5, 6}, 3, 2, 3, opts(1, 1, 3, 2, 1, 1), true});
+  cases.push_back({{2, 3, 5, 5}, 4, 3, 3, opts(1, 1, 4, 4, 1, 1), false});
+  cases.push_back({{4, 3, 6, 7}, 4, 1, 3, opts(1, 1, 0, 1, 1, 1), true});
+  cases.push_back({{5, 2, 6, 6}, 3, 3, 3, opts(1, 1, 2, 0, 1, 1), true});
+  cases.push_back({{37, 6, 3, 4}, 5, 3, 3, opts(1, 1, 1, 1, 1, 1), true});
+  cases.push_back({{9, 4, 7, 7}, 8, 5, 5, opts(1, 1, 2, 2, 1, 2), true});
   for (const Case& c : cases) {
     SCOPED_TRACE(name(c));
     Tensor x64 = rand64(c.x, g), w64 = rand64({c.oc, c.x[1] / c.opt.groups, c.kh, c.kw}, g), b64 = rand64({c.oc}, g);
