@@ -13,6 +13,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
+#include <utility>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -264,51 +266,40 @@ void sgemm_rows_direct(int64_t M, int64_t N, int64_t K, float alpha, const float
 
 // ---- dot path: C = alpha * A B^T + beta * C, A [M x K], B [N x K] ----------
 
-// Horizontal sum in a fixed order.
-inline float hsum(__m512 v) {
-  const __m512 s8 = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0x4E));   // swap 256-bit halves
-  const __m512 s4 = _mm512_add_ps(s8, _mm512_shuffle_f32x4(s8, s8, 0xB1));  // swap 128-bit lanes
-  __m128 x = _mm512_castps512_ps128(s4);
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 0x55));
-  return _mm_cvtss_f32(x);
-}
-// Sums of 16 vectors at once, out[i][j] = hsum(acc[i][j]), with a shuffle
-// tree (about 50 instructions instead of 16 separate reductions). The order of
-// additions is fixed, so results are deterministic.
-inline void reduce4x4(const __m512 (&acc)[4][4], float (&out)[4][4]) {
-  __m128 rows[4];
-  for (int i = 0; i < 4; ++i) {
-    // Fold 512 -> 256 bits, two vectors per register.
-    const __m512 x01 = _mm512_add_ps(_mm512_shuffle_f32x4(acc[i][0], acc[i][1], 0x44),
-                                     _mm512_shuffle_f32x4(acc[i][0], acc[i][1], 0xEE));
-    const __m512 x23 = _mm512_add_ps(_mm512_shuffle_f32x4(acc[i][2], acc[i][3], 0x44),
-                                     _mm512_shuffle_f32x4(acc[i][2], acc[i][3], 0xEE));
-    // Fold 256 -> 128 bits: lane j holds 4 partial sums of acc[i][j].
-    const __m512 y = _mm512_add_ps(_mm512_shuffle_f32x4(x01, x23, 0x88), _mm512_shuffle_f32x4(x01, x23, 0xDD));
-    // Finish inside each lane: [s0, s1, s2, s3] of lane j -> one sum, kept
-    // for the transpose below.
-    alignas(64) float t[16];
-    _mm512_store_ps(t, y);
-    rows[i] = _mm_set_ps(t[12] + t[13] + t[14] + t[15], t[8] + t[9] + t[10] + t[11], t[4] + t[5] + t[6] + t[7],
-                         t[0] + t[1] + t[2] + t[3]);
-  }
-  for (int i = 0; i < 4; ++i) _mm_storeu_ps(out[i], rows[i]);
+// The sums of four vectors, [hsum(a), hsum(b), hsum(c), hsum(d)], by a
+// shuffle tree (about a dozen instructions instead of four reductions). The
+// order of additions is fixed, so results are deterministic.
+inline __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  // Fold 512 -> 256 bits, two vectors per register.
+  const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+  const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
+  // Fold 256 -> 128 bits: 128-bit lane j holds 4 partial sums of vector j.
+  const __m512 y = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
+  // Transpose the 4x4 inside the lanes and add: lane j's four partials -> one sum.
+  const __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(y, y), _mm512_unpackhi_ps(y, y));  // [p0+p2, p0+p2, p1+p3, p1+p3]
+  const __m512 t2 = _mm512_add_ps(t1, _mm512_permute_ps(t1, 0x4E));                      // every element: the lane sum
+  // Element 0 of each lane j.
+  const __m512i idx = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0);
+  return _mm512_castps512_ps128(_mm512_permutexvar_ps(idx, t2));
 }
 
+// C tile [RI x RJ] = alpha * (A rows) . (B rows) + beta * C, dot products along K.
 template <int RI, int RJ>
 void kernel_dot(int64_t K, const float* A, int64_t lda, const float* const* Brow, float* C, int64_t ldc,
                 float alpha, float beta) {
-  __m512 acc[RI][RJ];
-  for (int i = 0; i < RI; ++i)
-    for (int j = 0; j < RJ; ++j) acc[i][j] = _mm512_setzero_ps();
+  __m512 acc[RI * RJ];
+  for (int t = 0; t < RI * RJ; ++t) acc[t] = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + 16 <= K; k += 16) {
     __m512 b[RJ];
     for (int j = 0; j < RJ; ++j) b[j] = _mm512_loadu_ps(Brow[j] + k);
+#pragma GCC unroll 8
     for (int i = 0; i < RI; ++i) {
-      const __m512 a = _mm512_loadu_ps(A + i * lda + k);
-      for (int j = 0; j < RJ; ++j) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+      __m512 a = _mm512_loadu_ps(A + i * lda + k);
+      // Keep a in a register: GCC would otherwise fold the load into each of
+      // the RJ FMAs, tripling the loads.
+      if constexpr (RJ > 1) asm("" : "+v"(a));
+      for (int j = 0; j < RJ; ++j) acc[i * RJ + j] = _mm512_fmadd_ps(a, b[j], acc[i * RJ + j]);
     }
   }
   if (k < K) {
@@ -317,19 +308,20 @@ void kernel_dot(int64_t K, const float* A, int64_t lda, const float* const* Brow
     for (int j = 0; j < RJ; ++j) b[j] = _mm512_maskz_loadu_ps(m, Brow[j] + k);
     for (int i = 0; i < RI; ++i) {
       const __m512 a = _mm512_maskz_loadu_ps(m, A + i * lda + k);
-      for (int j = 0; j < RJ; ++j) acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);
+      for (int j = 0; j < RJ; ++j) acc[i * RJ + j] = _mm512_fmadd_ps(a, b[j], acc[i * RJ + j]);
     }
   }
-  alignas(64) float sums[RI][4];
-  if constexpr (RI == 4 && RJ == 4) {
-    reduce4x4(acc, sums);
-  } else {
-    for (int i = 0; i < RI; ++i)
-      for (int j = 0; j < RJ; ++j) sums[i][j] = hsum(acc[i][j]);
+  constexpr int kN = RI * RJ, kGroups = (kN + 3) / 4;
+  alignas(16) float sums[kGroups * 4];
+  for (int q = 0; q < kGroups; ++q) {
+    const __m512 z = _mm512_setzero_ps();
+    const int t = 4 * q;
+    _mm_store_ps(sums + t, hsum4(acc[t], t + 1 < kN ? acc[t + 1] : z, t + 2 < kN ? acc[t + 2] : z,
+                                 t + 3 < kN ? acc[t + 3] : z));
   }
   for (int i = 0; i < RI; ++i)
     for (int j = 0; j < RJ; ++j) {
-      const float s = alpha * sums[i][j];
+      const float s = alpha * sums[i * RJ + j];
       float& c = C[i * ldc + j];
       c = beta == 0.0f ? s : s + beta * c;
     }
@@ -337,24 +329,21 @@ void kernel_dot(int64_t K, const float* A, int64_t lda, const float* const* Brow
 
 using DotKernel = void (*)(int64_t, const float*, int64_t, const float* const*, float*, int64_t, float, float);
 
-template <int RI>
-constexpr DotKernel dot_for(int rj) {
-  switch (rj) {
-    case 1: return kernel_dot<RI, 1>;
-    case 2: return kernel_dot<RI, 2>;
-    case 3: return kernel_dot<RI, 3>;
-    default: return kernel_dot<RI, 4>;
-  }
-}
+// 8x3 tiles: 24 accumulators, 11 loads per 24 FMAs. Three B rows are the
+// three horizontal taps of one image row in a convolution's weight gradient.
+constexpr int kDotRI = 8, kDotRJ = 3;
 
-DotKernel dot_kernel(int ri, int rj) {
-  switch (ri) {
-    case 1: return dot_for<1>(rj);
-    case 2: return dot_for<2>(rj);
-    case 3: return dot_for<3>(rj);
-    default: return dot_for<4>(rj);
-  }
+template <int RI, int... RJ>
+constexpr std::array<DotKernel, sizeof...(RJ)> dot_row(std::integer_sequence<int, RJ...>) {
+  return {kernel_dot<RI, RJ + 1>...};
 }
+template <int... RI>
+constexpr std::array<std::array<DotKernel, kDotRJ>, sizeof...(RI)> dot_table(std::integer_sequence<int, RI...>) {
+  return {dot_row<RI + 1>(std::make_integer_sequence<int, kDotRJ>())...};
+}
+constexpr auto kDotKernels = dot_table(std::make_integer_sequence<int, kDotRI>());
+
+DotKernel dot_kernel(int ri, int rj) { return kDotKernels[ri - 1][rj - 1]; }
 
 // B row j is brow(j), a pointer to K contiguous floats. With a_outer, each
 // block of A rows stays in L1 while every B row streams past it (right for
@@ -363,7 +352,7 @@ DotKernel dot_kernel(int ri, int rj) {
 template <class RowFn>
 void sgemm_dot(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, RowFn brow, float beta,
                float* C, int64_t ldc, bool a_outer = false) {
-  constexpr int64_t kRI = 4, kRJ = 4;
+  constexpr int64_t kRI = kDotRI, kRJ = kDotRJ;
   if (a_outer) {
     for (int64_t i0 = 0; i0 < M; i0 += kRI) {
       const int64_t ri = std::min<int64_t>(kRI, M - i0);

@@ -112,6 +112,18 @@ void sum_partials(const std::vector<Tensor>& parts, int64_t n, T* out) {
   }
 }
 
+// Copies `rows` rows of n floats between strided buffers. Short image rows
+// (8 to 32 floats) are copied by Eigen's vector loop: a memcpy call per row
+// costs more than the copy itself.
+inline void copy_rows(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows,
+                      int64_t n) {
+  using Rows = Eigen::Map<Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0,
+                          Eigen::OuterStride<>>;
+  using ConstRows = Eigen::Map<const Eigen::Array<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, 0,
+                               Eigen::OuterStride<>>;
+  Rows(dst, rows, n, Eigen::OuterStride<>(dst_stride)) = ConstRows(src, rows, n, Eigen::OuterStride<>(src_stride));
+}
+
 // ---- stride-1 f32 path: GEMMs on shifted rows of a padded image ------------
 //
 // With stride 1, row (c, kh, kw) of the im2col matrix is the padded input
@@ -164,7 +176,7 @@ struct Shifted {
       for (int64_t c = 0; c < g.Cg(); ++c) {
         const float* src = x + ((n0 + s) * g.C + gi * g.Cg() + c) * g.H * g.W;
         float* dst = xp + c * cstride + base + s * plane;
-        for (int64_t h = 0; h < g.H; ++h) std::memcpy(dst + h * Ws, src + h * g.W, sizeof(float) * g.W);
+        copy_rows(dst, Ws, src, g.W, g.H, g.W);
       }
   }
 };
@@ -224,7 +236,9 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
   const int64_t chunks = std::min<int64_t>(g.N, num_threads());
   const Shifted sh(g, stack_count(g, (g.N + chunks - 1) / chunks));
   // Gradient grid rows: [front zeros F][grid ... up to nb planes], stride LD.
-  const int64_t F = std::max<int64_t>(0, sh.tap(g, g.KH - 1, g.KW - 1));
+  // F is a multiple of 16 floats, so that the weight-gradient GEMM's A rows
+  // (gradient rows, LD apart) are 64-byte aligned: no cache-line-split loads.
+  const int64_t F = (std::max<int64_t>(0, sh.tap(g, g.KH - 1, g.KW - 1)) + 15) / 16 * 16;
   const int64_t LD = (F + sh.nb * sh.plane + 15) / 16 * 16;
   // Transposed weights per group: wt[gi][c][(o, kh, kw)] = W[gi*OCg + o, c, kh, kw].
   std::vector<float> wt;
@@ -273,8 +287,7 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
         for (int64_t s = 0; s < ns; ++s) {
           const float* gyg = gy + ((n0 + s) * g.OC + gi * OCg) * OHW;
           for (int64_t o = 0; o < OCg; ++o) {
-            for (int64_t oh = 0; oh < g.OH; ++oh)
-              std::memcpy(gp + o * LD + F + sh.out_at(s, oh), gyg + o * OHW + oh * g.OW, sizeof(float) * g.OW);
+            copy_rows(gp + o * LD + F + sh.out_at(s, 0), sh.Ws, gyg + o * OHW, g.OW, g.OH, g.OW);
             if (dbp) {
               float sum = 0;
               for (int64_t i = 0; i < OHW; ++i) sum += gyg[o * OHW + i];
@@ -295,7 +308,7 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
             for (int64_t ch = 0; ch < Cg; ++ch) {
               float* dst = dx + ((n0 + s) * g.C + gi * Cg + ch) * g.H * g.W;
               const float* src = dg + ch * N + s * sh.plane;
-              for (int64_t h = 0; h < g.H; ++h) std::memcpy(dst + h * g.W, src + h * sh.Ws, sizeof(float) * g.W);
+              copy_rows(dst, g.W, src, sh.Ws, g.H, g.W);
             }
         }
       }
