@@ -1,6 +1,7 @@
 // Batch normalization over axis 1 of [N, C] or [N, C, H, W].
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "autograd/ops.h"
 #include "autograd/ops/tensor_math.h"
@@ -66,10 +67,59 @@ template <class T>
 // time (GCC function multiversioning): the rest of the build stays generic.
 #define QF_NORM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
-QF_NORM_CLONES double row_sum(const float* r, int64_t n) { return row_sum<float>(r, n); }
-QF_NORM_CLONES double row_sq_dev(const float* r, int64_t n, float mean) { return row_sq_dev<float>(r, n, mean); }
+// The float reductions spell the kLanes partial sums as one GCC vector, which
+// each clone maps to its own registers. Written as lane arrays, GCC 12
+// vectorized the outer loop as well and shuffled every element into place (a
+// fifth of a ResNet-20 training step's non-GEMM time). Same sums, same order.
+typedef float LaneVec __attribute__((vector_size(sizeof(float) * kLanes)));
+// Unaligned load of kLanes floats (a macro: a helper function returning the
+// vector would be compiled for the baseline ISA).
+#define QF_LOAD_LANES(v, p) \
+  LaneVec v;                \
+  std::memcpy(&v, (p), sizeof v)
+
+QF_NORM_CLONES double row_sum(const float* r, int64_t n) {
+  LaneVec acc = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    QF_LOAD_LANES(v, r + i);
+    acc += v;
+  }
+  double s = 0;
+  for (; i < n; ++i) s += r[i];
+  for (int l = 0; l < kLanes; ++l) s += acc[l];
+  return s;
+}
+QF_NORM_CLONES double row_sq_dev(const float* r, int64_t n, float mean) {
+  LaneVec acc = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    QF_LOAD_LANES(v, r + i);
+    const LaneVec d = v - mean;
+    acc += d * d;
+  }
+  double s = 0;
+  for (; i < n; ++i) s += static_cast<double>(r[i] - mean) * (r[i] - mean);
+  for (int l = 0; l < kLanes; ++l) s += acc[l];
+  return s;
+}
 QF_NORM_CLONES void row_grad_sums(const float* g, const float* x, int64_t n, float mean, double& sg, double& sgx) {
-  row_grad_sums<float>(g, x, n, mean, sg, sgx);
+  LaneVec a = {}, b = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    QF_LOAD_LANES(gv, g + i);
+    QF_LOAD_LANES(xv, x + i);
+    a += gv;
+    b += gv * (xv - mean);
+  }
+  for (; i < n; ++i) {
+    sg += g[i];
+    sgx += static_cast<double>(g[i]) * (x[i] - mean);
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    sg += a[l];
+    sgx += b[l];
+  }
 }
 
 /// o = r * a + b.
@@ -91,6 +141,7 @@ QF_NORM_CLONES void row_dx(const float* g, const float* x, int64_t n, float k, f
   row_dx<float>(g, x, n, k, m, mg, mean, invstd_mgx, d);
 }
 #undef QF_NORM_CLONES
+#undef QF_LOAD_LANES
 
 }  // namespace
 
