@@ -191,7 +191,7 @@ constexpr int kRowsNV = 3;  // 16-wide vectors per tile row: 8 x 48 tiles, 24 ac
 constexpr int kRowsNR = 16 * kRowsNV;
 
 // C[mr x nr] = alpha * Apanel[kc][kRowsMR] * B(rows[0..kc), cols j0..j0+nr) + beta * C.
-template <int MR>
+template <int MR, bool kFull>
 void kernel_rows(int64_t kc, const float* a, const float* const* rows, int64_t j0, float* c, int64_t ldc,
                  int64_t nr, float alpha, float beta) {
   __mmask16 m[kRowsNV];
@@ -206,7 +206,8 @@ void kernel_rows(int64_t kc, const float* a, const float* const* rows, int64_t j
   for (int64_t k = 0; k < kc; ++k) {
     const float* b = rows[k] + j0;
     __m512 bv[kRowsNV];
-    for (int v = 0; v < kRowsNV; ++v) bv[v] = _mm512_maskz_loadu_ps(m[v], b + 16 * v);
+    for (int v = 0; v < kRowsNV; ++v)
+      bv[v] = kFull ? _mm512_loadu_ps(b + 16 * v) : _mm512_maskz_loadu_ps(m[v], b + 16 * v);
     const float* ak = a + k * kRowsMR;
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
@@ -229,9 +230,13 @@ void kernel_rows(int64_t kc, const float* a, const float* const* rows, int64_t j
 
 using RowsKernel = void (*)(int64_t, const float*, const float* const*, int64_t, float*, int64_t, int64_t, float,
                             float);
-constexpr RowsKernel kRowsKernels[kRowsMR + 1] = {nullptr,         kernel_rows<1>, kernel_rows<2>,
-                                                  kernel_rows<3>, kernel_rows<4>, kernel_rows<5>,
-                                                  kernel_rows<6>, kernel_rows<7>, kernel_rows<8>};
+// [full tile][rows]: full tiles load B without masks (mask registers rebuilt
+// every iteration cost a port-5 uop each, beside the FMAs).
+template <bool kFull>
+constexpr RowsKernel kRowsKernels[kRowsMR + 1] = {
+    nullptr,                  kernel_rows<1, kFull>, kernel_rows<2, kFull>, kernel_rows<3, kFull>,
+    kernel_rows<4, kFull>,    kernel_rows<5, kFull>, kernel_rows<6, kFull>, kernel_rows<7, kFull>,
+    kernel_rows<8, kFull>};
 
 void sgemm_rows_direct(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                        const float* const* brows, float beta, float* C, int64_t ldc) {
@@ -257,7 +262,7 @@ void sgemm_rows_direct(int64_t M, int64_t N, int64_t K, float alpha, const float
       const int64_t nr = std::min<int64_t>(kRowsNR, N - j0);
       for (int64_t p = 0; p < panels; ++p) {
         const int64_t mr = std::min<int64_t>(kRowsMR, M - p * kRowsMR);
-        kRowsKernels[mr](kc, apack.data() + (p * K + p0) * kRowsMR, brows + p0, j0, C + p * kRowsMR * ldc + j0,
+        (nr == kRowsNR ? kRowsKernels<true> : kRowsKernels<false>)[mr](kc, apack.data() + (p * K + p0) * kRowsMR, brows + p0, j0, C + p * kRowsMR * ldc + j0,
                          ldc, nr, alpha, beta_eff);
       }
     }
