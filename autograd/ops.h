@@ -162,6 +162,9 @@ struct BatchNormOptions {
   double momentum = 0.1;
   /// Added to the variance before the square root; > 0, else ValueError.
   double eps = 1e-5;
+  /// Apply ReLU to the output in the same pass (batch norm then relu, without
+  /// the extra passes over memory), with the matching gradient.
+  bool relu = false;
 };
 /// Batch normalization over axis 1 of [N,C] or [N,C,H,W]. weight/bias ([C])
 /// may be undefined (no affine). In training, batch statistics normalize and

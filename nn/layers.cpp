@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <sstream>
+#include <typeinfo>
 
 namespace qforge::nn {
 
@@ -120,7 +121,10 @@ BatchNorm::BatchNorm(const char* type_name, int input_ndim, const BatchNormSpec&
   }
 }
 
-Variable BatchNorm::forward(const Variable& x) {
+Variable BatchNorm::forward(const Variable& x) { return run(x, false); }
+Variable BatchNorm::forward_relu(const Variable& x) { return run(x, true); }
+
+Variable BatchNorm::run(const Variable& x, bool relu) {
   QF_CHECK_SHAPE(x.ndim() == input_ndim_ && x.size(1) == spec_.num_features)
       << type_name() << "(" << spec_.num_features << "): input must be "
       << (input_ndim_ == 2 ? "[N, C]" : "[N, C, H, W]") << " with C = " << spec_.num_features << ", got "
@@ -129,6 +133,7 @@ Variable BatchNorm::forward(const Variable& x) {
   o.training = is_training() && !frozen_;
   o.momentum = spec_.momentum;
   o.eps = spec_.eps;
+  o.relu = relu;
   return autograd::batch_norm(x, running_mean(), running_var(), weight(), bias(), o);
 }
 
@@ -221,7 +226,19 @@ Sequential& Sequential::push_back(const std::string& name, ModulePtr m) {
 
 Variable Sequential::forward(const Variable& x) {
   Variable h = x;
-  for (const auto& [n, c] : named_children()) h = c->forward(h);
+  const auto& children = named_children();
+  for (size_t i = 0; i < children.size(); ++i) {
+    Module* c = children[i].second.get();
+    // Exact types only: a subclass may override forward().
+    const std::type_info& t = typeid(*c);
+    if (i + 1 < children.size() && (t == typeid(BatchNorm2d) || t == typeid(BatchNorm1d)) &&
+        typeid(*children[i + 1].second) == typeid(ReLU)) {
+      h = static_cast<BatchNorm*>(c)->forward_relu(h);
+      ++i;
+      continue;
+    }
+    h = c->forward(h);
+  }
   return h;
 }
 

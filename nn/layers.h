@@ -101,6 +101,9 @@ class BatchNorm : public Module {
   /// for an invalid spec.
   BatchNorm(const char* type_name, int input_ndim, const BatchNormSpec& spec);
   Variable forward(const Variable& x) override;
+  /// forward() followed by ReLU, fused into one op (Sequential uses it for a
+  /// BatchNorm directly followed by a ReLU).
+  Variable forward_relu(const Variable& x);
   std::string extra_repr() const override;
   const BatchNormSpec& spec() const { return spec_; }
   /// A handle to the weight parameter [C]; undefined unless spec().affine.
@@ -118,6 +121,7 @@ class BatchNorm : public Module {
   bool frozen() const { return frozen_; }
 
  private:
+  Variable run(const Variable& x, bool relu);
   BatchNormSpec spec_;
   int input_ndim_;
   bool frozen_ = false;
@@ -295,6 +299,8 @@ class Sequential : public Module {
   Sequential& push_back(ModulePtr m);
   /// Appends a named child.
   Sequential& push_back(const std::string& name, ModulePtr m);
+  /// Runs the children in order. A BatchNorm directly followed by a ReLU runs
+  /// as one fused op (same values and gradients, fewer passes over memory).
   Variable forward(const Variable& x) override;
   size_t size() const { return named_children().size(); }
   /// Child i in order, whatever its name; IndexError when i >= size(). The

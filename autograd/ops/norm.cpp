@@ -122,13 +122,67 @@ QF_NORM_CLONES void row_grad_sums(const float* g, const float* x, int64_t n, flo
   }
 }
 
-/// o = r * a + b.
+/// sum(g') and sum(g' * (x - mean)) over one row, g' = g where y > 0, else 0
+/// (the gradient through a fused ReLU whose output is y).
 template <class T>
-[[gnu::always_inline]] inline void row_affine(const T* r, int64_t n, T a, T b, T* o) {
-  for (int64_t i = 0; i < n; ++i) o[i] = r[i] * a + b;
+[[gnu::always_inline]] inline void row_grad_sums_relu(const T* g, const T* x, const T* y, int64_t n, T mean,
+                                                      double& sg, double& sgx) {
+  T a[kLanes] = {}, b[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const T gi = y[i + l] > T(0) ? g[i + l] : T(0);
+      a[l] += gi;
+      b[l] += gi * (x[i + l] - mean);
+    }
+  for (; i < n; ++i) {
+    const T gi = y[i] > T(0) ? g[i] : T(0);
+    sg += gi;
+    sgx += static_cast<double>(gi) * (x[i] - mean);
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    sg += a[l];
+    sgx += b[l];
+  }
 }
-QF_NORM_CLONES void row_affine(const float* r, int64_t n, float a, float b, float* o) {
-  row_affine<float>(r, n, a, b, o);
+QF_NORM_CLONES void row_grad_sums_relu(const float* g, const float* x, const float* y, int64_t n, float mean,
+                                       double& sg, double& sgx) {
+  LaneVec a = {}, b = {};
+  const LaneVec zero = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    QF_LOAD_LANES(gv, g + i);
+    QF_LOAD_LANES(xv, x + i);
+    QF_LOAD_LANES(yv, y + i);
+    const LaneVec gm = yv > zero ? gv : zero;
+    a += gm;
+    b += gm * (xv - mean);
+  }
+  for (; i < n; ++i) {
+    const float gi = y[i] > 0.0f ? g[i] : 0.0f;
+    sg += gi;
+    sgx += static_cast<double>(gi) * (x[i] - mean);
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    sg += a[l];
+    sgx += b[l];
+  }
+}
+
+/// o = r * a + b, then max(o, 0) when relu.
+template <class T>
+[[gnu::always_inline]] inline void row_affine(const T* r, int64_t n, T a, T b, bool relu, T* o) {
+  if (relu) {
+    for (int64_t i = 0; i < n; ++i) {
+      const T v = r[i] * a + b;
+      o[i] = v > T(0) ? v : T(0);  // as relu(): NaN gives 0
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) o[i] = r[i] * a + b;
+  }
+}
+QF_NORM_CLONES void row_affine(const float* r, int64_t n, float a, float b, bool relu, float* o) {
+  row_affine<float>(r, n, a, b, relu, o);
 }
 
 /// d = k * (m * g - mg - (x - mean) * invstd * mgx), the training-mode input gradient.
@@ -139,6 +193,16 @@ template <class T>
 QF_NORM_CLONES void row_dx(const float* g, const float* x, int64_t n, float k, float m, float mg, float mean,
                            float invstd_mgx, float* d) {
   row_dx<float>(g, x, n, k, m, mg, mean, invstd_mgx, d);
+}
+/// row_dx with g' = g where y > 0, else 0 (through a fused ReLU).
+template <class T>
+[[gnu::always_inline]] inline void row_dx_relu(const T* g, const T* x, const T* y, int64_t n, T k, T m, T mg, T mean,
+                                               T invstd_mgx, T* d) {
+  for (int64_t i = 0; i < n; ++i) d[i] = k * (m * (y[i] > T(0) ? g[i] : T(0)) - mg - (x[i] - mean) * invstd_mgx);
+}
+QF_NORM_CLONES void row_dx_relu(const float* g, const float* x, const float* y, int64_t n, float k, float m,
+                                float mg, float mean, float invstd_mgx, float* d) {
+  row_dx_relu<float>(g, x, y, n, k, m, mg, mean, invstd_mgx, d);
 }
 #undef QF_NORM_CLONES
 #undef QF_LOAD_LANES
@@ -215,16 +279,18 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
         for (int64_t n = 0; n < N; ++n) {
           const T* r = px + (n * C + c) * S;
           T* o = py + (n * C + c) * S;
-          row_affine(r, S, a, b, o);
+          row_affine(r, S, a, b, opt.relu, o);
         }
       }
     });
   });
   if (!any_requires_grad({&x, &weight, &bias})) return Variable(y);
   Tensor wv = weight.defined() ? weight.value() : Tensor();
+  // With the fused ReLU, the output is the gradient's mask.
+  Tensor yv = opt.relu ? y : Tensor();
   return Variable::make(
-      y, {&x, &weight, &bias}, "batch_norm",
-      [xv, wv, mean_t, invstd_t, N, C, S, M, use_batch_stats](const Tensor& g, GradSink& out) {
+      y, {&x, &weight, &bias}, opt.relu ? "batch_norm_relu" : "batch_norm",
+      [xv, wv, yv, mean_t, invstd_t, N, C, S, M, use_batch_stats](const Tensor& g, GradSink& out) {
         Tensor dx = out.needs(0) ? Tensor::empty(xv.shape(), xv.dtype()) : Tensor();
         Tensor dw = out.needs(1) ? Tensor::empty({C}, xv.dtype()) : Tensor();
         Tensor db = out.needs(2) ? Tensor::empty({C}, xv.dtype()) : Tensor();
@@ -235,12 +301,18 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
           const T* pw = wv.defined() ? wv.data<T>() : nullptr;
           const T* pm = mean_t.data<T>();
           const T* pi = invstd_t.data<T>();
+          const T* py = yv.defined() ? yv.data<T>() : nullptr;  // the ReLU mask, when fused
           parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
             for (int64_t c = c0; c < c1; ++c) {
               const T mean = pm[c], invstd = pi[c];
               double sg = 0, sgx = 0;  // sum(g), sum(g * xhat)
-              for (int64_t n = 0; n < N; ++n)
-                row_grad_sums(pg + (n * C + c) * S, px + (n * C + c) * S, S, mean, sg, sgx);
+              for (int64_t n = 0; n < N; ++n) {
+                const int64_t off = (n * C + c) * S;
+                if (py)
+                  row_grad_sums_relu(pg + off, px + off, py + off, S, mean, sg, sgx);
+                else
+                  row_grad_sums(pg + off, px + off, S, mean, sg, sgx);
+              }
               sgx *= invstd;
               if (dw.defined()) dw.data<T>()[c] = static_cast<T>(sgx);
               if (db.defined()) db.data<T>()[c] = static_cast<T>(sg);
@@ -255,14 +327,22 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
                 const T invstd_mgx = invstd * mgx;
                 for (int64_t n = 0; n < N; ++n) {
                   const int64_t off = (n * C + c) * S;
-                  row_dx(pg + off, px + off, S, k, static_cast<T>(M), mg, mean, invstd_mgx, pd + off);
+                  if (py)
+                    row_dx_relu(pg + off, px + off, py + off, S, k, static_cast<T>(M), mg, mean, invstd_mgx, pd + off);
+                  else
+                    row_dx(pg + off, px + off, S, k, static_cast<T>(M), mg, mean, invstd_mgx, pd + off);
                 }
               } else {
                 const T k = w * invstd;
                 for (int64_t n = 0; n < N; ++n) {
-                  const T* gr = pg + (n * C + c) * S;
-                  T* d = pd + (n * C + c) * S;
-                  for (int64_t i = 0; i < S; ++i) d[i] = k * gr[i];
+                  const int64_t off = (n * C + c) * S;
+                  const T* gr = pg + off;
+                  T* d = pd + off;
+                  if (py) {
+                    for (int64_t i = 0; i < S; ++i) d[i] = py[off + i] > T(0) ? k * gr[i] : T(0);
+                  } else {
+                    for (int64_t i = 0; i < S; ++i) d[i] = k * gr[i];
+                  }
                 }
               }
             }

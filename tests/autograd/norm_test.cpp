@@ -43,6 +43,62 @@ TEST(NormGrad, BatchNormEval) {
       {rand64({2, 3, 2, 3}, g), rand64({3}, g), rand64({3}, g)});
 }
 
+// The fused ReLU: Jacobians in training and eval mode, with the bias moved so
+// that some outputs are clipped and no pre-activation sits near the kink.
+TEST(NormGrad, BatchNormReluTrainAndEval) {
+  Generator g(76);
+  for (bool training : {true, false}) {
+    SCOPED_TRACE(training ? "train" : "eval");
+    Tensor rm = rand64({3}, g), rv = rand64({3}, g, 0.5, 2.0);
+    std::vector<Tensor> in = {rand64({3, 3, 2, 3}, g), rand64({3}, g, 0.5, 1.5), rand64({3}, g, -0.3, 0.3)};
+    auto fn = [rm, rv, training](const std::vector<Variable>& v, bool relu) {
+      BatchNormOptions o;
+      o.training = training;
+      o.relu = relu;
+      return batch_norm(v[0], rm.clone(), rv.clone(), v[1], v[2], o);
+    };
+    // Pre-activations away from 0 (the finite differences step far less).
+    Tensor pre = fn({Variable(in[0]), Variable(in[1]), Variable(in[2])}, false).value();
+    int64_t clipped = 0;
+    for (int64_t i = 0; i < pre.numel(); ++i) {
+      ASSERT_GT(std::abs(pre.item(i)), 1e-3) << "a pre-activation near the kink (" << pre.item(i) << " at " << i << "); pick another seed";
+      clipped += pre.item(i) < 0;
+    }
+    ASSERT_GT(clipped, 0);
+    ASSERT_LT(clipped, pre.numel());
+    expect_jacobian([fn](const std::vector<Variable>& v) { return fn(v, true); }, in);
+  }
+}
+
+// Fused and unfused give bit-identical outputs and gradients, in f32.
+TEST(Norm, FusedReluMatchesBatchNormThenRelu) {
+  Generator g(75);
+  for (bool training : {true, false}) {
+    Tensor x = Tensor::empty({4, 5, 6, 7}), w = Tensor::empty({5}), b = Tensor::empty({5}), gy = Tensor::empty({4, 5, 6, 7});
+    normal_(x, 0, 1, g);
+    uniform_(w, 0.5, 1.5, g);
+    uniform_(b, -0.5, 0.5, g);
+    normal_(gy, 0, 1, g);
+    std::vector<std::vector<double>> outs, grads;
+    for (bool fused : {false, true}) {
+      Tensor rm = Tensor::zeros({5}), rv = Tensor::ones({5});
+      Variable xv(x.clone(), true), wv(w.clone(), true), bv(b.clone(), true);
+      BatchNormOptions o;
+      o.training = training;
+      o.relu = fused;
+      Variable y = batch_norm(xv, rm, rv, wv, bv, o);
+      if (!fused) y = relu(y);
+      y.backward(gy);
+      outs.push_back(y.value().to_vector());
+      for (const Variable* v : {&xv, &wv, &bv}) grads.push_back(v->grad().to_vector());
+      outs.push_back(rm.to_vector());
+      outs.push_back(rv.to_vector());
+    }
+    for (size_t i = 0; i < 3; ++i) EXPECT_EQ(outs[i], outs[i + 3]) << "output " << i << " training " << training;
+    for (size_t i = 0; i < 3; ++i) EXPECT_EQ(grads[i], grads[i + 3]) << "gradient " << i << " training " << training;
+  }
+}
+
 TEST(Norm, RunningStatsFollowPyTorch) {
   // x over channel 0: {1, 3, 5, 7} -> mean 4, biased var 5, unbiased 20/3.
   Tensor x = Tensor::from_vector<float>({1, 3, 5, 7}, {4, 1});

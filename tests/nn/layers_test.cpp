@@ -109,6 +109,43 @@ TEST(BatchNorm, OneDNoAffineAndNoRunningStats) {
   EXPECT_THROW(BatchNorm2d(3, 0.0), ValueError);
 }
 
+// Sequential runs a BatchNorm directly followed by a ReLU as one fused op: the
+// same outputs, gradients and running statistics as the two modules one by
+// one (a ReLU6 after the BatchNorm is left alone, and is equally exact).
+TEST(Sequential, FusedBatchNormReluMatchesModulesOneByOne) {
+  for (bool training : {true, false}) {
+    for (int variant = 0; variant < 2; ++variant) {
+      auto make = [variant] {
+        Generator g(3);
+        auto seq = std::make_shared<Sequential>();
+        seq->push_back("conv", std::make_shared<Conv2d>(2, 4, 3, 1, 1, true, 1, g));
+        seq->push_back("bn", std::make_shared<BatchNorm2d>(4));
+        if (variant == 0) seq->push_back("relu", std::make_shared<ReLU>());
+        else seq->push_back("relu6", std::make_shared<ReLU6>());
+        return seq;
+      };
+      auto fused = make(), plain = make();
+      fused->train(training);
+      plain->train(training);
+      Tensor x = randn({3, 2, 5, 5}, 9), gy = randn({3, 4, 5, 5}, 10);
+      Variable xf(x.clone(), true), xp(x.clone(), true);
+      Variable yf = fused->forward(xf);
+      Variable yp = xp;
+      for (size_t i = 0; i < plain->size(); ++i) yp = (*plain)[i].forward(yp);
+      yf.backward(gy);
+      yp.backward(gy);
+      EXPECT_EQ(yf.value().to_vector(), yp.value().to_vector());
+      EXPECT_EQ(xf.grad().to_vector(), xp.grad().to_vector());
+      const auto pf = fused->named_parameters(), pp = plain->named_parameters();
+      ASSERT_EQ(pf.size(), pp.size());
+      for (size_t i = 0; i < pf.size(); ++i)
+        EXPECT_EQ(pf[i].second.grad().to_vector(), pp[i].second.grad().to_vector()) << pf[i].first;
+      EXPECT_EQ(fused->state_dict().at("bn.running_mean").to_vector(),
+                plain->state_dict().at("bn.running_mean").to_vector());
+    }
+  }
+}
+
 TEST(Activations, ReLUReLU6IdentityFlatten) {
   Tensor x = Tensor::from_vector<float>({-1, 0.5, 7, 3}, {1, 1, 2, 2});
   EXPECT_EQ(ReLU().forward(Variable(x)).value().to_vector(), (std::vector<double>{0, 0.5, 7, 3}));
