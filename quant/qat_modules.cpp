@@ -206,6 +206,8 @@ Variable QATConvBase::forward(const Variable& x) {
       y = autograd::conv2d(x, wq, Variable(), opt);
       y = autograd::mul(y, Variable(inverse_factor(f.factor, {1, C, 1, 1})));
       if (b.defined()) y = autograd::add(y, autograd::reshape(b, {1, C, 1, 1}));
+      if (activation() == FusedActivation::relu)  // batch norm and ReLU in one op
+        return output_fake_quant()(norm->forward_relu(y));
       y = (*norm)(y);
     } else {
       y = autograd::conv2d(x, wq, f.bias, opt);
