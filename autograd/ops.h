@@ -85,6 +85,16 @@ Variable conv2d(const Variable& x, const Variable& weight, const Variable& bias 
 /// Output spatial size of a convolution or pooling window.
 int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation);
 
+/// Buffer layout of the stride-1 f32 convolution (see autograd/ops/conv.cpp):
+/// `automatic` picks per shape; the others force one, for tests and benchmarks.
+enum class ConvLayout { automatic, gaps, taps };
+namespace detail {
+/// Sets the layout for all later conv2d calls (not thread-safe; tests only).
+void set_conv_layout(ConvLayout layout);
+/// The current setting.
+extern ConvLayout g_layout_setting;
+}  // namespace detail
+
 // ---- pool.cpp ---------------------------------------------------------------
 /// Settings of max_pool2d() and avg_pool2d(); each pair is {height, width}.
 /// Invalid values throw ValueError.

@@ -16,6 +16,11 @@
 
 namespace qforge::autograd {
 
+namespace detail {
+ConvLayout g_layout_setting = ConvLayout::automatic;
+void set_conv_layout(ConvLayout layout) { g_layout_setting = layout; }
+}  // namespace detail
+
 int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
   const int64_t span = in + 2 * pad - dilation * (kernel - 1) - 1;
   return span < 0 ? 0 : span / stride + 1;  // a window larger than the input gives 0
@@ -126,80 +131,108 @@ inline void copy_rows(float* dst, int64_t dst_stride, const float* src, int64_t 
 
 // ---- stride-1 f32 path: GEMMs on shifted rows of a padded image ------------
 //
-// With stride 1, row (c, kh, kw) of the im2col matrix is the padded input
-// plane shifted by (kh*dh, kw*dw), provided the output is computed on a grid
-// as wide as the padded rows (Ws columns per output row instead of OW). So no
-// column matrix is built: the GEMM reads B rows straight from the padded image
-// through a table of row pointers. The extra grid columns are computed and
-// dropped (forward), or held at zero in the output gradient so that they
-// contribute nothing (backward).
-//
-// Consecutive image rows share one zero gap (the right padding of a row is the
-// left padding of the next), and so do consecutive stacked samples: a 3x3,
-// pad-1 conv on 8x8 maps computes 9x9 grid points per output image, not 10x10.
+// With stride 1, row (c, kh, kw) of the im2col matrix is the input plane
+// shifted by (kh*dh, kw*dw), provided the output is computed on a grid whose
+// rows are as long as the buffer's rows. So no column matrix is built: the
+// GEMM reads B rows straight from a padded copy of the input through a table of
+// row pointers. Two layouts of that copy:
+// - gaps: one copy, rows W + gap apart. Consecutive rows share one zero gap
+//   (the right padding of a row is the left padding of the next), and so do
+//   stacked samples. The gap columns of the grid are computed and dropped;
+//   several samples share a GEMM when maps are small.
+// - taps: one copy per horizontal tap kw, each pre-shifted by kw*dw - pw with
+//   zeros where the shift leaves the image, in rows exactly OW long, one
+//   sample per GEMM. The grid then is the output plane itself: the forward
+//   GEMM writes y in place and the weight gradient reads gy in place. Chosen
+//   for few input channels (the stem, mnist's first conv), where the copies
+//   of the output and its gradient, not the multiplies, bound the time.
+// Grid rows past OH in each stacked sample (gaps) are computed and dropped
+// (forward), or held at zero in the output gradient so that they contribute
+// nothing (backward).
 struct Shifted {
-  int64_t Ws, Hs, plane, nb, base, cstride;
-  // nb samples share one GEMM: the padded buffer is [Cg][base + nb * plane +
-  // tail], sample s's pixel (h, w) at base + s * plane + h * Ws + w, so a
-  // shifted row runs through all nb images (small maps get wider GEMMs).
-  Shifted(const ConvGeom& g, int64_t nb_) : nb(nb_) {
-    // A zero gap must absorb the left overhang (pw), the right overhang (pw
-    // for stride 1) and outputs wider than the input (large padding).
-    Ws = g.W + std::max<int64_t>(g.pw, g.OW - g.W);
+  bool taps;
+  int64_t Wg;  // grid and buffer row length
+  int64_t Hs;  // rows per stacked sample
+  int64_t plane, nb, base, cstride, ncopy;
+  // nb samples share one GEMM: copy k of the buffer is [Cg][cstride], sample
+  // s's row h at base + s * plane + h * Wg, so a shifted row runs through all
+  // nb images.
+  Shifted(const ConvGeom& g, int64_t nb_, bool taps_) : taps(taps_), nb(taps_ ? 1 : nb_) {
+    // The vertical gap absorbs the top overhang (ph), the bottom one (ph for
+    // stride 1) and outputs taller than the input (large padding); the
+    // horizontal gap likewise.
     Hs = g.H + std::max<int64_t>(g.ph, g.OH - g.H);
-    plane = Hs * Ws;
-    base = g.ph * Ws + g.pw;
-    const int64_t tail = (g.KH - 1) * g.dh * Ws + (g.KW - 1) * g.dw + 16;
+    Wg = taps ? g.OW : g.W + std::max<int64_t>(g.pw, g.OW - g.W);
+    plane = Hs * Wg;
+    ncopy = taps ? g.KW : 1;
+    base = g.ph * Wg + (taps ? 0 : g.pw);
+    const int64_t tail = (g.KH - 1) * g.dh * Wg + (g.KW - 1) * g.dw + 16;
     cstride = (base + nb * plane + tail + 15) / 16 * 16;
   }
-  // Grid columns that cover `ns` stacked samples.
-  int64_t L(const ConvGeom& g, int64_t ns) const { return (ns - 1) * plane + g.OH * Ws; }
-  int64_t padded_size(const ConvGeom& g) const { return g.Cg() * cstride; }
+  // Grid columns that cover `ns` stacked samples (OH * OW for taps).
+  int64_t L(const ConvGeom& g, int64_t ns) const { return (ns - 1) * plane + g.OH * Wg; }
+  int64_t padded_size(const ConvGeom& g) const { return ncopy * g.Cg() * cstride; }
   // Grid offset of output (s, oh, 0).
-  int64_t out_at(int64_t s, int64_t oh) const { return s * plane + oh * Ws; }
-  // Where kernel tap (kh, kw) reads, relative to the grid point, past `base`.
+  int64_t out_at(int64_t s, int64_t oh) const { return s * plane + oh * Wg; }
+  // Horizontal shift of copy k: its column j holds input column j + shift.
+  int64_t shift(const ConvGeom& g, int64_t k) const { return taps ? k * g.dw - g.pw : 0; }
+  // Where kernel tap (kh, kw) reads in its copy, relative to the grid point,
+  // past `base`.
   int64_t tap(const ConvGeom& g, int64_t kh, int64_t kw) const {
-    return (kh * g.dh - g.ph) * Ws + kw * g.dw - g.pw;
+    return (kh * g.dh - g.ph) * Wg + (taps ? 0 : kw * g.dw - g.pw);
   }
+  int64_t copy_of(int64_t kw) const { return taps ? kw : 0; }
   // Row pointers of the virtual column matrix over a padded buffer.
   void rows(const ConvGeom& g, const float* xp, std::vector<const float*>& out) const {
     out.resize(g.Kc());
     for (int64_t c = 0; c < g.Cg(); ++c)
       for (int64_t kh = 0; kh < g.KH; ++kh)
         for (int64_t kw = 0; kw < g.KW; ++kw)
-          out[(c * g.KH + kh) * g.KW + kw] = xp + c * cstride + base + tap(g, kh, kw);
+          out[(c * g.KH + kh) * g.KW + kw] = xp + (copy_of(kw) * g.Cg() + c) * cstride + base + tap(g, kh, kw);
   }
-  // Copies one group's channels of samples n0..n0+ns into the padded buffer
-  // (whose gaps stay zero).
+  // Copies one group's channels of samples n0..n0+ns into every copy of the
+  // padded buffer. Positions outside the image are never written, so they
+  // stay zero from the allocation.
   void pad(const ConvGeom& g, const float* x, int64_t n0, int64_t ns, int64_t gi, float* xp) const {
-    for (int64_t s = 0; s < ns; ++s)
-      for (int64_t c = 0; c < g.Cg(); ++c) {
-        const float* src = x + ((n0 + s) * g.C + gi * g.Cg() + c) * g.H * g.W;
-        float* dst = xp + c * cstride + base + s * plane;
-        copy_rows(dst, Ws, src, g.W, g.H, g.W);
-      }
+    for (int64_t k = 0; k < ncopy; ++k) {
+      const int64_t sft = shift(g, k);
+      // Buffer columns [lo, hi) hold input columns [lo + sft, hi + sft).
+      const int64_t lo = std::max<int64_t>(0, -sft), hi = std::min<int64_t>(taps ? Wg : g.W, g.W - sft);
+      if (hi <= lo) continue;
+      for (int64_t s = 0; s < ns; ++s)
+        for (int64_t c = 0; c < g.Cg(); ++c) {
+          const float* src = x + ((n0 + s) * g.C + gi * g.Cg() + c) * g.H * g.W;
+          float* dst = xp + (k * g.Cg() + c) * cstride + base + s * plane;
+          copy_rows(dst + lo, Wg, src + lo + sft, g.W, g.H, hi - lo);
+        }
+    }
   }
 };
 
 bool use_shifted(const ConvGeom& g) { return g.sh == 1 && g.sw == 1 && !g.pointwise(); }
 
-// Samples per GEMM: enough for about 1024 grid columns, at most the chunk.
-int64_t stack_count(const ConvGeom& g, int64_t chunk) {
-  const int64_t plane = Shifted(g, 1).plane;
-  return std::clamp<int64_t>(1024 / plane, 1, std::max<int64_t>(chunk, 1));
+bool use_taps(const ConvGeom& g) {
+  if (detail::g_layout_setting != ConvLayout::automatic) return detail::g_layout_setting == ConvLayout::taps;
+  return g.Kc() <= 32;
+}
+
+// Samples per GEMM (gaps): enough for about 1024 grid columns, at most the chunk.
+Shifted make_shifted(const ConvGeom& g, int64_t chunk) {
+  const bool taps = use_taps(g);
+  const int64_t plane = Shifted(g, 1, taps).plane;
+  return Shifted(g, std::clamp<int64_t>(1024 / plane, 1, std::max<int64_t>(chunk, 1)), taps);
 }
 
 void conv_forward_shifted(const float* x, const float* w, const float* b, const ConvGeom& g, float* y) {
   const int64_t OCg = g.OCg(), OHW = g.OHW();
   const int64_t chunks = std::min<int64_t>(g.N, num_threads());
-  const Shifted sh(g, stack_count(g, (g.N + chunks - 1) / chunks));
+  const Shifted sh = make_shifted(g, (g.N + chunks - 1) / chunks);
   parallel_chunks(chunks, [&](int64_t c) {
     int64_t lo, hi;
     chunk_range(g.N, chunks, c, lo, hi);
     Tensor xpad = Tensor::zeros({sh.padded_size(g)});
-    Tensor ygrid = Tensor::empty({OCg * sh.L(g, sh.nb)});
+    Tensor ygrid = sh.taps ? Tensor() : Tensor::empty({OCg * sh.L(g, sh.nb)});
     float* xp = xpad.data<float>();
-    float* yp = ygrid.data<float>();
     std::vector<const float*> rows;
     sh.rows(g, xp, rows);
     for (int64_t n0 = lo; n0 < hi; n0 += sh.nb) {
@@ -207,7 +240,16 @@ void conv_forward_shifted(const float* x, const float* w, const float* b, const 
       const int64_t L = sh.L(g, ns);
       for (int64_t gi = 0; gi < g.groups; ++gi) {
         sh.pad(g, x, n0, ns, gi, xp);
-        gemm_rows_nn(OCg, L, g.Kc(), 1.0f, w + gi * OCg * g.Kc(), g.Kc(), rows.data(), 0.0f, yp, L);
+        const float* wg = w + gi * OCg * g.Kc();
+        if (sh.taps) {  // the grid is sample n0's output plane: write y in place
+          float* yg = y + (n0 * g.OC + gi * OCg) * OHW;
+          if (b)
+            for (int64_t o = 0; o < OCg; ++o) std::fill_n(yg + o * OHW, OHW, b[gi * OCg + o]);
+          gemm_rows_nn(OCg, L, g.Kc(), 1.0f, wg, g.Kc(), rows.data(), b ? 1.0f : 0.0f, yg, OHW);
+          continue;
+        }
+        float* yp = ygrid.data<float>();
+        gemm_rows_nn(OCg, L, g.Kc(), 1.0f, wg, g.Kc(), rows.data(), 0.0f, yp, L);
         for (int64_t s = 0; s < ns; ++s) {
           float* yg = y + ((n0 + s) * g.OC + gi * OCg) * OHW;
           for (int64_t o = 0; o < OCg; ++o) {
@@ -225,21 +267,29 @@ void conv_forward_shifted(const float* x, const float* w, const float* b, const 
 }
 
 // The input gradient is itself a stride-1 correlation, of the output gradient
-// (on the grid, zero off the outputs) with the transposed weights:
-//   dx(c, P) = sum over (o, kh, kw) of W[o, c, kh, kw] * gy_grid(o, P - tap(kh, kw)),
+// (zero off the outputs) with the transposed weights:
+//   dx(c, h, w) = sum over (o, kh, kw) of W[o, c, kh, kw] * gy(o, h - kh*dh + ph, w - kw*dw + pw),
 // so it runs through the same row-pointer GEMM, over rows of the gradient
-// grid shifted the other way, with no column buffer and no scatter.
+// shifted the other way, with no column buffer and no scatter. Its grid is
+// the input's: rows Wg long in the gaps layout (read from the forward grid),
+// and W long in the taps layout (read from KW shifted copies of the gradient).
 void conv_backward_shifted(const float* x, const float* w, const float* gy, const ConvGeom& g, float* dx,
                            float* dw, float* db) {
   const int64_t Kc = g.Kc(), OHW = g.OHW(), OCg = g.OCg(), Cg = g.Cg(), wsize = g.OC * Kc;
   const int64_t KK = g.KH * g.KW;
   const int64_t chunks = std::min<int64_t>(g.N, num_threads());
-  const Shifted sh(g, stack_count(g, (g.N + chunks - 1) / chunks));
-  // Gradient grid rows: [front zeros F][grid ... up to nb planes], stride LD.
-  // F is a multiple of 16 floats, so that the weight-gradient GEMM's A rows
-  // (gradient rows, LD apart) are 64-byte aligned: no cache-line-split loads.
+  const Shifted sh = make_shifted(g, (g.N + chunks - 1) / chunks);
+  // Gaps: the gradient on the forward grid, rows [front zeros F][nb planes],
+  // LD apart. F is a multiple of 16 floats, so that the weight-gradient GEMM's
+  // A rows are 64-byte aligned (no cache-line-split loads). Taps: dW reads gy
+  // in place.
   const int64_t F = (std::max<int64_t>(0, sh.tap(g, g.KH - 1, g.KW - 1)) + 15) / 16 * 16;
   const int64_t LD = (F + sh.nb * sh.plane + 15) / 16 * 16;
+  // Input-gradient grid: row length Wd, sample stride Pd. In the taps layout it
+  // reads KW copies of the gradient with rows W long, [front Fd][plane], LDd apart.
+  const int64_t Wd = sh.taps ? g.W : sh.Wg, Pd = sh.Hs * Wd;
+  const int64_t Fd = sh.taps ? (std::max<int64_t>(0, ((g.KH - 1) * g.dh - g.ph) * g.W) + 15) / 16 * 16 : F;
+  const int64_t LDd = sh.taps ? (Fd + Pd + g.ph * g.W + 16 + 15) / 16 * 16 : LD;
   // Transposed weights per group: wt[gi][c][(o, kh, kw)] = W[gi*OCg + o, c, kh, kw].
   std::vector<float> wt;
   if (dx) {
@@ -255,18 +305,21 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
     int64_t lo, hi;
     chunk_range(g.N, chunks, c, lo, hi);
     Tensor xpad = dw ? Tensor::zeros({sh.padded_size(g)}) : Tensor();
-    Tensor gygrid = Tensor::zeros({OCg * LD});
-    float* gp = gygrid.data<float>();
+    Tensor gygrid = sh.taps ? Tensor() : Tensor::zeros({OCg * LD});
+    Tensor gycopies = dx && sh.taps ? Tensor::zeros({g.KW * OCg * LDd}) : Tensor();
+    float* gp = sh.taps ? nullptr : gygrid.data<float>();
     std::vector<const float*> xrows, grows;
     if (dw) sh.rows(g, xpad.data<float>(), xrows);
-    // Input-domain columns: sample s's pixel (h, w) at s * plane + h * Ws + w.
-    const int64_t Nmax = (sh.nb - 1) * sh.plane + (g.H - 1) * sh.Ws + g.W;
+    const int64_t Nmax = (sh.nb - 1) * Pd + (g.H - 1) * Wd + g.W;
     Tensor dxgrid = dx ? Tensor::empty({Cg * Nmax}) : Tensor();
     if (dx) {
       grows.resize(OCg * KK);
       for (int64_t o = 0; o < OCg; ++o)
         for (int64_t kh = 0; kh < g.KH; ++kh)
-          for (int64_t kw = 0; kw < g.KW; ++kw) grows[o * KK + kh * g.KW + kw] = gp + o * LD + F - sh.tap(g, kh, kw);
+          for (int64_t kw = 0; kw < g.KW; ++kw)
+            grows[o * KK + kh * g.KW + kw] =
+                sh.taps ? gycopies.data<float>() + (kw * OCg + o) * LDd + Fd - (kh * g.dh - g.ph) * g.W
+                        : gp + o * LD + F - sh.tap(g, kh, kw);
     }
     float* dwp = nullptr;
     float* dbp = nullptr;
@@ -282,12 +335,23 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
       const int64_t ns = std::min(sh.nb, hi - n0);
       const int64_t L = sh.L(g, ns);
       for (int64_t gi = 0; gi < g.groups; ++gi) {
-        // Output gradient on the grid. Only output positions are written, so
-        // every other column stays 0 from the allocation.
+        // The output gradient on the grid (gaps) or in shifted copies (taps,
+        // for dx). Only output positions are written, so every other position
+        // stays 0 from the allocation.
         for (int64_t s = 0; s < ns; ++s) {
           const float* gyg = gy + ((n0 + s) * g.OC + gi * OCg) * OHW;
           for (int64_t o = 0; o < OCg; ++o) {
-            copy_rows(gp + o * LD + F + sh.out_at(s, 0), sh.Ws, gyg + o * OHW, g.OW, g.OH, g.OW);
+            if (gp) copy_rows(gp + o * LD + F + sh.out_at(s, 0), sh.Wg, gyg + o * OHW, g.OW, g.OH, g.OW);
+            if (gycopies.defined()) {
+              for (int64_t kw = 0; kw < g.KW; ++kw) {
+                // Copy kw's column w holds gradient column w + sft.
+                const int64_t sft = g.pw - kw * g.dw;
+                const int64_t clo = std::max<int64_t>(0, -sft), chi = std::min<int64_t>(g.W, g.OW - sft);
+                if (chi <= clo) continue;
+                copy_rows(gycopies.data<float>() + (kw * OCg + o) * LDd + Fd + s * Pd + clo, g.W,
+                          gyg + o * OHW + clo + sft, g.OW, g.OH, chi - clo);
+              }
+            }
             if (dbp) {
               float sum = 0;
               for (int64_t i = 0; i < OHW; ++i) sum += gyg[o * OHW + i];
@@ -297,18 +361,18 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
         }
         if (dwp) {  // dW_g += gy_grid [OCg, L] x cols^T
           sh.pad(g, x, n0, ns, gi, xpad.data<float>());
-          gemm_rows_nt(OCg, Kc, L, 1.0f, gp + F, LD, xrows.data(), 1.0f, dwp + gi * OCg * Kc, Kc);
+          const float* a = sh.taps ? gy + (n0 * g.OC + gi * OCg) * OHW : gp + F;
+          gemm_rows_nt(OCg, Kc, L, 1.0f, a, sh.taps ? OHW : LD, xrows.data(), 1.0f, dwp + gi * OCg * Kc, Kc);
         }
         if (dx) {  // dx_grid [Cg, N] = Wt_g [Cg, OCg*KK] x shifted gradient rows
-          const int64_t N = (ns - 1) * sh.plane + (g.H - 1) * sh.Ws + g.W;
+          const int64_t N = (ns - 1) * Pd + (g.H - 1) * Wd + g.W;
           float* dg = dxgrid.data<float>();
           gemm_rows_nn(Cg, N, OCg * KK, 1.0f, wt.data() + gi * Cg * OCg * KK, OCg * KK, grows.data(), 0.0f, dg,
                        N);
           for (int64_t s = 0; s < ns; ++s)
             for (int64_t ch = 0; ch < Cg; ++ch) {
               float* dst = dx + ((n0 + s) * g.C + gi * Cg + ch) * g.H * g.W;
-              const float* src = dg + ch * N + s * sh.plane;
-              copy_rows(dst, g.W, src, sh.Ws, g.H, g.W);
+              copy_rows(dst, g.W, dg + ch * N + s * Pd, Wd, g.H, g.W);
             }
         }
       }

@@ -72,6 +72,11 @@ std::vector<double> naive_conv(const Tensor& x, const Tensor& w, const Tensor& b
   return y;
 }
 
+// Restores the automatic conv layout when a test ends (or fails early).
+struct LayoutGuard {
+  ~LayoutGuard() { autograd::detail::set_conv_layout(ConvLayout::automatic); }
+};
+
 }  // namespace
 
 TEST(ConvGrad, Conv2d) {
@@ -88,13 +93,16 @@ TEST(ConvGrad, Conv2d) {
 }
 
 TEST(Conv, ForwardMatchesNaive) {
+  LayoutGuard guard;
   Generator g(22);
   std::vector<Case> cases = kCases;
   // Larger shapes that go through the threaded batch split and bigger GEMMs.
   cases.push_back({{8, 16, 12, 12}, 32, 3, 3, opts(1, 1, 1, 1, 1, 1), true});
   cases.push_back({{5, 8, 9, 9}, 8, 3, 3, opts(2, 2, 1, 1, 1, 8), false});
+  for (ConvLayout layout : {ConvLayout::automatic, ConvLayout::gaps, ConvLayout::taps})
   for (const Case& c : cases) {
-    SCOPED_TRACE(name(c));
+    SCOPED_TRACE(name(c) + " layout " + std::to_string(static_cast<int>(layout)));
+    autograd::detail::set_conv_layout(layout);
     Tensor x = Tensor::empty(c.x), w = Tensor::empty({c.oc, c.x[1] / c.opt.groups, c.kh, c.kw});
     uniform_(x, -1, 1, g);
     uniform_(w, -1, 1, g);
@@ -113,6 +121,7 @@ TEST(Conv, ForwardMatchesNaive) {
 // The f32 paths (shifted-row GEMMs for stride 1, im2col otherwise) give the
 // gradients of the gradient-checked f64 path, on every case and larger ones.
 TEST(Conv, Float32BackwardMatchesFloat64) {
+  LayoutGuard guard;
   Generator g(23);
   std::vector<Case> cases = kCases;
   cases.push_back({{6, 8, 10, 10}, 16, 3, 3, opts(1, 1, 1, 1, 1, 1), true});
@@ -129,8 +138,13 @@ TEST(Conv, Float32BackwardMatchesFloat64) {
   cases.push_back({{5, 2, 6, 6}, 3, 3, 3, opts(1, 1, 2, 0, 1, 1), true});
   cases.push_back({{37, 6, 3, 4}, 5, 3, 3, opts(1, 1, 1, 1, 1, 1), true});
   cases.push_back({{9, 4, 7, 7}, 8, 5, 5, opts(1, 1, 2, 2, 1, 2), true});
+  cases.push_back({{4, 3, 6, 6}, 5, 3, 3, opts(1, 1, 0, 0, 1, 1), true});  // valid, small map
+  cases.push_back({{3, 1, 9, 8}, 6, 3, 3, opts(1, 1, 0, 0, 1, 1), false});  // one input channel
+  // Every case in both stride-1 layouts (and the automatic choice).
+  for (ConvLayout layout : {ConvLayout::automatic, ConvLayout::gaps, ConvLayout::taps})
   for (const Case& c : cases) {
-    SCOPED_TRACE(name(c));
+    SCOPED_TRACE(name(c) + " layout " + std::to_string(static_cast<int>(layout)));
+    autograd::detail::set_conv_layout(layout);
     Tensor x64 = rand64(c.x, g), w64 = rand64({c.oc, c.x[1] / c.opt.groups, c.kh, c.kw}, g), b64 = rand64({c.oc}, g);
     const int64_t oh = conv_out_size(c.x[2], c.kh, c.opt.stride[0], c.opt.padding[0], c.opt.dilation[0]);
     const int64_t ow = conv_out_size(c.x[3], c.kw, c.opt.stride[1], c.opt.padding[1], c.opt.dilation[1]);
