@@ -144,8 +144,9 @@ inline void copy_rows(float* dst, int64_t dst_stride, const float* src, int64_t 
 //   zeros where the shift leaves the image, in rows exactly OW long, one
 //   sample per GEMM. The grid then is the output plane itself: the forward
 //   GEMM writes y in place and the weight gradient reads gy in place. Chosen
-//   for few input channels (the stem, mnist's first conv), where the copies
-//   of the output and its gradient, not the multiplies, bound the time.
+//   for ungrouped convs with few input channels (C*KH*KW <= 32: the stem,
+//   mnist's first conv), where the copies of the output and its gradient, not
+//   the multiplies, bound the time.
 // Grid rows past OH in each stacked sample (gaps) are computed and dropped
 // (forward), or held at zero in the output gradient so that they contribute
 // nothing (backward).
@@ -213,7 +214,7 @@ bool use_shifted(const ConvGeom& g) { return g.sh == 1 && g.sw == 1 && !g.pointw
 
 bool use_taps(const ConvGeom& g) {
   if (detail::g_layout_setting != ConvLayout::automatic) return detail::g_layout_setting == ConvLayout::taps;
-  return g.Kc() <= 32;
+  return g.groups == 1 && g.Kc() <= 32;
 }
 
 // Samples per GEMM (gaps): enough for about 1024 grid columns, at most the chunk.
@@ -386,6 +387,7 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
 
 template <class T>
 void conv_forward(const T* x, const T* w, const T* b, const ConvGeom& g, T* y) {
+  if (g.N == 0) return;  // an empty batch
   if constexpr (std::is_same_v<T, float>) {
     if (use_shifted(g)) return conv_forward_shifted(x, w, b, g, y);
   }
@@ -418,6 +420,11 @@ void conv_forward(const T* x, const T* w, const T* b, const ConvGeom& g, T* y) {
 // dx (may be null), dw (may be null), db (may be null) from gy.
 template <class T>
 void conv_backward(const T* x, const T* w, const T* gy, const ConvGeom& g, T* dx, T* dw, T* db) {
+  if (g.N == 0) {  // an empty batch: zero weight and bias gradients
+    if (dw) std::fill_n(dw, g.OC * g.Kc(), T(0));
+    if (db) std::fill_n(db, g.OC, T(0));
+    return;
+  }
   if constexpr (std::is_same_v<T, float>) {
     if (use_shifted(g)) return conv_backward_shifted(x, w, gy, g, dx, dw, db);
   }

@@ -140,21 +140,30 @@ TEST(Conv, Float32BackwardMatchesFloat64) {
   cases.push_back({{9, 4, 7, 7}, 8, 5, 5, opts(1, 1, 2, 2, 1, 2), true});
   cases.push_back({{4, 3, 6, 6}, 5, 3, 3, opts(1, 1, 0, 0, 1, 1), true});  // valid, small map
   cases.push_back({{3, 1, 9, 8}, 6, 3, 3, opts(1, 1, 0, 0, 1, 1), false});  // one input channel
-  // Every case in both stride-1 layouts (and the automatic choice).
+  {  // stacked small maps, vertical dilation only
+    Conv2dOptions o = opts(1, 1, 2, 1, 1, 1);
+    o.dilation = {2, 1};
+    cases.push_back({{6, 3, 7, 8}, 4, 3, 3, o, true});
+  }
+  // Every case in both stride-1 layouts (and the automatic choice), with all
+  // three gradients, with the weight gradient only (a first layer: dx is not
+  // needed) and with the input gradient only.
   for (ConvLayout layout : {ConvLayout::automatic, ConvLayout::gaps, ConvLayout::taps})
+  for (int need : {0, 1, 2})  // 0: all, 1: no dx, 2: no dW
   for (const Case& c : cases) {
-    SCOPED_TRACE(name(c) + " layout " + std::to_string(static_cast<int>(layout)));
+    SCOPED_TRACE(name(c) + " layout " + std::to_string(static_cast<int>(layout)) + " need " + std::to_string(need));
     autograd::detail::set_conv_layout(layout);
     Tensor x64 = rand64(c.x, g), w64 = rand64({c.oc, c.x[1] / c.opt.groups, c.kh, c.kw}, g), b64 = rand64({c.oc}, g);
     const int64_t oh = conv_out_size(c.x[2], c.kh, c.opt.stride[0], c.opt.padding[0], c.opt.dilation[0]);
     const int64_t ow = conv_out_size(c.x[3], c.kw, c.opt.stride[1], c.opt.padding[1], c.opt.dilation[1]);
     Tensor gy64 = rand64({c.x[0], c.oc, oh, ow}, g);
     auto run = [&](DType dt, std::vector<Tensor>& grads, Tensor& y) {
-      Variable x(x64.to(dt), true), w(w64.to(dt), true), b(b64.to(dt), true);
+      Variable x(x64.to(dt), need != 1), w(w64.to(dt), need != 2), b(b64.to(dt), true);
       Variable out = conv2d(x, w, b, c.opt);
       y = out.value().to(DType::f64);
       out.backward(gy64.to(dt));
-      grads = {x.grad().to(DType::f64), w.grad().to(DType::f64), b.grad().to(DType::f64)};
+      grads = {need != 1 ? x.grad().to(DType::f64) : Tensor::zeros({1}, DType::f64),
+               need != 2 ? w.grad().to(DType::f64) : Tensor::zeros({1}, DType::f64), b.grad().to(DType::f64)};
     };
     std::vector<Tensor> g32, g64;
     Tensor y32, y64;
@@ -164,6 +173,22 @@ TEST(Conv, Float32BackwardMatchesFloat64) {
     for (int k = 0; k < 3; ++k)
       for (int64_t i = 0; i < g64[k].numel(); ++i)
         ASSERT_NEAR(g32[k].item(i), g64[k].item(i), 1e-4 * (1 + std::abs(g64[k].item(i)))) << "grad " << k << " at " << i;
+  }
+}
+
+// An empty batch gives an empty output and zero weight and bias gradients.
+TEST(Conv, EmptyBatch) {
+  LayoutGuard guard;
+  for (ConvLayout layout : {ConvLayout::gaps, ConvLayout::taps}) {
+    autograd::detail::set_conv_layout(layout);
+    for (int64_t stride : {1, 2}) {
+      Variable x(Tensor::zeros({0, 3, 6, 6}), true), w(Tensor::ones({4, 3, 3, 3}), true), b(Tensor::ones({4}), true);
+      Variable y = conv2d(x, w, b, opts(stride, stride, 1, 1, 1, 1));
+      EXPECT_EQ(y.value().numel(), 0);
+      y.backward(Tensor::zeros(y.value().shape()));
+      EXPECT_EQ(w.grad().to_vector(), std::vector<double>(4 * 3 * 9, 0.0));
+      EXPECT_EQ(b.grad().to_vector(), std::vector<double>(4, 0.0));
+    }
   }
 }
 

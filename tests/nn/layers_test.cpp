@@ -114,24 +114,32 @@ TEST(BatchNorm, OneDNoAffineAndNoRunningStats) {
 // one (a ReLU6 after the BatchNorm is left alone, and is equally exact).
 TEST(Sequential, FusedBatchNormReluMatchesModulesOneByOne) {
   for (bool training : {true, false}) {
-    for (int variant = 0; variant < 2; ++variant) {
+    for (int variant = 0; variant < 3; ++variant) {  // BN2d + ReLU, BN2d + ReLU6, BN1d + ReLU
       auto make = [variant] {
         Generator g(3);
         auto seq = std::make_shared<Sequential>();
-        seq->push_back("conv", std::make_shared<Conv2d>(2, 4, 3, 1, 1, true, 1, g));
-        seq->push_back("bn", std::make_shared<BatchNorm2d>(4));
-        if (variant == 0) seq->push_back("relu", std::make_shared<ReLU>());
-        else seq->push_back("relu6", std::make_shared<ReLU6>());
+        if (variant == 2) {
+          seq->push_back("fc", std::make_shared<Linear>(6, 4, true, g));
+          seq->push_back("bn", std::make_shared<BatchNorm1d>(4));
+        } else {
+          seq->push_back("conv", std::make_shared<Conv2d>(2, 4, 3, 1, 1, true, 1, g));
+          seq->push_back("bn", std::make_shared<BatchNorm2d>(4));
+        }
+        if (variant == 1) seq->push_back("relu6", std::make_shared<ReLU6>());
+        else seq->push_back("relu", std::make_shared<ReLU>());
         return seq;
       };
       auto fused = make(), plain = make();
       fused->train(training);
       plain->train(training);
-      Tensor x = randn({3, 2, 5, 5}, 9), gy = randn({3, 4, 5, 5}, 10);
+      Tensor x = variant == 2 ? randn({5, 6}, 9) : randn({3, 2, 5, 5}, 9);
+      Tensor gy = variant == 2 ? randn({5, 4}, 10) : randn({3, 4, 5, 5}, 10);
       Variable xf(x.clone(), true), xp(x.clone(), true);
       Variable yf = fused->forward(xf);
       Variable yp = xp;
       for (size_t i = 0; i < plain->size(); ++i) yp = (*plain)[i].forward(yp);
+      // The fused op ran (or, for ReLU6, did not).
+      EXPECT_STREQ(yf.node()->name, variant == 1 ? "relu6" : "batch_norm_relu");
       yf.backward(gy);
       yp.backward(gy);
       EXPECT_EQ(yf.value().to_vector(), yp.value().to_vector());
@@ -140,8 +148,8 @@ TEST(Sequential, FusedBatchNormReluMatchesModulesOneByOne) {
       ASSERT_EQ(pf.size(), pp.size());
       for (size_t i = 0; i < pf.size(); ++i)
         EXPECT_EQ(pf[i].second.grad().to_vector(), pp[i].second.grad().to_vector()) << pf[i].first;
-      EXPECT_EQ(fused->state_dict().at("bn.running_mean").to_vector(),
-                plain->state_dict().at("bn.running_mean").to_vector());
+      for (const char* buf : {"bn.running_mean", "bn.running_var"})
+        EXPECT_EQ(fused->state_dict().at(buf).to_vector(), plain->state_dict().at(buf).to_vector()) << buf;
     }
   }
 }
