@@ -202,10 +202,12 @@ Variable QATConvBase::forward(const Variable& x) {
     FoldedConvBn f = fold_conv_bn(w, b, *norm);
     const Variable wq = weight_fake_quant()(f.weight);
     if (is_training()) {
+      // conv(x, wq) / factor per output channel (torch.ao divides the output);
+      // the same product, scaling the small weight tensor instead of the
+      // activations, saves two passes over the conv output.
       const int64_t C = spec_.out_channels;
-      y = autograd::conv2d(x, wq, Variable(), opt);
-      y = autograd::mul(y, Variable(inverse_factor(f.factor, {1, C, 1, 1})));
-      if (b.defined()) y = autograd::add(y, autograd::reshape(b, {1, C, 1, 1}));
+      const Variable wq_unfolded = autograd::mul(wq, Variable(inverse_factor(f.factor, {C, 1, 1, 1})));
+      y = autograd::conv2d(x, wq_unfolded, b, opt);
       if (activation() == FusedActivation::relu)  // batch norm and ReLU in one op
         return output_fake_quant()(norm->forward_relu(y));
       y = (*norm)(y);
@@ -269,9 +271,8 @@ Variable QATLinearBase::forward(const Variable& x) {
     FoldedConvBn f = fold_conv_bn(w, b, *norm);
     const Variable wq = weight_fake_quant()(f.weight);
     if (is_training()) {
-      y = autograd::linear(x, wq, Variable());
-      y = autograd::mul(y, Variable(inverse_factor(f.factor, {1, out_})));
-      if (b.defined()) y = autograd::add(y, autograd::reshape(b, {1, out_}));
+      // As for convolutions: the weights' rows scaled instead of the output.
+      y = autograd::linear(x, autograd::mul(wq, Variable(inverse_factor(f.factor, {out_, 1}))), b);
       y = (*norm)(y);
     } else {
       y = autograd::linear(x, wq, f.bias);
