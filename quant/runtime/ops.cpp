@@ -400,7 +400,32 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
         // each kernel row is one copy; at the borders each tap copies its
         // run of icg channels or the padding code.
         uint8_t* row = cols.data();
-        for (int64_t m = m0; m < m1; ++m, step()) {
+        if (icg == 1) {
+          // One channel per group (a first layer on grey images): every tap is
+          // one byte, so copy calls would cost more than the bytes. Locals,
+          // not the captures: the byte stores may alias anything.
+          const int64_t kh_n = KH, kw_n = KW, h_n = H, w_n = W, ic = IC, c0 = g, rl = rowlen;
+          const int64_t s_h = sh, s_w = sw, p_h = ph, p_w = pw, d_h = dh, d_w = dw;
+          const uint8_t* const x0 = px;
+          const uint8_t padv = pad;
+          for (int64_t m = m0; m < m1; ++m, step()) {
+            const uint8_t* image = x0 + n * h_n * w_n * ic + c0;
+            const int64_t iw0 = ow * s_w - p_w;
+            for (int64_t i = 0; i < kh_n; ++i, row += rl) {
+              const int64_t ih = oh * s_h - p_h + i * d_h;
+              if (ih < 0 || ih >= h_n) {
+                for (int64_t j = 0; j < kw_n; ++j) row[j] = padv;
+                continue;
+              }
+              const uint8_t* r = image + ih * w_n * ic;
+              for (int64_t j = 0; j < kw_n; ++j) {
+                const int64_t iw = iw0 + j * d_w;
+                row[j] = iw >= 0 && iw < w_n ? r[iw * ic] : padv;
+              }
+            }
+          }
+        }
+        for (int64_t m = icg == 1 ? m1 : m0; m < m1; ++m, step()) {
           const uint8_t* image = px + n * H * W * IC;
           const int64_t iw0 = ow * sw - pw;
           for (int64_t i = 0; i < KH; ++i, row += rowlen) {

@@ -127,6 +127,9 @@ TEST(QConv, MatchesADirectIntegerConvolution) {
                         {1, 16, 8, 5, 5, 1, 1, 0, 1, 1}, {2, 2, 3, 6, 6, 2, 2, 1, 1, 1},
                         // one input channel (a kernel row is 3 bytes) and 24 (72 bytes: a long copy)
                         {2, 1, 8, 6, 6, 3, 1, 0, 1, 1}, {1, 24, 8, 5, 5, 3, 1, 1, 1, 1},
+                        // one channel per group on the byte-tap im2col: padding, stride and
+                        // dilation; and groups of one input channel with two outputs each
+                        {2, 1, 6, 7, 6, 3, 2, 1, 2, 1}, {2, 3, 6, 6, 7, 3, 1, 1, 1, 3},
                         // depthwise (the depthwise kernels): 16 + 1 channels, strides, dilation, 5x5
                         {3, 17, 17, 9, 8, 3, 1, 1, 1, 17}, {2, 33, 33, 10, 10, 3, 2, 1, 1, 33},
                         {1, 32, 32, 11, 9, 3, 1, 2, 2, 32}, {2, 8, 8, 7, 7, 5, 1, 2, 1, 8},
