@@ -69,6 +69,7 @@ int main(int argc, char** argv) {
   // The machine is shared and its speed drifts over seconds: qforge and
   // PyTorch alternate by rounds, and each keeps its best median per shape.
   std::map<std::string, double> ours, theirs;
+  int ref_rounds = 0;  // PyTorch rounds that completed
   Generator gen(0);
   for (int round = 0; round < rounds; ++round) {
     std::printf("\n# round %d of %d: qforge\n%-24s %10s %10s\n", round + 1, rounds, "shape", "ms", "GFLOP/s");
@@ -110,10 +111,11 @@ int main(int argc, char** argv) {
       const std::string name = bench::json_field(r, "name");
       theirs[name] = std::max(theirs[name], std::stod(bench::json_field(r, "gflops")));
     }
+    ++ref_rounds;
   }
   if (!with_ref) return 0;
-  std::printf("\n# best of %d rounds each\n%-24s %12s %12s %8s\n", rounds, "shape", "qforge GF/s", "torch GF/s",
-              "ratio");
+  std::printf("\n# best of %d qforge and %d PyTorch rounds\n%-24s %12s %12s %8s\n", rounds, ref_rounds, "shape",
+              "qforge GF/s", "torch GF/s", "ratio");
   double log_sum = 0;
   int count = 0;
   for (const Shape4& s : kShapes) {

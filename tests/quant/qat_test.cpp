@@ -255,6 +255,77 @@ TEST(QATModules, ConvBnReLUWithFakeQuantOffMatchesTheFloatLayersInTrainingAndEva
   EXPECT_LT(max_abs_diff((*q)(x).value(), ref_eval), 1e-4);
 }
 
+/// |a - b| <= tol * (1 + max |b|), elementwise.
+::testing::AssertionResult close(const Tensor& a, const Tensor& b, double tol) {
+  double scale = 0;
+  for (int64_t i = 0; i < b.numel(); ++i) scale = std::max(scale, std::fabs(b.item(i)));
+  const double d = max_abs_diff(a, b);
+  if (d <= tol * (1 + scale)) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "max difference " << d << " against a scale of " << scale;
+}
+
+// Grouped convs (groups of 2 channels, depthwise, a channel multiplier) and
+// Linear-BN1d: with fake quant off, the QAT layer's training forward (which
+// divides the folded weights by the fold factor) and every gradient equal
+// those of the float layers.
+TEST(QATModules, FakeQuantOffMatchesTheFloatLayersForGroupedConvsAndLinear) {
+  struct Geo {
+    int64_t in, out, groups;
+  };
+  for (const Geo& c : {Geo{4, 6, 2}, Geo{4, 4, 4}, Geo{3, 6, 3}}) {
+    SCOPED_TRACE("groups " + std::to_string(c.groups) + ", " + std::to_string(c.in) + " -> " + std::to_string(c.out));
+    auto make = [&c](uint64_t seed) {
+      Generator g(seed);
+      ConvBn r;
+      r.conv = std::make_shared<nn::Conv2d>(c.in, c.out, 3, 1, 1, true, c.groups, g);
+      r.bn = std::make_shared<nn::BatchNorm2d>(c.out);
+      r.bn->weight().value().copy_from(randn({c.out}, seed + 3, 0.5));
+      r.bn->bias().value().copy_from(randn({c.out}, seed + 4, 0.5));
+      return r;
+    };
+    ConvBn a = make(70), b = make(70);
+    auto q = std::make_shared<QATConvBnReLU2d>(*b.conv, b.bn, default_qconfig());
+    enable_fake_quant(*q, false);
+    const Tensor xt = randn({4, c.in, 6, 6}, 71);
+    Variable xa(xt.clone(), true), xb(xt.clone(), true);
+    Variable ya = autograd::relu((*a.bn)((*a.conv)(xa)));
+    Variable yb = (*q)(xb);
+    EXPECT_TRUE(close(yb.value(), ya.value(), 1e-5));
+    const Tensor gy = randn(ya.shape(), 72);
+    ya.backward(gy);
+    yb.backward(gy);
+    EXPECT_TRUE(close(xb.grad(), xa.grad(), 1e-4)) << "x";
+    EXPECT_TRUE(close(b.conv->weight().grad(), a.conv->weight().grad(), 1e-4)) << "conv weight";
+    EXPECT_TRUE(close(b.conv->bias().grad(), a.conv->bias().grad(), 1e-4)) << "conv bias";
+    EXPECT_TRUE(close(b.bn->weight().grad(), a.bn->weight().grad(), 1e-4)) << "bn weight";
+    EXPECT_TRUE(close(b.bn->bias().grad(), a.bn->bias().grad(), 1e-4)) << "bn bias";
+    EXPECT_TRUE(close(b.bn->running_mean(), a.bn->running_mean(), 1e-5)) << "running mean";
+    EXPECT_TRUE(close(b.bn->running_var(), a.bn->running_var(), 1e-5)) << "running var";
+  }
+  Generator g1(80), g2(80);
+  nn::Linear la(5, 3, true, g1), lb(5, 3, true, g2);
+  auto bna = std::make_shared<nn::BatchNorm1d>(3), bnb = std::make_shared<nn::BatchNorm1d>(3);
+  for (auto* bn : {bna.get(), bnb.get()}) {
+    bn->weight().value().copy_from(randn({3}, 81, 0.5));
+    bn->bias().value().copy_from(randn({3}, 82, 0.5));
+  }
+  auto q = std::make_shared<QATLinearBn1d>(lb, bnb, default_qconfig());
+  enable_fake_quant(*q, false);
+  const Tensor xt = randn({8, 5}, 83);
+  Variable xa(xt.clone(), true), xb(xt.clone(), true);
+  Variable ya = (*bna)(la(xa));
+  Variable yb = (*q)(xb);
+  EXPECT_TRUE(close(yb.value(), ya.value(), 1e-5));
+  const Tensor gy = randn({8, 3}, 84);
+  ya.backward(gy);
+  yb.backward(gy);
+  EXPECT_TRUE(close(xb.grad(), xa.grad(), 1e-4)) << "x";
+  EXPECT_TRUE(close(lb.weight().grad(), la.weight().grad(), 1e-4)) << "linear weight";
+  EXPECT_TRUE(close(lb.bias().grad(), la.bias().grad(), 1e-4)) << "linear bias";
+  EXPECT_TRUE(close(bnb->weight().grad(), bna->weight().grad(), 1e-4)) << "bn weight";
+  EXPECT_TRUE(close(bnb->running_mean(), bna->running_mean(), 1e-5)) << "running mean";
+}
+
 TEST(QATModules, FrozenBnTrainingForwardEqualsTheFoldedEvalForward) {
   ConvBn cb = make_conv_bn(false, 40);
   auto q = std::make_shared<QATConvBnReLU2d>(*cb.conv, cb.bn, default_qconfig());

@@ -130,6 +130,7 @@ TEST(QConv, MatchesADirectIntegerConvolution) {
                         // one channel per group on the byte-tap im2col: padding, stride and
                         // dilation; and groups of one input channel with two outputs each
                         {2, 1, 6, 7, 6, 3, 2, 1, 2, 1}, {2, 3, 6, 6, 7, 3, 1, 1, 1, 3},
+                        {10, 1, 4, 28, 28, 3, 1, 1, 1, 1},  // chunks that start inside an image
                         // depthwise (the depthwise kernels): 16 + 1 channels, strides, dilation, 5x5
                         {3, 17, 17, 9, 8, 3, 1, 1, 1, 17}, {2, 33, 33, 10, 10, 3, 2, 1, 1, 33},
                         {1, 32, 32, 11, 9, 3, 1, 2, 2, 32}, {2, 8, 8, 7, 7, 5, 1, 2, 1, 8},
