@@ -34,6 +34,12 @@ struct AlignedFree {
   void operator()(float* p) const { std::free(p); }
 };
 
+// The K block: K in equal blocks of at most kKC (288 = 144 + 144, not 256 + 32).
+inline int64_t k_block(int64_t K) {
+  const int64_t kblocks = (K + kKC - 1) / kKC;
+  return (K + kblocks - 1) / kblocks;
+}
+
 // Per-thread packing buffers, allocated once.
 float* pack_a_buffer() {
   thread_local std::unique_ptr<float, AlignedFree> buf(
@@ -158,9 +164,7 @@ void sgemm_packed(bool ta, int64_t M, int64_t N, int64_t K, float alpha, const f
                   const BSource& bsrc, float beta, float* C, int64_t ldc) {
   float* ap = pack_a_buffer();
   float* bp = pack_b_buffer();
-  // Equal K blocks of at most kKC (288 = 144 + 144, not 256 + 32).
-  const int64_t kblocks = (K + kKC - 1) / kKC;
-  const int64_t kstep = (K + kblocks - 1) / kblocks;
+  const int64_t kstep = k_block(K);
   for (int64_t p0 = 0; p0 < K; p0 += kstep) {
     const int64_t kc = std::min<int64_t>(kstep, K - p0);
     const float beta_eff = p0 == 0 ? beta : 1.0f;
@@ -252,9 +256,7 @@ void sgemm_rows_direct(int64_t M, int64_t N, int64_t K, float alpha, const float
       for (int64_t k = 0; k < K; ++k) d[k * kRowsMR + i] = s[k];
     }
   }
-  // Equal K blocks of at most kKC, so that a block's B rows stay in L1.
-  const int64_t kblocks = (K + kKC - 1) / kKC;
-  const int64_t kstep = (K + kblocks - 1) / kblocks;
+  const int64_t kstep = k_block(K);  // a block's B rows stay in L1
   for (int64_t p0 = 0; p0 < K; p0 += kstep) {
     const int64_t kc = std::min<int64_t>(kstep, K - p0);
     const float beta_eff = p0 == 0 ? beta : 1.0f;

@@ -11,16 +11,31 @@ namespace qforge::autograd {
 
 namespace {
 
-// Row reductions with independent partial sums in T, so that the compiler can
-// keep several vector accumulators in flight; rows are combined in double.
+// Row reductions with independent partial sums in T, kLanes of them held as
+// one GCC vector (which each ISA clone below maps to its own registers), so
+// that the compiler keeps several vector accumulators in flight; rows are
+// combined in double. Written as lane arrays, GCC 12 vectorized the outer
+// loop as well and shuffled every element into place (a fifth of a ResNet-20
+// training step's non-GEMM time).
 constexpr int kLanes = 16;
+template <class T>
+struct Lanes {
+  typedef T type __attribute__((vector_size(sizeof(T) * kLanes)));
+};
+// Unaligned load of kLanes values into a new local `v` (a macro: a helper
+// returning the vector would be compiled for the baseline ISA).
+#define QF_LOAD_LANES(T, v, p)  \
+  typename Lanes<T>::type v;    \
+  std::memcpy(&v, (p), sizeof v)
 
 template <class T>
 [[gnu::always_inline]] inline double row_sum(const T* r, int64_t n) {
-  T acc[kLanes] = {};
+  typename Lanes<T>::type acc = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc[l] += r[i + l];
+  for (; i + kLanes <= n; i += kLanes) {
+    QF_LOAD_LANES(T, v, r + i);
+    acc += v;
+  }
   double s = 0;
   for (; i < n; ++i) s += r[i];
   for (int l = 0; l < kLanes; ++l) s += acc[l];
@@ -29,73 +44,11 @@ template <class T>
 
 template <class T>
 [[gnu::always_inline]] inline double row_sq_dev(const T* r, int64_t n, T mean) {
-  T acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
-      const T d = r[i + l] - mean;
-      acc[l] += d * d;
-    }
-  double s = 0;
-  for (; i < n; ++i) s += static_cast<double>(r[i] - mean) * (r[i] - mean);
-  for (int l = 0; l < kLanes; ++l) s += acc[l];
-  return s;
-}
-
-/// sum(g) and sum(g * (x - mean)) over one row.
-template <class T>
-[[gnu::always_inline]] inline void row_grad_sums(const T* g, const T* x, int64_t n, T mean, double& sg, double& sgx) {
-  T a[kLanes] = {}, b[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
-      a[l] += g[i + l];
-      b[l] += g[i + l] * (x[i + l] - mean);
-    }
-  for (; i < n; ++i) {
-    sg += g[i];
-    sgx += static_cast<double>(g[i]) * (x[i] - mean);
-  }
-  for (int l = 0; l < kLanes; ++l) {
-    sg += a[l];
-    sgx += b[l];
-  }
-}
-
-
-// Hot per-row loops, float versions built for several ISAs and picked at load
-// time (GCC function multiversioning): the rest of the build stays generic.
-#define QF_NORM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-
-// The float reductions spell the kLanes partial sums as one GCC vector, which
-// each clone maps to its own registers. Written as lane arrays, GCC 12
-// vectorized the outer loop as well and shuffled every element into place (a
-// fifth of a ResNet-20 training step's non-GEMM time). Same sums, same order.
-typedef float LaneVec __attribute__((vector_size(sizeof(float) * kLanes)));
-// Unaligned load of kLanes floats (a macro: a helper function returning the
-// vector would be compiled for the baseline ISA).
-#define QF_LOAD_LANES(v, p) \
-  LaneVec v;                \
-  std::memcpy(&v, (p), sizeof v)
-
-QF_NORM_CLONES double row_sum(const float* r, int64_t n) {
-  LaneVec acc = {};
+  typename Lanes<T>::type acc = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    QF_LOAD_LANES(v, r + i);
-    acc += v;
-  }
-  double s = 0;
-  for (; i < n; ++i) s += r[i];
-  for (int l = 0; l < kLanes; ++l) s += acc[l];
-  return s;
-}
-QF_NORM_CLONES double row_sq_dev(const float* r, int64_t n, float mean) {
-  LaneVec acc = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    QF_LOAD_LANES(v, r + i);
-    const LaneVec d = v - mean;
+    QF_LOAD_LANES(T, v, r + i);
+    const typename Lanes<T>::type d = v - mean;
     acc += d * d;
   }
   double s = 0;
@@ -103,18 +56,30 @@ QF_NORM_CLONES double row_sq_dev(const float* r, int64_t n, float mean) {
   for (int l = 0; l < kLanes; ++l) s += acc[l];
   return s;
 }
-QF_NORM_CLONES void row_grad_sums(const float* g, const float* x, int64_t n, float mean, double& sg, double& sgx) {
-  LaneVec a = {}, b = {};
+
+/// sum(g') and sum(g' * (x - mean)) over one row, where g' = g, or, through a
+/// fused ReLU whose output is y (y non-null), g' = g where y > 0, else 0.
+template <class T>
+[[gnu::always_inline]] inline void row_grad_sums(const T* g, const T* x, const T* y, int64_t n, T mean, double& sg,
+                                                 double& sgx) {
+  typedef typename Lanes<T>::type V;
+  V a = {}, b = {};
+  const V zero = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    QF_LOAD_LANES(gv, g + i);
-    QF_LOAD_LANES(xv, x + i);
+    QF_LOAD_LANES(T, gv, g + i);
+    QF_LOAD_LANES(T, xv, x + i);
+    if (y) {
+      QF_LOAD_LANES(T, yv, y + i);
+      gv = yv > zero ? gv : zero;
+    }
     a += gv;
     b += gv * (xv - mean);
   }
   for (; i < n; ++i) {
-    sg += g[i];
-    sgx += static_cast<double>(g[i]) * (x[i] - mean);
+    const T gi = !y || y[i] > T(0) ? g[i] : T(0);
+    sg += gi;
+    sgx += static_cast<double>(gi) * (x[i] - mean);
   }
   for (int l = 0; l < kLanes; ++l) {
     sg += a[l];
@@ -122,51 +87,27 @@ QF_NORM_CLONES void row_grad_sums(const float* g, const float* x, int64_t n, flo
   }
 }
 
-/// sum(g') and sum(g' * (x - mean)) over one row, g' = g where y > 0, else 0
-/// (the gradient through a fused ReLU whose output is y).
-template <class T>
-[[gnu::always_inline]] inline void row_grad_sums_relu(const T* g, const T* x, const T* y, int64_t n, T mean,
-                                                      double& sg, double& sgx) {
-  T a[kLanes] = {}, b[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
-      const T gi = y[i + l] > T(0) ? g[i + l] : T(0);
-      a[l] += gi;
-      b[l] += gi * (x[i + l] - mean);
-    }
-  for (; i < n; ++i) {
-    const T gi = y[i] > T(0) ? g[i] : T(0);
-    sg += gi;
-    sgx += static_cast<double>(gi) * (x[i] - mean);
-  }
-  for (int l = 0; l < kLanes; ++l) {
-    sg += a[l];
-    sgx += b[l];
-  }
+// The double versions (gradient checks) use the generic code.
+inline void row_grad_sums(const double* g, const double* x, int64_t n, double mean, double& sg, double& sgx) {
+  row_grad_sums<double>(g, x, nullptr, n, mean, sg, sgx);
+}
+inline void row_grad_sums_relu(const double* g, const double* x, const double* y, int64_t n, double mean, double& sg,
+                               double& sgx) {
+  row_grad_sums<double>(g, x, y, n, mean, sg, sgx);
+}
+
+// Hot per-row loops, float versions built for several ISAs and picked at load
+// time (GCC function multiversioning): the rest of the build stays generic.
+#define QF_NORM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+QF_NORM_CLONES double row_sum(const float* r, int64_t n) { return row_sum<float>(r, n); }
+QF_NORM_CLONES double row_sq_dev(const float* r, int64_t n, float mean) { return row_sq_dev<float>(r, n, mean); }
+QF_NORM_CLONES void row_grad_sums(const float* g, const float* x, int64_t n, float mean, double& sg, double& sgx) {
+  row_grad_sums<float>(g, x, nullptr, n, mean, sg, sgx);
 }
 QF_NORM_CLONES void row_grad_sums_relu(const float* g, const float* x, const float* y, int64_t n, float mean,
                                        double& sg, double& sgx) {
-  LaneVec a = {}, b = {};
-  const LaneVec zero = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    QF_LOAD_LANES(gv, g + i);
-    QF_LOAD_LANES(xv, x + i);
-    QF_LOAD_LANES(yv, y + i);
-    const LaneVec gm = yv > zero ? gv : zero;
-    a += gm;
-    b += gm * (xv - mean);
-  }
-  for (; i < n; ++i) {
-    const float gi = y[i] > 0.0f ? g[i] : 0.0f;
-    sg += gi;
-    sgx += static_cast<double>(gi) * (x[i] - mean);
-  }
-  for (int l = 0; l < kLanes; ++l) {
-    sg += a[l];
-    sgx += b[l];
-  }
+  row_grad_sums<float>(g, x, y, n, mean, sg, sgx);
 }
 
 /// o = r * a + b, then max(o, 0) when relu.
