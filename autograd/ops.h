@@ -94,6 +94,16 @@ void set_conv_layout(ConvLayout layout);
 /// The current setting.
 extern ConvLayout g_layout_setting;
 }  // namespace detail
+/// Weight-gradient product of the stride-1 f32 convolution: `automatic` picks
+/// per shape; `segments` (pixel-major gradient, output channels in the lanes)
+/// and `dot` (row dot products) force one, for tests and benchmarks.
+enum class ConvDw { automatic, segments, dot };
+namespace detail {
+/// Sets the weight-gradient product for all later conv2d calls (tests only).
+void set_conv_dw(ConvDw dw);
+/// The current setting.
+extern ConvDw g_dw_setting;
+}  // namespace detail
 
 // ---- pool.cpp ---------------------------------------------------------------
 /// Settings of max_pool2d() and avg_pool2d(); each pair is {height, width}.

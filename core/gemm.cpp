@@ -24,6 +24,16 @@ void sgemm_reference(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float al
       c = beta == 0.0f ? alpha * acc : alpha * acc + beta * c;
     }
 }
+void sgemm_segments_reference(int64_t K, int64_t N, int64_t nseg, int64_t seglen, const float* const* brows,
+                              const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc) {
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t s = 0; s < nseg; ++s)
+      for (int64_t t = 0; t < seglen; ++t) {
+        const float a = brows[k][off[s] + t];
+        const float* g = G + (s * seglen + t) * ldg;
+        for (int64_t j = 0; j < N; ++j) CT[k * ldc + j] += a * g[j];
+      }
+}
 }  // namespace detail
 
 namespace {
@@ -168,6 +178,24 @@ void gemm_rows_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* A, 
   parallel_for(0, M, 4, [&](int64_t b, int64_t e) {
     detail::sgemm_rows_nt_avx512(e - b, N, K, alpha, A + b * lda, lda, brows, beta, C + b * ldc, ldc);
   });
+}
+
+void gemm_rows_segments(int64_t K, int64_t N, int64_t nseg, int64_t seglen, const float* const* brows,
+                        const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc) {
+  QF_CHECK(K >= 0 && N >= 0 && nseg >= 0 && seglen >= 0)
+      << "gemm_rows_segments: negative size (K " << K << ", N " << N << ", nseg " << nseg << ", seglen " << seglen
+      << ")";
+  if (K == 0 || N == 0 || nseg == 0 || seglen == 0) return;
+  const auto run = use_avx512_rows() ? detail::sgemm_segments_avx512 : detail::sgemm_segments_reference;
+  if (run_inline(K, N, nseg * seglen)) return run(K, N, nseg, seglen, brows, off, G, ldg, CT, ldc);
+  parallel_for(0, K, 24, [&](int64_t b, int64_t e) { run(e - b, N, nseg, seglen, brows + b, off, G, ldg, CT + b * ldc, ldc); });
+}
+
+void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd) {
+  QF_CHECK(rows >= 0 && cols >= 0) << "transpose: negative size (" << rows << " x " << cols << ")";
+  if (use_avx512_rows()) return detail::transpose_avx512(src, rows, cols, lds, dst, ldd);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) dst[j * ldd + i] = src[i * lds + j];
 }
 
 }  // namespace qforge

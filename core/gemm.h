@@ -31,6 +31,22 @@ void gemm_rows_nn(int64_t M, int64_t N, int64_t K, float alpha, const float* A, 
 void gemm_rows_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                   const float* const* brows, float beta, float* C, int64_t ldc);
 
+/// CT[k, j] += sum over segments s < nseg and t < seglen of
+///   brows[k][off[s] + t] * G[(s * seglen + t) * ldg + j],   for k < K, j < N:
+/// a product whose inner dimension runs over pixel segments (a convolution's
+/// output rows) that the row views brows[k] reach at offsets off[s], with G
+/// pixel-major (one row of N channels per pixel). A convolution's weight
+/// gradient, transposed, is this product, with G the output gradient and
+/// brows the shifted input rows; the columns between segments are skipped.
+/// Single-threaded when called inside a parallel region, else split over K.
+void gemm_rows_segments(int64_t K, int64_t N, int64_t nseg, int64_t seglen, const float* const* brows,
+                        const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc);
+
+/// dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols: the transpose
+/// of a row-major [rows, cols] matrix, on the calling thread (16 x 16 AVX-512
+/// blocks where the CPU has them).
+void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd);
+
 /// Which implementation serves the f32 gemm: "avx512", "openblas" or
 /// "reference" (QFORGE_GEMM forces one).
 const char* gemm_backend();

@@ -385,7 +385,131 @@ void sgemm_dot(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int
   }
 }
 
+// ---- weight gradient over pixel segments (output channels in the lanes) ----
+//
+// CT[k][j] += sum over pixels p of rows[k][pixel p's offset] * G[p][j]. Each
+// tile keeps MR x NV vectors of CT in registers while the pixels stream:
+// per pixel, NV loads of G's row and MR broadcasts, one from each B row, so
+// there is no horizontal reduction and no cache-line-split load (the dot
+// kernel has both), and pixels outside the segments (a convolution's gap
+// columns) are never visited.
+template <int MR, int NV, bool kFull>
+void kernel_seg(const float* const* rows, const int64_t* off, int64_t nseg, int64_t seglen, const float* g,
+                int64_t ldg, float* c, int64_t ldc, __mmask16 mlast) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v)
+      acc[i][v] = kFull || v + 1 < NV ? _mm512_loadu_ps(c + i * ldc + 16 * v)
+                                      : _mm512_maskz_loadu_ps(mlast, c + i * ldc + 16 * v);
+  for (int64_t s = 0; s < nseg; ++s) {
+    const float* p[MR];
+    for (int i = 0; i < MR; ++i) p[i] = rows[i] + off[s];
+    for (int64_t t = 0; t < seglen; ++t) {
+      __m512 b[NV];
+      for (int v = 0; v < NV; ++v)
+        b[v] = kFull || v + 1 < NV ? _mm512_loadu_ps(g + 16 * v) : _mm512_maskz_loadu_ps(mlast, g + 16 * v);
+      g += ldg;
+#pragma GCC unroll 12
+      for (int i = 0; i < MR; ++i) {
+        const __m512 a = _mm512_set1_ps(p[i][t]);
+        for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
+      }
+    }
+  }
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) {
+      if (kFull || v + 1 < NV)
+        _mm512_storeu_ps(c + i * ldc + 16 * v, acc[i][v]);
+      else
+        _mm512_mask_storeu_ps(c + i * ldc + 16 * v, mlast, acc[i][v]);
+    }
+}
+
+// Tile rows per vector count: 24 accumulators where the pointers fit.
+constexpr int seg_mr(int nv) { return nv == 4 ? 6 : nv == 3 ? 8 : 12; }
+
+template <int NV>
+void seg_panel(int64_t K, int64_t nr, int64_t nseg, int64_t seglen, const float* const* rows, const int64_t* off,
+               const float* g, int64_t ldg, float* CT, int64_t ldc) {
+  constexpr int MR = seg_mr(NV);
+  const bool full = nr == 16 * NV;
+  const __mmask16 mlast = static_cast<__mmask16>((1u << (nr - 16 * (NV - 1))) - 1);
+  const auto kernel = full ? kernel_seg<MR, NV, true> : kernel_seg<MR, NV, false>;
+  // Blocks of whole segments whose G rows (about 24 KB) stay in L1 while every
+  // tile of CT rows passes over them.
+  const int64_t per_block = std::max<int64_t>(1, 6144 / (16 * NV) / std::max<int64_t>(seglen, 1));
+  for (int64_t s0 = 0; s0 < nseg; s0 += per_block) {
+    const int64_t ns = std::min(per_block, nseg - s0);
+    const float* gb = g + s0 * seglen * ldg;
+    int64_t k0 = 0;
+    for (; k0 + MR <= K; k0 += MR) kernel(rows + k0, off + s0, ns, seglen, gb, ldg, CT + k0 * ldc, ldc, mlast);
+    if (k0 < K) {  // the last rows: repeat the last B row into a scratch tile
+      const int64_t mr = K - k0;
+      const float* r[MR];
+      alignas(64) float tile[MR * 64];
+      for (int i = 0; i < MR; ++i) {
+        r[i] = rows[std::min<int64_t>(k0 + i, K - 1)];
+        for (int64_t j = 0; j < nr; ++j) tile[i * 64 + j] = i < mr ? CT[(k0 + i) * ldc + j] : 0.0f;
+      }
+      kernel(r, off + s0, ns, seglen, gb, ldg, tile, 64, mlast);
+      for (int64_t i = 0; i < mr; ++i)
+        for (int64_t j = 0; j < nr; ++j) CT[(k0 + i) * ldc + j] = tile[i * 64 + j];
+    }
+  }
+}
+
 }  // namespace
+
+namespace {
+// Transposes the 16 x 16 block at src (row stride lds) into dst (row stride
+// ldd): 16 loads, three rounds of shuffles, 16 stores.
+inline void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
+  for (int i = 0; i < 16; i += 2) {  // pairs of rows interleaved
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // per 128-bit lane k: columns 4k..4k+3 of rows i..i+3
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int h = 0; h < 2; ++h)  // row quads 4h*2 and 4h*2+4: even and odd lanes
+    for (int j = 0; j < 4; ++j) {
+      t[8 * h + j] = _mm512_shuffle_f32x4(r[8 * h + j], r[8 * h + 4 + j], 0x88);
+      t[8 * h + 4 + j] = _mm512_shuffle_f32x4(r[8 * h + j], r[8 * h + 4 + j], 0xDD);
+    }
+  for (int j = 0; j < 8; ++j) {  // column j from lanes 0 and 2, column j + 8 from lanes 1 and 3
+    _mm512_storeu_ps(dst + j * ldd, _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88));
+    _mm512_storeu_ps(dst + (j + 8) * ldd, _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD));
+  }
+}
+}  // namespace
+
+void transpose_avx512(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd) {
+  const int64_t r16 = rows / 16 * 16, c16 = cols / 16 * 16;
+  for (int64_t i = 0; i < r16; i += 16)
+    for (int64_t j = 0; j < c16; j += 16) transpose16(src + i * lds + j, lds, dst + j * ldd + i, ldd);
+  for (int64_t i = 0; i < rows; ++i)  // the edges
+    for (int64_t j = i < r16 ? c16 : 0; j < cols; ++j) dst[j * ldd + i] = src[i * lds + j];
+}
+
+void sgemm_segments_avx512(int64_t K, int64_t N, int64_t nseg, int64_t seglen, const float* const* brows,
+                           const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc) {
+  for (int64_t j0 = 0; j0 < N; j0 += 64) {
+    const int64_t nr = std::min<int64_t>(64, N - j0);
+    switch ((nr + 15) / 16) {
+      case 4: seg_panel<4>(K, nr, nseg, seglen, brows, off, G + j0, ldg, CT + j0, ldc); break;
+      case 3: seg_panel<3>(K, nr, nseg, seglen, brows, off, G + j0, ldg, CT + j0, ldc); break;
+      case 2: seg_panel<2>(K, nr, nseg, seglen, brows, off, G + j0, ldg, CT + j0, ldc); break;
+      default: seg_panel<1>(K, nr, nseg, seglen, brows, off, G + j0, ldg, CT + j0, ldc); break;
+    }
+  }
+}
 
 void sgemm_avx512(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                   const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {

@@ -19,6 +19,8 @@ namespace qforge::autograd {
 namespace detail {
 ConvLayout g_layout_setting = ConvLayout::automatic;
 void set_conv_layout(ConvLayout layout) { g_layout_setting = layout; }
+ConvDw g_dw_setting = ConvDw::automatic;
+void set_conv_dw(ConvDw dw) { g_dw_setting = dw; }
 }  // namespace detail
 
 int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
@@ -212,6 +214,15 @@ struct Shifted {
 
 bool use_shifted(const ConvGeom& g) { return g.sh == 1 && g.sw == 1 && !g.pointwise(); }
 
+// The weight gradient through gemm_rows_segments (the output gradient made
+// pixel-major, output channels in the vector lanes, gap columns skipped) when
+// a group has whole vectors of output channels; otherwise through the dot
+// product of gradient-grid rows with shifted input rows (gemm_rows_nt).
+bool use_segments_dw(const ConvGeom& g, const Shifted& sh) {
+  if (detail::g_dw_setting != ConvDw::automatic) return detail::g_dw_setting == ConvDw::segments;
+  return !sh.taps && g.OCg() % 16 == 0;
+}
+
 bool use_taps(const ConvGeom& g) {
   if (detail::g_layout_setting != ConvLayout::automatic) return detail::g_layout_setting == ConvLayout::taps;
   return g.groups == 1 && g.Kc() <= 32;
@@ -280,6 +291,7 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
   const int64_t KK = g.KH * g.KW;
   const int64_t chunks = std::min<int64_t>(g.N, num_threads());
   const Shifted sh = make_shifted(g, (g.N + chunks - 1) / chunks);
+  const bool seg_dw = dw && use_segments_dw(g, sh);
   // Gaps: the gradient on the forward grid, rows [front zeros F][nb planes],
   // LD apart. F is a multiple of 16 floats, so that the weight-gradient GEMM's
   // A rows are 64-byte aligned (no cache-line-split loads). Taps: dW reads gy
@@ -306,9 +318,17 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
     int64_t lo, hi;
     chunk_range(g.N, chunks, c, lo, hi);
     Tensor xpad = dw ? Tensor::zeros({sh.padded_size(g)}) : Tensor();
-    Tensor gygrid = sh.taps ? Tensor() : Tensor::zeros({OCg * LD});
+    Tensor gygrid = sh.taps || (!dx && seg_dw) ? Tensor() : Tensor::zeros({OCg * LD});
+    // Segments path: the gradient pixel-major [pixel][OCg] and dW transposed
+    // [group][Kc][OCg]; segment s * OH + oh is output row (s, oh) on the grid.
+    Tensor gT = seg_dw ? Tensor::empty({sh.nb * OHW * OCg}) : Tensor();
+    Tensor dwT = seg_dw ? Tensor::zeros({wsize}) : Tensor();
+    std::vector<int64_t> segoff;
+    if (seg_dw)
+      for (int64_t s = 0; s < sh.nb; ++s)
+        for (int64_t oh = 0; oh < g.OH; ++oh) segoff.push_back(sh.taps ? (s * g.OH + oh) * g.OW : sh.out_at(s, oh));
     Tensor gycopies = dx && sh.taps ? Tensor::zeros({g.KW * OCg * LDd}) : Tensor();
-    float* gp = sh.taps ? nullptr : gygrid.data<float>();
+    float* gp = gygrid.defined() ? gygrid.data<float>() : nullptr;
     std::vector<const float*> xrows, grows;
     if (dw) sh.rows(g, xpad.data<float>(), xrows);
     const int64_t Nmax = (sh.nb - 1) * Pd + (g.H - 1) * Wd + g.W;
@@ -341,6 +361,7 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
         // stays 0 from the allocation.
         for (int64_t s = 0; s < ns; ++s) {
           const float* gyg = gy + ((n0 + s) * g.OC + gi * OCg) * OHW;
+          if (seg_dw) transpose(gyg, OCg, OHW, OHW, gT.data<float>() + s * OHW * OCg, OCg);
           for (int64_t o = 0; o < OCg; ++o) {
             if (gp) copy_rows(gp + o * LD + F + sh.out_at(s, 0), sh.Wg, gyg + o * OHW, g.OW, g.OH, g.OW);
             if (gycopies.defined()) {
@@ -360,7 +381,11 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
             }
           }
         }
-        if (dwp) {  // dW_g += gy_grid [OCg, L] x cols^T
+        if (seg_dw) {  // dW_g^T [Kc, OCg] += cols x gy^T, over the output rows only
+          sh.pad(g, x, n0, ns, gi, xpad.data<float>());
+          gemm_rows_segments(Kc, OCg, ns * g.OH, g.OW, xrows.data(), segoff.data(), gT.data<float>(), OCg,
+                             dwT.data<float>() + gi * Kc * OCg, OCg);
+        } else if (dwp) {  // dW_g += gy_grid [OCg, L] x cols^T
           sh.pad(g, x, n0, ns, gi, xpad.data<float>());
           const float* a = sh.taps ? gy + (n0 * g.OC + gi * OCg) * OHW : gp + F;
           gemm_rows_nt(OCg, Kc, L, 1.0f, a, sh.taps ? OHW : LD, xrows.data(), 1.0f, dwp + gi * OCg * Kc, Kc);
@@ -378,6 +403,9 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
         }
       }
     }
+    if (seg_dw)
+      for (int64_t gi = 0; gi < g.groups; ++gi)
+        transpose(dwT.data<float>() + gi * Kc * OCg, Kc, OCg, OCg, dwp + gi * OCg * Kc, Kc);
   });
   if (dw) sum_partials(dw_part, wsize, dw);
   if (db) sum_partials(db_part, g.OC, db);

@@ -74,7 +74,10 @@ std::vector<double> naive_conv(const Tensor& x, const Tensor& w, const Tensor& b
 
 // Restores the automatic conv layout when a test ends (or fails early).
 struct LayoutGuard {
-  ~LayoutGuard() { autograd::detail::set_conv_layout(ConvLayout::automatic); }
+  ~LayoutGuard() {
+    autograd::detail::set_conv_layout(ConvLayout::automatic);
+    autograd::detail::set_conv_dw(ConvDw::automatic);
+  }
 };
 
 }  // namespace
@@ -145,14 +148,26 @@ TEST(Conv, Float32BackwardMatchesFloat64) {
     o.dilation = {2, 1};
     cases.push_back({{6, 3, 7, 8}, 4, 3, 3, o, true});
   }
+  // Whole vectors of output channels per group (the automatic choice of the
+  // segment weight gradient), two panels of them with a partial one (80), a
+  // partial vector (20) and tile rows left over (Kc = 45).
+  cases.push_back({{3, 4, 7, 7}, 32, 3, 3, opts(1, 1, 1, 1, 1, 1), true});
+  cases.push_back({{2, 4, 6, 6}, 32, 3, 3, opts(1, 1, 1, 1, 1, 2), false});
+  cases.push_back({{2, 5, 6, 5}, 80, 3, 3, opts(1, 1, 1, 0, 1, 1), true});
+  cases.push_back({{3, 3, 5, 5}, 20, 3, 3, opts(1, 1, 0, 0, 1, 1), true});
   // Every case in both stride-1 layouts (and the automatic choice), with all
   // three gradients, with the weight gradient only (a first layer: dx is not
-  // needed) and with the input gradient only.
+  // needed) and with the input gradient only; the weight gradient through
+  // both of its products.
   for (ConvLayout layout : {ConvLayout::automatic, ConvLayout::gaps, ConvLayout::taps})
+  for (ConvDw dwmode : {ConvDw::automatic, ConvDw::segments, ConvDw::dot})
   for (int need : {0, 1, 2})  // 0: all, 1: no dx, 2: no dW
   for (const Case& c : cases) {
-    SCOPED_TRACE(name(c) + " layout " + std::to_string(static_cast<int>(layout)) + " need " + std::to_string(need));
+    if (need == 2 && dwmode != ConvDw::automatic) continue;
+    SCOPED_TRACE(name(c) + " layout " + std::to_string(static_cast<int>(layout)) + " dw " +
+                 std::to_string(static_cast<int>(dwmode)) + " need " + std::to_string(need));
     autograd::detail::set_conv_layout(layout);
+    autograd::detail::set_conv_dw(dwmode);
     Tensor x64 = rand64(c.x, g), w64 = rand64({c.oc, c.x[1] / c.opt.groups, c.kh, c.kw}, g), b64 = rand64({c.oc}, g);
     const int64_t oh = conv_out_size(c.x[2], c.kh, c.opt.stride[0], c.opt.padding[0], c.opt.dilation[0]);
     const int64_t ow = conv_out_size(c.x[3], c.kw, c.opt.stride[1], c.opt.padding[1], c.opt.dilation[1]);

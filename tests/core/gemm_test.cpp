@@ -143,3 +143,73 @@ TEST(Sgemm, RowPointerFormsMatchReference) {
   }
   set_num_threads(2);
 }
+
+// The pixel-segment form (a convolution's weight gradient): segments of the
+// B rows at scattered offsets, G pixel-major with padded rows, CT accumulated
+// into. Against the scalar reference and a double-precision sum, in one thread
+// (the kernels, with every tile shape and partial tiles) and two (split over
+// K); columns past N are never written.
+TEST(Sgemm, SegmentFormMatchesReference) {
+  Generator g(3);
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    for (int64_t K : {1, 5, 6, 7, 12, 13, 25, 288})
+      for (int64_t N : {1, 3, 16, 20, 32, 47, 48, 64, 80, 130})
+        for (int64_t seglen : {1, 8, 13}) {
+          const int64_t nseg = seglen == 1 ? 40 : 7, gap = 3, ldg = N + 5, ldc = N + 2;
+          // Segment s starts at s * (seglen + gap); row k starts k floats in,
+          // so rows overlap, and the buffer ends where the last row's last
+          // segment does (an over-read shows under ASan).
+          const int64_t span = (nseg - 1) * (seglen + gap) + seglen;
+          Tensor buf = Tensor::empty({K - 1 + span});
+          uniform_(buf, -1, 1, g);
+          std::vector<const float*> rows(static_cast<size_t>(K));
+          for (int64_t k = 0; k < K; ++k) rows[k] = buf.data<float>() + k;
+          std::vector<int64_t> off(static_cast<size_t>(nseg));
+          for (int64_t s = 0; s < nseg; ++s) off[s] = s * (seglen + gap);
+          Tensor G = Tensor::empty({nseg * seglen * ldg}), C = Tensor::empty({K * ldc});
+          uniform_(G, -1, 1, g);
+          uniform_(C, -1, 1, g);
+          Tensor R = C.clone();
+          gemm_rows_segments(K, N, nseg, seglen, rows.data(), off.data(), G.data<float>(), ldg, C.data<float>(), ldc);
+          detail::sgemm_segments_reference(K, N, nseg, seglen, rows.data(), off.data(), G.data<float>(), ldg,
+                                           R.data<float>(), ldc);
+          for (int64_t k = 0; k < K; ++k)
+            for (int64_t j = 0; j < ldc; ++j) {
+              const float want = R.data<float>()[k * ldc + j];
+              if (j < N)
+                ASSERT_NEAR(C.data<float>()[k * ldc + j], want, 2e-5f * (nseg * seglen + 4))
+                    << "K=" << K << " N=" << N << " seglen=" << seglen << " threads=" << threads;
+              else
+                ASSERT_EQ(C.data<float>()[k * ldc + j], want) << "padding column written";
+            }
+        }
+  }
+  set_num_threads(2);
+}
+
+TEST(Sgemm, SegmentFormRejectsNegativeSizes) {
+  EXPECT_THROW(gemm_rows_segments(-1, 1, 1, 1, nullptr, nullptr, nullptr, 1, nullptr, 1), ValueError);
+  // Empty products touch nothing.
+  gemm_rows_segments(0, 4, 1, 1, nullptr, nullptr, nullptr, 1, nullptr, 1);
+  gemm_rows_segments(4, 4, 0, 3, nullptr, nullptr, nullptr, 1, nullptr, 1);
+}
+
+TEST(Transpose, MatchesNaiveOnBlocksAndEdges) {
+  Generator g(4);
+  for (int64_t rows : {1, 15, 16, 17, 33, 64})
+    for (int64_t cols : {1, 7, 16, 31, 48, 100}) {
+      const int64_t lds = cols + 3, ldd = rows + 2;
+      Tensor src = Tensor::empty({rows * lds}), dst = Tensor::empty({cols * ldd});
+      uniform_(src, -1, 1, g);
+      uniform_(dst, -1, 1, g);
+      Tensor before = dst.clone();
+      transpose(src.data<float>(), rows, cols, lds, dst.data<float>(), ldd);
+      for (int64_t j = 0; j < cols; ++j)
+        for (int64_t i = 0; i < ldd; ++i)
+          ASSERT_EQ(dst.data<float>()[j * ldd + i],
+                    i < rows ? src.data<float>()[i * lds + j] : before.data<float>()[j * ldd + i])
+              << rows << "x" << cols << " at " << i << "," << j;
+    }
+}
+
