@@ -104,6 +104,17 @@ void set_conv_dw(ConvDw dw);
 /// The current setting.
 extern ConvDw g_dw_setting;
 }  // namespace detail
+/// Forward and input-gradient products of the stride-1 f32 convolution (gaps
+/// layout): `automatic` picks per shape; `grid` (over the padded grid, gap
+/// columns included) and `pixels` (over the positions only, channels in the
+/// lanes) force one, for tests and benchmarks.
+enum class ConvOut { automatic, grid, pixels };
+namespace detail {
+/// Sets the forward and input-gradient product for all later conv2d calls (tests only).
+void set_conv_out(ConvOut out);
+/// The current setting.
+extern ConvOut g_out_setting;
+}  // namespace detail
 
 // ---- pool.cpp ---------------------------------------------------------------
 /// Settings of max_pool2d() and avg_pool2d(); each pair is {height, width}.

@@ -24,6 +24,16 @@ void sgemm_reference(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float al
       c = beta == 0.0f ? alpha * acc : alpha * acc + beta * c;
     }
 }
+void sgemm_pixels_reference(int64_t P, int64_t N, int64_t K, const float* const* brows, const int64_t* poff,
+                            const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t j = 0; j < N; ++j) {
+      float acc = 0.0f;
+      for (int64_t k = 0; k < K; ++k) acc += brows[k][poff[p]] * B[k * ldb + j];
+      float& c = C[p * ldc + j];
+      c = beta == 0.0f ? acc : acc + beta * c;
+    }
+}
 void sgemm_segments_reference(int64_t K, int64_t N, int64_t nseg, int64_t seglen, const float* const* brows,
                               const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc) {
   for (int64_t k = 0; k < K; ++k)
@@ -189,6 +199,21 @@ void gemm_rows_segments(int64_t K, int64_t N, int64_t nseg, int64_t seglen, cons
   const auto run = use_avx512_rows() ? detail::sgemm_segments_avx512 : detail::sgemm_segments_reference;
   if (run_inline(K, N, nseg * seglen)) return run(K, N, nseg, seglen, brows, off, G, ldg, CT, ldc);
   parallel_for(0, K, 24, [&](int64_t b, int64_t e) { run(e - b, N, nseg, seglen, brows + b, off, G, ldg, CT + b * ldc, ldc); });
+}
+
+void gemm_rows_pixels(int64_t P, int64_t N, int64_t K, const float* const* brows, const int64_t* poff,
+                      const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  QF_CHECK(P >= 0 && N >= 0 && K >= 0) << "gemm_rows_pixels: negative size (P " << P << ", N " << N << ", K " << K
+                                       << ")";
+  if (P == 0 || N == 0) return;
+  if (K == 0) {
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t j = 0; j < N; ++j) C[p * ldc + j] = beta == 0.0f ? 0.0f : beta * C[p * ldc + j];
+    return;
+  }
+  const auto run = use_avx512_rows() ? detail::sgemm_pixels_avx512 : detail::sgemm_pixels_reference;
+  if (run_inline(P, N, K)) return run(P, N, K, brows, poff, B, ldb, beta, C, ldc);
+  parallel_for(0, P, 96, [&](int64_t b, int64_t e) { run(e - b, N, K, brows, poff + b, B, ldb, beta, C + b * ldc, ldc); });
 }
 
 void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd) {

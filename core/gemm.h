@@ -42,6 +42,15 @@ void gemm_rows_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* A, 
 void gemm_rows_segments(int64_t K, int64_t N, int64_t nseg, int64_t seglen, const float* const* brows,
                         const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc);
 
+/// C[p, j] = beta * C[p, j] + sum over k < K of brows[k][poff[p]] * B[k * ldb + j],
+/// for p < P and j < N: the product of the previous form with its result
+/// pixel-major, at any positions poff of the row views. A convolution's
+/// output, transposed, is this product over its output positions only (not
+/// the gap columns of its grid). With beta == 0, C is not read.
+/// Single-threaded when called inside a parallel region, else split over P.
+void gemm_rows_pixels(int64_t P, int64_t N, int64_t K, const float* const* brows, const int64_t* poff,
+                      const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
 /// dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols: the transpose
 /// of a row-major [rows, cols] matrix, on the calling thread (16 x 16 AVX-512
 /// blocks where the CPU has them).

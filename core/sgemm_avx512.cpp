@@ -460,9 +460,6 @@ void seg_panel(int64_t K, int64_t nr, int64_t nseg, int64_t seglen, const float*
   }
 }
 
-}  // namespace
-
-namespace {
 // Transposes the 16 x 16 block at src (row stride lds) into dst (row stride
 // ldd): 16 loads, three rounds of shuffles, 16 stores.
 inline void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd) {
@@ -488,7 +485,97 @@ inline void transpose16(const float* src, int64_t lds, float* dst, int64_t ldd) 
     _mm512_storeu_ps(dst + (j + 8) * ldd, _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD));
   }
 }
+// ---- products over scattered pixels (output channels in the lanes) --------
+//
+// C[p][j] = beta * C[p][j] + sum over k of rows[k][poff[p]] * B[k][j]. A tile
+// holds MR pixels x NV vectors of channels; per k it loads NV vectors of B's
+// row k and broadcasts the MR pixels of row view k, so the pixels can be any
+// positions of the views (a convolution's outputs, without the gap columns of
+// its grid).
+template <int MR, int NV, bool kFull>
+void kernel_pixels(int64_t kc, const float* const* rows, const int64_t* poff, const float* b, int64_t ldb, float* c,
+                   int64_t ldc, float beta, __mmask16 mlast) {
+  int64_t o[MR];
+  for (int i = 0; i < MR; ++i) o[i] = poff[i];
+  __m512 acc[MR][NV];
+  const __m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) {
+      if (beta == 0.0f) {
+        acc[i][v] = _mm512_setzero_ps();
+      } else {
+        const __m512 x = kFull || v + 1 < NV ? _mm512_loadu_ps(c + i * ldc + 16 * v)
+                                             : _mm512_maskz_loadu_ps(mlast, c + i * ldc + 16 * v);
+        acc[i][v] = _mm512_mul_ps(vb, x);
+      }
+    }
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* p = rows[k];
+    __m512 bv[NV];
+    for (int v = 0; v < NV; ++v)
+      bv[v] = kFull || v + 1 < NV ? _mm512_loadu_ps(b + k * ldb + 16 * v)
+                                  : _mm512_maskz_loadu_ps(mlast, b + k * ldb + 16 * v);
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+      const __m512 a = _mm512_set1_ps(p[o[i]]);
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(a, bv[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) {
+      if (kFull || v + 1 < NV)
+        _mm512_storeu_ps(c + i * ldc + 16 * v, acc[i][v]);
+      else
+        _mm512_mask_storeu_ps(c + i * ldc + 16 * v, mlast, acc[i][v]);
+    }
+}
+
+template <int NV>
+void pixels_panel(int64_t P, int64_t nr, int64_t K, const float* const* rows, const int64_t* poff, const float* B,
+                  int64_t ldb, float beta, float* C, int64_t ldc) {
+  constexpr int MR = seg_mr(NV);
+  const bool full = nr == 16 * NV;
+  const __mmask16 mlast = static_cast<__mmask16>((1u << (nr - 16 * (NV - 1))) - 1);
+  const auto kernel = full ? kernel_pixels<MR, NV, true> : kernel_pixels<MR, NV, false>;
+  // K blocks whose B rows (about 32 KB) stay in L1 while every pixel tile passes.
+  const int64_t kb = 8192 / (16 * NV);
+  for (int64_t k0 = 0; k0 < K; k0 += kb) {
+    const int64_t kc = std::min(kb, K - k0);
+    const float beta_eff = k0 == 0 ? beta : 1.0f;
+    int64_t p0 = 0;
+    for (; p0 + MR <= P; p0 += MR)
+      kernel(kc, rows + k0, poff + p0, B + k0 * ldb, ldb, C + p0 * ldc, ldc, beta_eff, mlast);
+    if (p0 < P) {  // the last pixels: repeat the last one into a scratch tile
+      const int64_t mr = P - p0;
+      int64_t o[MR];
+      alignas(64) float tile[MR * 64];
+      for (int i = 0; i < MR; ++i) {
+        o[i] = poff[std::min<int64_t>(p0 + i, P - 1)];
+        for (int64_t j = 0; j < nr; ++j) tile[i * 64 + j] = i < mr ? C[(p0 + i) * ldc + j] : 0.0f;
+      }
+      kernel(kc, rows + k0, o, B + k0 * ldb, ldb, tile, 64, beta_eff, mlast);
+      for (int64_t i = 0; i < mr; ++i)
+        for (int64_t j = 0; j < nr; ++j) C[(p0 + i) * ldc + j] = tile[i * 64 + j];
+    }
+  }
+}
+
 }  // namespace
+
+void sgemm_pixels_avx512(int64_t P, int64_t N, int64_t K, const float* const* brows, const int64_t* poff,
+                         const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  for (int64_t j0 = 0; j0 < N; j0 += 64) {
+    const int64_t nr = std::min<int64_t>(64, N - j0);
+    switch ((nr + 15) / 16) {
+      case 4: pixels_panel<4>(P, nr, K, brows, poff, B + j0, ldb, beta, C + j0, ldc); break;
+      case 3: pixels_panel<3>(P, nr, K, brows, poff, B + j0, ldb, beta, C + j0, ldc); break;
+      case 2: pixels_panel<2>(P, nr, K, brows, poff, B + j0, ldb, beta, C + j0, ldc); break;
+      default: pixels_panel<1>(P, nr, K, brows, poff, B + j0, ldb, beta, C + j0, ldc); break;
+    }
+  }
+}
 
 void transpose_avx512(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd) {
   const int64_t r16 = rows / 16 * 16, c16 = cols / 16 * 16;

@@ -20,12 +20,17 @@ void sgemm_rows_nt_avx512(int64_t M, int64_t N, int64_t K, float alpha, const fl
 void sgemm_segments_avx512(int64_t K, int64_t N, int64_t nseg, int64_t seglen, const float* const* brows,
                            const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc);
 
+/// Scattered-pixel form (see gemm_rows_pixels in core/gemm.h), AVX-512F.
+void sgemm_pixels_avx512(int64_t P, int64_t N, int64_t K, const float* const* brows, const int64_t* poff,
+                         const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 /// dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols, AVX-512F.
 void transpose_avx512(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd);
 
 /// Scalar reference, the oracle for the kernels' tests.
 void sgemm_reference(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                      const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+void sgemm_pixels_reference(int64_t P, int64_t N, int64_t K, const float* const* brows, const int64_t* poff,
+                            const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 void sgemm_segments_reference(int64_t K, int64_t N, int64_t nseg, int64_t seglen, const float* const* brows,
                               const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc);
 

@@ -21,6 +21,8 @@ ConvLayout g_layout_setting = ConvLayout::automatic;
 void set_conv_layout(ConvLayout layout) { g_layout_setting = layout; }
 ConvDw g_dw_setting = ConvDw::automatic;
 void set_conv_dw(ConvDw dw) { g_dw_setting = dw; }
+ConvOut g_out_setting = ConvOut::automatic;
+void set_conv_out(ConvOut out) { g_out_setting = out; }
 }  // namespace detail
 
 int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
@@ -223,6 +225,18 @@ bool use_segments_dw(const ConvGeom& g, const Shifted& sh) {
   return !sh.taps && g.OCg() % 16 == 0;
 }
 
+// The forward (and the input gradient) through gemm_rows_pixels, over the
+// output (input) positions only, result pixel-major and transposed back, when
+// the channels it produces fill whole 4-vector tiles and the grid's gap
+// columns and rows would add at least 5% (small maps: 8x8 grids compute 9x9
+// points); otherwise over the whole grid through gemm_rows_nn. `grid_cols`
+// is the grid points per sample, `useful` the positions.
+bool use_pixels(int64_t channels, double grid_cols, double useful, const Shifted& sh) {
+  if (sh.taps) return false;
+  if (detail::g_out_setting != ConvOut::automatic) return detail::g_out_setting == ConvOut::pixels;
+  return channels % 64 == 0 && grid_cols >= 1.05 * useful;
+}
+
 bool use_taps(const ConvGeom& g) {
   if (detail::g_layout_setting != ConvLayout::automatic) return detail::g_layout_setting == ConvLayout::taps;
   return g.groups == 1 && g.Kc() <= 32;
@@ -239,11 +253,24 @@ void conv_forward_shifted(const float* x, const float* w, const float* b, const 
   const int64_t OCg = g.OCg(), OHW = g.OHW();
   const int64_t chunks = std::min<int64_t>(g.N, num_threads());
   const Shifted sh = make_shifted(g, (g.N + chunks - 1) / chunks);
+  const int64_t Kc = g.Kc();
+  const bool px = use_pixels(OCg, double(sh.L(g, sh.nb)) / sh.nb, double(OHW), sh);
+  // Pixels: the weights transposed per group, [gi][Kc][OCg], and the grid
+  // position of each output (s, oh, ow) of a stack.
+  std::vector<float> wT;
+  std::vector<int64_t> poff;
+  if (px) {
+    wT.resize(static_cast<size_t>(g.groups * Kc * OCg));
+    for (int64_t gi = 0; gi < g.groups; ++gi) transpose(w + gi * OCg * Kc, OCg, Kc, Kc, wT.data() + gi * Kc * OCg, OCg);
+    for (int64_t s = 0; s < sh.nb; ++s)
+      for (int64_t oh = 0; oh < g.OH; ++oh)
+        for (int64_t ow = 0; ow < g.OW; ++ow) poff.push_back(sh.out_at(s, oh) + ow);
+  }
   parallel_chunks(chunks, [&](int64_t c) {
     int64_t lo, hi;
     chunk_range(g.N, chunks, c, lo, hi);
     Tensor xpad = Tensor::zeros({sh.padded_size(g)});
-    Tensor ygrid = sh.taps ? Tensor() : Tensor::empty({OCg * sh.L(g, sh.nb)});
+    Tensor ygrid = sh.taps ? Tensor() : Tensor::empty({px ? sh.nb * OHW * OCg : OCg * sh.L(g, sh.nb)});
     float* xp = xpad.data<float>();
     std::vector<const float*> rows;
     sh.rows(g, xp, rows);
@@ -261,6 +288,20 @@ void conv_forward_shifted(const float* x, const float* w, const float* b, const 
           continue;
         }
         float* yp = ygrid.data<float>();
+        if (px) {  // yT [ns * OHW, OCg], transposed into each sample's planes
+          gemm_rows_pixels(ns * OHW, OCg, Kc, rows.data(), poff.data(), wT.data() + gi * Kc * OCg, OCg, 0.0f, yp,
+                           OCg);
+          for (int64_t s = 0; s < ns; ++s) {
+            float* yg = y + ((n0 + s) * g.OC + gi * OCg) * OHW;
+            transpose(yp + s * OHW * OCg, OHW, OCg, OCg, yg, OHW);
+            if (b)
+              for (int64_t o = 0; o < OCg; ++o) {
+                const float bias = b[gi * OCg + o];
+                for (int64_t i = 0; i < OHW; ++i) yg[o * OHW + i] += bias;
+              }
+          }
+          continue;
+        }
         gemm_rows_nn(OCg, L, g.Kc(), 1.0f, wg, g.Kc(), rows.data(), 0.0f, yp, L);
         for (int64_t s = 0; s < ns; ++s) {
           float* yg = y + ((n0 + s) * g.OC + gi * OCg) * OHW;
@@ -292,18 +333,23 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
   const int64_t chunks = std::min<int64_t>(g.N, num_threads());
   const Shifted sh = make_shifted(g, (g.N + chunks - 1) / chunks);
   const bool seg_dw = dw && use_segments_dw(g, sh);
+  // Input-gradient grid: row length Wd, sample stride Pd.
+  const int64_t Wd = sh.taps ? g.W : sh.Wg, Pd = sh.Hs * Wd;
+  const int64_t HW = g.H * g.W;
+  const int64_t Nfull = (sh.nb - 1) * Pd + (g.H - 1) * Wd + g.W;  // grid points of a full stack
+  const bool px_dx = dx && use_pixels(Cg, double(Nfull) / sh.nb, double(HW), sh);
   // Gaps: the gradient on the forward grid, rows [front zeros F][nb planes],
   // LD apart. F is a multiple of 16 floats, so that the weight-gradient GEMM's
   // A rows are 64-byte aligned (no cache-line-split loads). Taps: dW reads gy
   // in place.
   const int64_t F = (std::max<int64_t>(0, sh.tap(g, g.KH - 1, g.KW - 1)) + 15) / 16 * 16;
   const int64_t LD = (F + sh.nb * sh.plane + 15) / 16 * 16;
-  // Input-gradient grid: row length Wd, sample stride Pd. In the taps layout it
-  // reads KW copies of the gradient with rows W long, [front Fd][plane], LDd apart.
-  const int64_t Wd = sh.taps ? g.W : sh.Wg, Pd = sh.Hs * Wd;
+  // In the taps layout the input gradient reads KW copies of the output
+  // gradient with rows W long, [front Fd][plane], LDd apart.
   const int64_t Fd = sh.taps ? (std::max<int64_t>(0, ((g.KH - 1) * g.dh - g.ph) * g.W) + 15) / 16 * 16 : F;
   const int64_t LDd = sh.taps ? (Fd + Pd + g.ph * g.W + 16 + 15) / 16 * 16 : LD;
-  // Transposed weights per group: wt[gi][c][(o, kh, kw)] = W[gi*OCg + o, c, kh, kw].
+  // Transposed weights per group: wt[gi][c][(o, kh, kw)] = W[gi*OCg + o, c, kh, kw]
+  // (grid), or wt[gi][(o, kh, kw)][c] (pixels: input channels in the lanes).
   std::vector<float> wt;
   if (dx) {
     wt.resize(static_cast<size_t>(g.groups * Cg * OCg * KK));
@@ -311,8 +357,15 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
       for (int64_t o = 0; o < OCg; ++o)
         for (int64_t c = 0; c < Cg; ++c)
           for (int64_t t = 0; t < KK; ++t)
-            wt[((gi * Cg + c) * OCg + o) * KK + t] = w[((gi * OCg + o) * Cg + c) * KK + t];
+            wt[px_dx ? ((gi * OCg + o) * KK + t) * Cg + c : ((gi * Cg + c) * OCg + o) * KK + t] =
+                w[((gi * OCg + o) * Cg + c) * KK + t];
   }
+  // Pixels: the grid position of each input (s, h, w) of a stack.
+  std::vector<int64_t> poffd;
+  if (px_dx)
+    for (int64_t s = 0; s < sh.nb; ++s)
+      for (int64_t h = 0; h < g.H; ++h)
+        for (int64_t ww = 0; ww < g.W; ++ww) poffd.push_back(s * Pd + h * Wd + ww);
   std::vector<Tensor> dw_part(chunks), db_part(chunks);
   parallel_chunks(chunks, [&](int64_t c) {
     int64_t lo, hi;
@@ -331,8 +384,7 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
     float* gp = gygrid.defined() ? gygrid.data<float>() : nullptr;
     std::vector<const float*> xrows, grows;
     if (dw) sh.rows(g, xpad.data<float>(), xrows);
-    const int64_t Nmax = (sh.nb - 1) * Pd + (g.H - 1) * Wd + g.W;
-    Tensor dxgrid = dx ? Tensor::empty({Cg * Nmax}) : Tensor();
+    Tensor dxgrid = dx ? Tensor::empty({px_dx ? sh.nb * HW * Cg : Cg * Nfull}) : Tensor();
     if (dx) {
       grows.resize(OCg * KK);
       for (int64_t o = 0; o < OCg; ++o)
@@ -391,8 +443,15 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
           gemm_rows_nt(OCg, Kc, L, 1.0f, a, sh.taps ? OHW : LD, xrows.data(), 1.0f, dwp + gi * OCg * Kc, Kc);
         }
         if (dx) {  // dx_grid [Cg, N] = Wt_g [Cg, OCg*KK] x shifted gradient rows
-          const int64_t N = (ns - 1) * Pd + (g.H - 1) * Wd + g.W;
           float* dg = dxgrid.data<float>();
+          if (px_dx) {  // dxT [ns * HW, Cg], transposed into each sample's planes
+            gemm_rows_pixels(ns * HW, Cg, OCg * KK, grows.data(), poffd.data(), wt.data() + gi * OCg * KK * Cg, Cg,
+                             0.0f, dg, Cg);
+            for (int64_t s = 0; s < ns; ++s)
+              transpose(dg + s * HW * Cg, HW, Cg, Cg, dx + ((n0 + s) * g.C + gi * Cg) * HW, HW);
+            continue;
+          }
+          const int64_t N = (ns - 1) * Pd + (g.H - 1) * Wd + g.W;
           gemm_rows_nn(Cg, N, OCg * KK, 1.0f, wt.data() + gi * Cg * OCg * KK, OCg * KK, grows.data(), 0.0f, dg,
                        N);
           for (int64_t s = 0; s < ns; ++s)

@@ -77,6 +77,7 @@ struct LayoutGuard {
   ~LayoutGuard() {
     autograd::detail::set_conv_layout(ConvLayout::automatic);
     autograd::detail::set_conv_dw(ConvDw::automatic);
+    autograd::detail::set_conv_out(ConvOut::automatic);
   }
 };
 
@@ -102,10 +103,14 @@ TEST(Conv, ForwardMatchesNaive) {
   // Larger shapes that go through the threaded batch split and bigger GEMMs.
   cases.push_back({{8, 16, 12, 12}, 32, 3, 3, opts(1, 1, 1, 1, 1, 1), true});
   cases.push_back({{5, 8, 9, 9}, 8, 3, 3, opts(2, 2, 1, 1, 1, 8), false});
+  cases.push_back({{3, 8, 5, 5}, 64, 3, 3, opts(1, 1, 1, 1, 1, 1), true});
   for (ConvLayout layout : {ConvLayout::automatic, ConvLayout::gaps, ConvLayout::taps})
+  for (ConvOut outmode : {ConvOut::automatic, ConvOut::grid, ConvOut::pixels})
   for (const Case& c : cases) {
-    SCOPED_TRACE(name(c) + " layout " + std::to_string(static_cast<int>(layout)));
+    SCOPED_TRACE(name(c) + " layout " + std::to_string(static_cast<int>(layout)) + " out " +
+                 std::to_string(static_cast<int>(outmode)));
     autograd::detail::set_conv_layout(layout);
+    autograd::detail::set_conv_out(outmode);
     Tensor x = Tensor::empty(c.x), w = Tensor::empty({c.oc, c.x[1] / c.opt.groups, c.kh, c.kw});
     uniform_(x, -1, 1, g);
     uniform_(w, -1, 1, g);
@@ -159,15 +164,22 @@ TEST(Conv, Float32BackwardMatchesFloat64) {
   // three gradients, with the weight gradient only (a first layer: dx is not
   // needed) and with the input gradient only; the weight gradient through
   // both of its products.
+  // Forward and input gradient over the grid and over the positions only.
+  cases.push_back({{3, 64, 6, 6}, 64, 3, 3, opts(1, 1, 1, 1, 1, 1), true});  // automatic: pixels (8x8 -> 7x7 grid)
+  cases.push_back({{2, 8, 6, 5}, 130, 3, 3, opts(1, 1, 1, 0, 1, 2), true});  // groups of 4 and 65 channels
   for (ConvLayout layout : {ConvLayout::automatic, ConvLayout::gaps, ConvLayout::taps})
   for (ConvDw dwmode : {ConvDw::automatic, ConvDw::segments, ConvDw::dot})
+  for (ConvOut outmode : {ConvOut::automatic, ConvOut::grid, ConvOut::pixels})
   for (int need : {0, 1, 2})  // 0: all, 1: no dx, 2: no dW
   for (const Case& c : cases) {
     if (need == 2 && dwmode != ConvDw::automatic) continue;
+    if (dwmode != ConvDw::automatic && outmode != ConvOut::automatic) continue;
     SCOPED_TRACE(name(c) + " layout " + std::to_string(static_cast<int>(layout)) + " dw " +
-                 std::to_string(static_cast<int>(dwmode)) + " need " + std::to_string(need));
+                 std::to_string(static_cast<int>(dwmode)) + " out " + std::to_string(static_cast<int>(outmode)) +
+                 " need " + std::to_string(need));
     autograd::detail::set_conv_layout(layout);
     autograd::detail::set_conv_dw(dwmode);
+    autograd::detail::set_conv_out(outmode);
     Tensor x64 = rand64(c.x, g), w64 = rand64({c.oc, c.x[1] / c.opt.groups, c.kh, c.kw}, g), b64 = rand64({c.oc}, g);
     const int64_t oh = conv_out_size(c.x[2], c.kh, c.opt.stride[0], c.opt.padding[0], c.opt.dilation[0]);
     const int64_t ow = conv_out_size(c.x[3], c.kw, c.opt.stride[1], c.opt.padding[1], c.opt.dilation[1]);

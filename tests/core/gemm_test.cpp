@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "core/gemm.h"
 #include "core/parallel.h"
 #include "core/rng.h"
@@ -188,7 +190,54 @@ TEST(Sgemm, SegmentFormMatchesReference) {
   set_num_threads(2);
 }
 
+// The scattered-pixel form (a convolution's output, pixel-major): pixels at
+// arbitrary, repeated and descending offsets of overlapping row views, every
+// tile shape and partial tiles, beta 0 (C not read: NaN there must not leak)
+// and 0.5, K across the block size; one thread and two (split over P).
+TEST(Sgemm, PixelFormMatchesReference) {
+  Generator g(5);
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    for (int64_t P : {1, 5, 6, 7, 12, 13, 25, 200})
+      for (int64_t N : {1, 3, 16, 20, 32, 47, 64, 80, 130})
+        for (int64_t K : {1, 9, 130, 600}) {
+          if (P * N * K > 4000000) continue;
+          const int64_t span = 3 * P + 7, ldb = N + 5, ldc = N + 2;
+          Tensor buf = Tensor::empty({K - 1 + span});
+          uniform_(buf, -1, 1, g);
+          std::vector<const float*> rows(static_cast<size_t>(K));
+          for (int64_t k = 0; k < K; ++k) rows[k] = buf.data<float>() + k;
+          std::vector<int64_t> poff(static_cast<size_t>(P));
+          for (int64_t p = 0; p < P; ++p) poff[p] = (p * 7919) % span;  // scattered, may repeat
+          if (P > 1) poff[P - 1] = span - 1;                            // the last readable float
+          Tensor B = Tensor::empty({K * ldb});
+          uniform_(B, -1, 1, g);
+          for (float beta : {0.0f, 0.5f}) {
+            Tensor C = Tensor::empty({P * ldc});
+            uniform_(C, -1, 1, g);
+            if (beta == 0.0f)
+              for (int64_t p = 0; p < P; ++p) C.data<float>()[p * ldc] = std::nanf("");
+            Tensor R = C.clone();
+            gemm_rows_pixels(P, N, K, rows.data(), poff.data(), B.data<float>(), ldb, beta, C.data<float>(), ldc);
+            detail::sgemm_pixels_reference(P, N, K, rows.data(), poff.data(), B.data<float>(), ldb, beta,
+                                           R.data<float>(), ldc);
+            for (int64_t p = 0; p < P; ++p)
+              for (int64_t j = 0; j < ldc; ++j) {
+                const float want = R.data<float>()[p * ldc + j];
+                if (j < N)
+                  ASSERT_NEAR(C.data<float>()[p * ldc + j], want, 2e-5f * (K + 4))
+                      << "P=" << P << " N=" << N << " K=" << K << " beta=" << beta << " threads=" << threads;
+                else
+                  ASSERT_EQ(C.data<float>()[p * ldc + j], want) << "padding column written";
+              }
+          }
+        }
+  }
+  set_num_threads(2);
+}
+
 TEST(Sgemm, SegmentFormRejectsNegativeSizes) {
+  EXPECT_THROW(gemm_rows_pixels(-1, 1, 1, nullptr, nullptr, nullptr, 1, 0.0f, nullptr, 1), ValueError);
   EXPECT_THROW(gemm_rows_segments(-1, 1, 1, 1, nullptr, nullptr, nullptr, 1, nullptr, 1), ValueError);
   // Empty products touch nothing.
   gemm_rows_segments(0, 4, 1, 1, nullptr, nullptr, nullptr, 1, nullptr, 1);
