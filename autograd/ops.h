@@ -49,6 +49,10 @@ Tensor sum_to_shape(const Tensor& t, const Shape& shape);
 /// max(x, 0) elementwise as a new tensor of x's shape (f32 or f64, else
 /// DTypeError); the gradient passes where the output is > 0.
 Variable relu(const Variable& x);
+/// relu(a + b) in one pass each way (ResNet's residual add): a and b of one
+/// shape and float dtype (else ShapeError / DTypeError, no broadcasting); both
+/// gradients are the output's where the output is > 0, else 0.
+Variable add_relu(const Variable& a, const Variable& b);
 /// min(max(x, 0), 6); the gradient passes strictly inside (0, 6), else 0.
 Variable relu6(const Variable& x);
 /// x where x > 0, else negative_slope * x; the gradient is 1 or negative_slope likewise.

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "autograd/ops.h"
+#include "core/parallel.h"
 
 namespace qforge::autograd {
 
@@ -54,11 +55,19 @@ void Node::accumulate(Tensor g) {
     grad = std::move(g);
     return;
   }
-  if (!grad.is_unique()) grad = grad.clone();
+  // grad + g in one parallel pass, written into whichever of the two nothing
+  // else shares (a gradient may be another node's tensor, as add's is), else
+  // into a new tensor.
+  Tensor dst = grad.is_unique() ? grad : g.is_unique() ? g : Tensor::empty(grad.shape(), grad.dtype());
   dispatch_floating(grad.dtype(), "accumulate grad", [&](auto tag) {
     using T = decltype(tag);
-    grad.vec<T>() += g.vec<T>();
+    const T *a = grad.data<T>(), *b = g.data<T>();
+    T* d = dst.data<T>();
+    parallel_for(0, grad.numel(), 1 << 15, [&](int64_t s, int64_t e) {
+      for (int64_t i = s; i < e; ++i) d[i] = a[i] + b[i];
+    });
   });
+  grad = std::move(dst);
 }
 
 void GradSink::add(size_t i, Tensor grad) {

@@ -250,8 +250,7 @@ Variable BinaryModule::forward(const Variable&) {
 Variable Add::forward2(const Variable& a, const Variable& b) {
   QF_CHECK_SHAPE(a.value().shape() == b.value().shape())
       << "Add: shapes differ: " << a.value().desc() << " and " << b.value().desc();
-  const Variable s = autograd::add(a, b);
-  return relu_ ? autograd::relu(s) : s;
+  return relu_ ? autograd::add_relu(a, b) : autograd::add(a, b);
 }
 
 BasicBlock::BasicBlock(int64_t in, int64_t out, int64_t stride, Generator& gen) : Module("BasicBlock") {

@@ -351,8 +351,7 @@ Variable QATAdd::forward2(const Variable& a, const Variable& b) {
                                        relu_ ? Activation::relu : Activation::none);
     return Variable(runtime::dequantize(codes, qo));
   }
-  const Variable s = autograd::add(a, b);
-  return output_fake_quant()(relu_ ? autograd::relu(s) : s);
+  return output_fake_quant()(relu_ ? autograd::add_relu(a, b) : autograd::add(a, b));
 }
 
 // ---- average pooling -------------------------------------------------------------

@@ -56,6 +56,35 @@ Variable relu(const Variable& x) {
       [](auto g, auto y) { return y > 0 ? g : decltype(g)(0); });
 }
 
+Variable add_relu(const Variable& a, const Variable& b) {
+  const Tensor &av = a.value(), &bv = b.value();
+  detail::common_float_dtype({&av, &bv}, "add_relu");
+  QF_CHECK_SHAPE(av.shape() == bv.shape())
+      << "add_relu: shapes differ: " << av.desc() << " and " << bv.desc() << " (no broadcasting)";
+  Tensor y = Tensor::empty(av.shape(), av.dtype());
+  detail::with_float(av, "add_relu", [&](auto tag) {
+    using T = decltype(tag);
+    const T *pa = av.data<T>(), *pb = bv.data<T>();
+    T* py = y.data<T>();
+    parallel_for(0, av.numel(), kGrain, [&](int64_t s, int64_t e) {
+      for (int64_t i = s; i < e; ++i) {
+        const T v = pa[i] + pb[i];
+        py[i] = v > 0 ? v : T(0);
+      }
+    });
+  });
+  if (!any_requires_grad({&a, &b})) return Variable(y);
+  return Variable::make(y, {&a, &b}, "add_relu", [y](const Tensor& g, GradSink& out) {
+    Tensor d = Tensor::empty(g.shape(), g.dtype());
+    detail::with_float(g, "add_relu", [&](auto tag) {
+      using T = decltype(tag);
+      map2<T>(g.data<T>(), y.data<T>(), d.data<T>(), g.numel(), [](T gi, T yi) { return yi > 0 ? gi : T(0); });
+    });
+    out.add(0, d);  // one tensor for both: accumulation copies it before writing
+    out.add(1, d);
+  });
+}
+
 Variable relu6(const Variable& x) {
   return pointwise(
       x, "relu6", false, [](auto v) { return std::min(std::max(v, decltype(v)(0)), decltype(v)(6)); },

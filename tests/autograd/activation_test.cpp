@@ -43,3 +43,36 @@ TEST(Activation, Values) {
   EXPECT_EQ(sigmoid(big).value().to_vector(), (std::vector<double>{0, 1}));
   EXPECT_THROW(clamp(x, 1, -1), ValueError);
 }
+
+// add_relu is relu(add(a, b)) in one op: Jacobians for both inputs (sums kept
+// away from the kink), equality with the two-op form in value and both
+// gradients (also for a and b the same variable, whose gradients
+// accumulate), and clear errors.
+TEST(ActivationGrad, AddRelu) {
+  Generator g(5);
+  for (const Shape& s : std::vector<Shape>{{1}, {7}, {3, 5}, {2, 1, 3}}) {
+    SCOPED_TRACE(shape_str(s));
+    Tensor a = rand64(s, g, -2, 2), b = rand64(s, g, -2, 2);
+    for (int64_t i = 0; i < a.numel(); ++i)  // |a + b| >= 0.05
+      if (std::abs(a.item(i) + b.item(i)) < 0.05) a.data<double>()[i] += 0.1;
+    expect_jacobian([](const std::vector<Variable>& v) { return add_relu(v[0], v[1]); }, {a, b});
+  }
+  for (DType dt : {DType::f32, DType::f64}) {
+    Tensor a = rand64({4, 300}, g, -1, 1).to(dt), b = rand64({4, 300}, g, -1, 1).to(dt),
+           gy = rand64({4, 300}, g, -1, 1).to(dt);
+    Variable a1(a.clone(), true), b1(b.clone(), true), a2(a.clone(), true), b2(b.clone(), true);
+    Variable y1 = add_relu(a1, b1), y2 = relu(add(a2, b2));
+    EXPECT_EQ(y1.value().to_vector(), y2.value().to_vector());
+    y1.backward(gy);
+    y2.backward(gy);
+    EXPECT_EQ(a1.grad().to_vector(), a2.grad().to_vector());
+    EXPECT_EQ(b1.grad().to_vector(), b2.grad().to_vector());
+    Variable c1(a.clone(), true), c2(a.clone(), true);
+    add_relu(c1, c1).backward(gy);
+    relu(add(c2, c2)).backward(gy);
+    EXPECT_EQ(c1.grad().to_vector(), c2.grad().to_vector());
+  }
+  Variable x(Tensor::zeros({2, 3})), z(Tensor::zeros({3}));
+  EXPECT_THROW(add_relu(x, z), ShapeError);
+  EXPECT_THROW(add_relu(x, Variable(Tensor::zeros({2, 3}, DType::i32))), DTypeError);
+}
