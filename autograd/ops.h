@@ -5,6 +5,7 @@
 // share a dtype.
 
 #include <array>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -187,6 +188,17 @@ Variable log_softmax(const Variable& x, int axis = -1);
 Variable cross_entropy(const Variable& logits, const Tensor& targets, double label_smoothing = 0);
 
 // ---- norm.cpp ---------------------------------------------------------------
+/// Per-tensor quantization parameters of an op that fake-quantizes its own
+/// output (see BatchNormOptions::output_fake_quant).
+struct FakeQuantParams {
+  float scale = 1;  ///< > 0 and finite
+  int32_t zero_point = 0;  ///< within [qmin, qmax]
+  int64_t qmin = 0, qmax = 255;
+};
+/// Called once with the [min, max] of the values about to be fake-quantized
+/// (the quantizer's observer records that range); returns the qparams to use.
+using FakeQuantHook = std::function<FakeQuantParams(double min, double max)>;
+
 /// Settings of batch_norm().
 struct BatchNormOptions {
   /// Normalize with batch statistics and update the running buffers; false
@@ -200,6 +212,12 @@ struct BatchNormOptions {
   /// Apply ReLU to the output in the same pass (batch norm then relu, without
   /// the extra passes over memory), with the matching gradient.
   bool relu = false;
+  /// With relu: fake-quantize the ReLU output per tensor as fake_quantize()
+  /// does (same values, same straight-through gradient), inside this op. The
+  /// hook gets the output's range from the normalizing pass, so no pass is
+  /// spent finding it, and the backward applies the STE's clipping mask with
+  /// the ReLU's. Null: no fake quant. ValueError when set without relu.
+  FakeQuantHook output_fake_quant;
 };
 /// Batch normalization over axis 1 of [N,C] or [N,C,H,W]. weight/bias ([C])
 /// may be undefined (no affine). In training, batch statistics normalize and
@@ -250,5 +268,14 @@ Variable fake_quantize(const Variable& x, const Tensor& scale, const Tensor& zer
 /// (LSQ's 1/sqrt(N * Qp), or 1).
 Variable lsq_fake_quantize(const Variable& x, const Variable& scale, const Variable& zero_point, int64_t qmin,
                            int64_t qmax, int axis = -1, double grad_scale = 1.0);
+namespace detail {
+/// fake_quantize()'s forward values, per tensor, for an op that quantizes its
+/// own output. ValueError for invalid p.
+Tensor fake_quantize_values(const Tensor& x, const FakeQuantParams& p);
+/// The largest x >= 0 (as double) of dtype dt (f32 or f64) whose fake_quantize
+/// gradient passes at the top of the range: round(x * (1/scale)) + zero_point
+/// <= qmax, in dt's arithmetic. For x >= 0, the STE mask is x <= this value.
+double ste_upper_bound(DType dt, const FakeQuantParams& p);
+}  // namespace detail
 
 }  // namespace qforge::autograd

@@ -122,9 +122,11 @@ BatchNorm::BatchNorm(const char* type_name, int input_ndim, const BatchNormSpec&
 }
 
 Variable BatchNorm::forward(const Variable& x) { return run(x, false); }
-Variable BatchNorm::forward_relu(const Variable& x) { return run(x, true); }
+Variable BatchNorm::forward_relu(const Variable& x, autograd::FakeQuantHook fake_quant) {
+  return run(x, true, std::move(fake_quant));
+}
 
-Variable BatchNorm::run(const Variable& x, bool relu) {
+Variable BatchNorm::run(const Variable& x, bool relu, autograd::FakeQuantHook fake_quant) {
   QF_CHECK_SHAPE(x.ndim() == input_ndim_ && x.size(1) == spec_.num_features)
       << type_name() << "(" << spec_.num_features << "): input must be "
       << (input_ndim_ == 2 ? "[N, C]" : "[N, C, H, W]") << " with C = " << spec_.num_features << ", got "
@@ -134,6 +136,7 @@ Variable BatchNorm::run(const Variable& x, bool relu) {
   o.momentum = spec_.momentum;
   o.eps = spec_.eps;
   o.relu = relu;
+  o.output_fake_quant = std::move(fake_quant);
   return autograd::batch_norm(x, running_mean(), running_var(), weight(), bias(), o);
 }
 

@@ -102,8 +102,10 @@ class BatchNorm : public Module {
   BatchNorm(const char* type_name, int input_ndim, const BatchNormSpec& spec);
   Variable forward(const Variable& x) override;
   /// forward() followed by ReLU, fused into one op (Sequential uses it for a
-  /// BatchNorm directly followed by a ReLU).
-  Variable forward_relu(const Variable& x);
+  /// BatchNorm directly followed by a ReLU); with fake_quant set, also
+  /// followed by per-tensor fake quant of the output in the same op (see
+  /// autograd::BatchNormOptions::output_fake_quant).
+  Variable forward_relu(const Variable& x, autograd::FakeQuantHook fake_quant = {});
   std::string extra_repr() const override;
   const BatchNormSpec& spec() const { return spec_; }
   /// A handle to the weight parameter [C]; undefined unless spec().affine.
@@ -121,7 +123,7 @@ class BatchNorm : public Module {
   bool frozen() const { return frozen_; }
 
  private:
-  Variable run(const Variable& x, bool relu);
+  Variable run(const Variable& x, bool relu, autograd::FakeQuantHook fake_quant = {});
   BatchNormSpec spec_;
   int input_ndim_;
   bool frozen_ = false;

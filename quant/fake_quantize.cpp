@@ -133,6 +133,37 @@ void FakeQuantize::init_lsq(const Tensor& x) {
   lsq_pending_ = false;
 }
 
+namespace {
+bool g_fuse_output = true;
+}  // namespace
+void detail::set_fuse_output_fake_quant(bool on) { g_fuse_output = on; }
+
+bool FakeQuantize::fusable() const {
+  if (!g_fuse_output || is_lsq() || !fake_quant_on_ || axis() >= 0 || channels_ != 1) return false;
+  const auto* range = dynamic_cast<const RangeObserver*>(observer_.get());
+  const bool records = is_training() || calibrating_;
+  return !records || !observer_->enabled() || (range && range->min_vals().size() <= 1 && !range->spec().per_channel);
+}
+
+autograd::FakeQuantParams FakeQuantize::fused_step(double lo, double hi) {
+  QF_CHECK(fusable()) << "FakeQuantize::fused_step: this quantizer cannot be fused (" << cfg_.describe() << ")";
+  const bool records = is_training() || calibrating_;
+  if (records && observer_->enabled()) {
+    static_cast<RangeObserver&>(*observer_).observe_range(lo, hi);
+    dirty_ = observer_->has_data();
+  }
+  sync();
+  QF_CHECK(scalar_i32(buffer("ready")) == 1)
+      << "FakeQuantize: no quantization parameters yet; the observer has seen no data (train or calibrate the "
+         "model before evaluating it with fake quant on)";
+  autograd::FakeQuantParams p;
+  p.scale = buffer("scale").data<float>()[0];
+  p.zero_point = buffer("zero_point").data<int32_t>()[0];
+  p.qmin = qmin_;
+  p.qmax = qmax_;
+  return p;
+}
+
 Variable FakeQuantize::forward(const Variable& x) {
   const bool records = is_training() || calibrating_;
   const bool learning = lsq_learning();

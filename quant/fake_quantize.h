@@ -27,10 +27,17 @@
 #include <string>
 
 #include "nn/module.h"
+#include "autograd/ops.h"
 #include "quant/observer.h"
 #include "quant/qconfig.h"
 
 namespace qforge::quant {
+
+namespace detail {
+/// Lets ops fake-quantize their own outputs (FakeQuantize::fusable); on by
+/// default. Off forces the separate passes (tests compare the two).
+void set_fuse_output_fake_quant(bool on);
+}  // namespace detail
 
 /// Simulates quantizing one tensor stream (see the file comment). Owns its
 /// observer and, for LSQ, its step-size parameters; the QAT module it belongs to
@@ -47,6 +54,21 @@ class FakeQuantize : public nn::Module {
   /// evaluated before any training or calibration).
   autograd::Variable forward(const autograd::Variable& x) override;
   std::string extra_repr() const override;
+
+  /// True when forward() would be per-tensor STE fake quant whose observer,
+  /// if it records, is a min/max observer: then an op can quantize its own
+  /// output through fused_step() (batch norm + ReLU does) with the values
+  /// and gradients of forward(). False while fusion is switched off.
+  bool fusable() const;
+  /// forward()'s bookkeeping for a batch whose range is [lo, hi] (the
+  /// observer records it when it would record the batch), then the qparams
+  /// to quantize that batch with. Only when fusable().
+  autograd::FakeQuantParams fused_step(double lo, double hi);
+  /// A hook for BatchNormOptions::output_fake_quant that calls fused_step()
+  /// on this quantizer (which must outlive the call).
+  autograd::FakeQuantHook fused_hook() {
+    return [this](double lo, double hi) { return fused_step(lo, hi); };
+  }
 
   /// Off: forward() returns x unchanged (the observer still records when it
   /// would). On: forward() fake-quantizes. Changes no qparams.

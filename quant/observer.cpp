@@ -351,6 +351,19 @@ void RangeObserver::observe(const Tensor& x) {
   }
   QF_CHECK(finite) << name_ << " observer: input " << x.desc()
                    << " holds inf/NaN; refusing to record it (the range would be poisoned)";
+  record(std::move(bmin), std::move(bmax));
+}
+
+void RangeObserver::observe_range(double lo, double hi) {
+  if (!enabled()) return;
+  QF_CHECK(!per_channel_) << name_ << " observer: observe_range() is per tensor; this observer is per channel";
+  QF_CHECK(std::isfinite(lo) && std::isfinite(hi) && lo <= hi)
+      << name_ << " observer: batch range [" << lo << ", " << hi
+      << "] holds inf/NaN or is empty; refusing to record it (the range would be poisoned)";
+  record({lo}, {hi});
+}
+
+void RangeObserver::record(std::vector<double> bmin, std::vector<double> bmax) {
   if (mins_.empty() || averaging_ <= 0) {
     if (mins_.empty()) {
       mins_ = std::move(bmin);

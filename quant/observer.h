@@ -88,6 +88,11 @@ class RangeObserver : public Observer {
   RangeObserver(QuantSpec spec, bool per_channel, double averaging_constant, std::string name);
 
   void observe(const Tensor& x) override;
+  /// Per tensor only (ValueError otherwise): records a batch whose minimum
+  /// and maximum are lo and hi, as observe() on that batch would (an op that
+  /// found the range in its own pass). A no-op when disabled; ValueError for
+  /// inf/NaN bounds, as observe() for such a batch.
+  void observe_range(double lo, double hi);
   QParams qparams() const override;
   void reset() override;
   std::string name() const override { return name_; }
@@ -101,6 +106,9 @@ class RangeObserver : public Observer {
   double averaging_constant() const { return averaging_; }
 
  private:
+  // Folds one batch's per-channel minima and maxima into the state.
+  void record(std::vector<double> bmin, std::vector<double> bmax);
+
   bool per_channel_;
   double averaging_;
   std::string name_;

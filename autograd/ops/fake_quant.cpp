@@ -4,6 +4,8 @@
 // half to even of x * (1 / scale), computed in the tensor's precision.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "autograd/ops.h"
@@ -183,6 +185,58 @@ Variable fake_quantize(const Variable& x, const Tensor& scale, const Tensor& zer
     out.add(0, dx);
   });
 }
+
+namespace detail {
+
+namespace {
+void check_params(const FakeQuantParams& p, const char* what) {
+  check_range(p.qmin, p.qmax, what);
+  QF_CHECK(std::isfinite(p.scale) && p.scale > 0) << what << ": scale is " << p.scale << "; need > 0";
+  QF_CHECK(p.zero_point >= p.qmin && p.zero_point <= p.qmax)
+      << what << ": zero_point = " << p.zero_point << " is outside [" << p.qmin << ", " << p.qmax << "]";
+}
+
+// ste_loop's test at the top, q = nearbyint(x * inv) + z <= qmax, is monotone
+// in x, so the last passing value is found by bisection over the ordered bit
+// patterns of the non-negative values (0 passes since z <= qmax; +inf fails).
+template <class T, class Bits>
+double upper_bound_bits(const FakeQuantParams& p) {
+  const T inv = T(1) / static_cast<T>(p.scale), z = static_cast<T>(p.zero_point), hi = static_cast<T>(p.qmax);
+  auto passes = [&](Bits b) {
+    T x;
+    std::memcpy(&x, &b, sizeof x);
+    return std::nearbyint(x * inv) + z <= hi;
+  };
+  const T inf = std::numeric_limits<T>::infinity();
+  Bits lo = 0, up;
+  std::memcpy(&up, &inf, sizeof up);
+  while (up - lo > 1) {
+    const Bits mid = lo + (up - lo) / 2;
+    (passes(mid) ? lo : up) = mid;
+  }
+  T x;
+  std::memcpy(&x, &lo, sizeof x);
+  return static_cast<double>(x);
+}
+}  // namespace
+
+Tensor fake_quantize_values(const Tensor& x, const FakeQuantParams& p) {
+  const char* what = "fake_quantize";
+  check_params(p, what);
+  detail::common_float_dtype({&x}, what);
+  const ChannelView v = channel_view(x, -1, 1, what);
+  return quant_dequant(
+      x, v, p.qmin, p.qmax, [&p](int64_t) { return static_cast<double>(p.scale); },
+      [&p](int64_t) { return static_cast<double>(p.zero_point); }, what);
+}
+
+double ste_upper_bound(DType dt, const FakeQuantParams& p) {
+  check_params(p, "ste_upper_bound");
+  QF_CHECK_DTYPE(dt == DType::f32 || dt == DType::f64) << "ste_upper_bound: f32 or f64, got " << dtype_name(dt);
+  return dt == DType::f32 ? upper_bound_bits<float, uint32_t>(p) : upper_bound_bits<double, uint64_t>(p);
+}
+
+}  // namespace detail
 
 Variable lsq_fake_quantize(const Variable& x, const Variable& scale, const Variable& zero_point, int64_t qmin,
                            int64_t qmax, int axis, double grad_scale) {

@@ -2,6 +2,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <vector>
 
 #include "autograd/ops.h"
 #include "autograd/ops/tensor_math.h"
@@ -58,10 +60,11 @@ template <class T>
 }
 
 /// sum(g') and sum(g' * (x - mean)) over one row, where g' = g, or, through a
-/// fused ReLU whose output is y (y non-null), g' = g where y > 0, else 0.
+/// fused ReLU whose output is y (y non-null), g' = g where 0 < y <= ymax, else
+/// 0 (ymax: +inf, or the top of a fused fake quant's STE range).
 template <class T>
 [[gnu::always_inline]] inline void row_grad_sums(const T* g, const T* x, const T* y, int64_t n, T mean, double& sg,
-                                                 double& sgx) {
+                                                 double& sgx, T ymax = std::numeric_limits<T>::infinity()) {
   typedef typename Lanes<T>::type V;
   V a = {}, b = {};
   const V zero = {};
@@ -71,13 +74,13 @@ template <class T>
     QF_LOAD_LANES(T, xv, x + i);
     if (y) {
       QF_LOAD_LANES(T, yv, y + i);
-      gv = yv > zero ? gv : zero;
+      gv = (yv > zero) & (yv <= ymax) ? gv : zero;
     }
     a += gv;
     b += gv * (xv - mean);
   }
   for (; i < n; ++i) {
-    const T gi = !y || y[i] > T(0) ? g[i] : T(0);
+    const T gi = !y || (y[i] > T(0) && y[i] <= ymax) ? g[i] : T(0);
     sg += gi;
     sgx += static_cast<double>(gi) * (x[i] - mean);
   }
@@ -92,8 +95,8 @@ inline void row_grad_sums(const double* g, const double* x, int64_t n, double me
   row_grad_sums<double>(g, x, nullptr, n, mean, sg, sgx);
 }
 inline void row_grad_sums_relu(const double* g, const double* x, const double* y, int64_t n, double mean, double& sg,
-                               double& sgx) {
-  row_grad_sums<double>(g, x, y, n, mean, sg, sgx);
+                               double& sgx, double ymax) {
+  row_grad_sums<double>(g, x, y, n, mean, sg, sgx, ymax);
 }
 
 // Hot per-row loops, float versions built for several ISAs and picked at load
@@ -106,8 +109,8 @@ QF_NORM_CLONES void row_grad_sums(const float* g, const float* x, int64_t n, flo
   row_grad_sums<float>(g, x, nullptr, n, mean, sg, sgx);
 }
 QF_NORM_CLONES void row_grad_sums_relu(const float* g, const float* x, const float* y, int64_t n, float mean,
-                                       double& sg, double& sgx) {
-  row_grad_sums<float>(g, x, y, n, mean, sg, sgx);
+                                       double& sg, double& sgx, float ymax) {
+  row_grad_sums<float>(g, x, y, n, mean, sg, sgx, ymax);
 }
 
 /// o = r * a + b, then max(o, 0) when relu.
@@ -125,6 +128,37 @@ template <class T>
 QF_NORM_CLONES void row_affine(const float* r, int64_t n, float a, float b, bool relu, float* o) {
   row_affine<float>(r, n, a, b, relu, o);
 }
+/// o = max(r * a + b, 0), and the running minimum and maximum of o.
+template <class T>
+[[gnu::always_inline]] inline void row_affine_relu_range(const T* r, int64_t n, T a, T b, T* o, T& lo, T& hi) {
+  typedef typename Lanes<T>::type V;
+  const V zero = {};
+  V vlo = zero + lo, vhi = zero + hi;
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    QF_LOAD_LANES(T, v, r + i);
+    v = v * a + b;
+    v = v > zero ? v : zero;  // as relu(): NaN gives 0
+    std::memcpy(o + i, &v, sizeof v);
+    vlo = v < vlo ? v : vlo;
+    vhi = v > vhi ? v : vhi;
+  }
+  for (; i < n; ++i) {
+    T v = r[i] * a + b;
+    v = v > T(0) ? v : T(0);
+    o[i] = v;
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    lo = vlo[l] < lo ? vlo[l] : lo;
+    hi = vhi[l] > hi ? vhi[l] : hi;
+  }
+}
+QF_NORM_CLONES void row_affine_relu_range(const float* r, int64_t n, float a, float b, float* o, float& lo,
+                                          float& hi) {
+  row_affine_relu_range<float>(r, n, a, b, o, lo, hi);
+}
 
 /// d = k * (m * g - mg - (x - mean) * invstd * mgx), the training-mode input gradient.
 template <class T>
@@ -135,15 +169,16 @@ QF_NORM_CLONES void row_dx(const float* g, const float* x, int64_t n, float k, f
                            float invstd_mgx, float* d) {
   row_dx<float>(g, x, n, k, m, mg, mean, invstd_mgx, d);
 }
-/// row_dx with g' = g where y > 0, else 0 (through a fused ReLU).
+/// row_dx with g' = g where 0 < y <= ymax, else 0 (through a fused ReLU).
 template <class T>
 [[gnu::always_inline]] inline void row_dx_relu(const T* g, const T* x, const T* y, int64_t n, T k, T m, T mg, T mean,
-                                               T invstd_mgx, T* d) {
-  for (int64_t i = 0; i < n; ++i) d[i] = k * (m * (y[i] > T(0) ? g[i] : T(0)) - mg - (x[i] - mean) * invstd_mgx);
+                                               T invstd_mgx, T ymax, T* d) {
+  for (int64_t i = 0; i < n; ++i)
+    d[i] = k * (m * (y[i] > T(0) && y[i] <= ymax ? g[i] : T(0)) - mg - (x[i] - mean) * invstd_mgx);
 }
 QF_NORM_CLONES void row_dx_relu(const float* g, const float* x, const float* y, int64_t n, float k, float m,
-                                float mg, float mean, float invstd_mgx, float* d) {
-  row_dx_relu<float>(g, x, y, n, k, m, mg, mean, invstd_mgx, d);
+                                float mg, float mean, float invstd_mgx, float ymax, float* d) {
+  row_dx_relu<float>(g, x, y, n, k, m, mg, mean, invstd_mgx, ymax, d);
 }
 #undef QF_NORM_CLONES
 #undef QF_LOAD_LANES
@@ -176,6 +211,10 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
   const bool use_batch_stats = opt.training || !running_mean.defined();
   if (use_batch_stats)
     QF_CHECK_SHAPE(M > 1) << "batch_norm: training needs more than one value per channel, got " << xv.desc();
+  const bool fq = static_cast<bool>(opt.output_fake_quant);
+  QF_CHECK(!fq || opt.relu) << "batch_norm: output_fake_quant needs relu (the fused op is batch norm, ReLU, fake quant)";
+  // Per-channel range of the ReLU output, when fake quant follows.
+  std::vector<double> ch_lo(fq ? C : 0), ch_hi(fq ? C : 0);
 
   Tensor y = Tensor::empty(xv.shape(), dt);
   Tensor mean_t = Tensor::empty({C}, dt), invstd_t = Tensor::empty({C}, dt);
@@ -217,21 +256,42 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
         pi[c] = invstd;
         const T a = pw ? pw[c] * invstd : invstd;
         const T b = (pb ? pb[c] : T(0)) - static_cast<T>(mean) * a;
+        T lo = std::numeric_limits<T>::infinity(), hi = -lo;
         for (int64_t n = 0; n < N; ++n) {
           const T* r = px + (n * C + c) * S;
           T* o = py + (n * C + c) * S;
-          row_affine(r, S, a, b, opt.relu, o);
+          if (fq)
+            row_affine_relu_range(r, S, a, b, o, lo, hi);
+          else
+            row_affine(r, S, a, b, opt.relu, o);
+        }
+        if (fq) {
+          ch_lo[c] = lo;
+          ch_hi[c] = hi;
         }
       }
     });
   });
-  if (!any_requires_grad({&x, &weight, &bias})) return Variable(y);
+  // Fake quant of the ReLU output: the hook sees its range (min and max are
+  // exact, so the per-channel split does not matter), then one pass writes
+  // the quantized values; the backward's ReLU mask also clips at the top of
+  // the STE range.
+  Tensor out_v = y;
+  double ymax = std::numeric_limits<double>::infinity();
+  if (fq) {
+    const double lo = *std::min_element(ch_lo.begin(), ch_lo.end());
+    const double hi = *std::max_element(ch_hi.begin(), ch_hi.end());
+    const FakeQuantParams p = opt.output_fake_quant(lo, hi);
+    out_v = detail::fake_quantize_values(y, p);
+    ymax = detail::ste_upper_bound(dt, p);
+  }
+  if (!any_requires_grad({&x, &weight, &bias})) return Variable(out_v);
   Tensor wv = weight.defined() ? weight.value() : Tensor();
-  // With the fused ReLU, the output is the gradient's mask.
+  // With the fused ReLU, the (pre-quantization) output is the gradient's mask.
   Tensor yv = opt.relu ? y : Tensor();
   return Variable::make(
-      y, {&x, &weight, &bias}, opt.relu ? "batch_norm_relu" : "batch_norm",
-      [xv, wv, yv, mean_t, invstd_t, N, C, S, M, use_batch_stats](const Tensor& g, GradSink& out) {
+      out_v, {&x, &weight, &bias}, fq ? "batch_norm_relu_fake_quant" : opt.relu ? "batch_norm_relu" : "batch_norm",
+      [xv, wv, yv, mean_t, invstd_t, N, C, S, M, use_batch_stats, ymax](const Tensor& g, GradSink& out) {
         Tensor dx = out.needs(0) ? Tensor::empty(xv.shape(), xv.dtype()) : Tensor();
         Tensor dw = out.needs(1) ? Tensor::empty({C}, xv.dtype()) : Tensor();
         Tensor db = out.needs(2) ? Tensor::empty({C}, xv.dtype()) : Tensor();
@@ -243,6 +303,7 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
           const T* pm = mean_t.data<T>();
           const T* pi = invstd_t.data<T>();
           const T* py = yv.defined() ? yv.data<T>() : nullptr;  // the ReLU mask, when fused
+          const T top = static_cast<T>(ymax);  // exact: ymax is a T value or +inf
           parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
             for (int64_t c = c0; c < c1; ++c) {
               const T mean = pm[c], invstd = pi[c];
@@ -250,7 +311,7 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
               for (int64_t n = 0; n < N; ++n) {
                 const int64_t off = (n * C + c) * S;
                 if (py)
-                  row_grad_sums_relu(pg + off, px + off, py + off, S, mean, sg, sgx);
+                  row_grad_sums_relu(pg + off, px + off, py + off, S, mean, sg, sgx, top);
                 else
                   row_grad_sums(pg + off, px + off, S, mean, sg, sgx);
               }
@@ -269,7 +330,8 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
                 for (int64_t n = 0; n < N; ++n) {
                   const int64_t off = (n * C + c) * S;
                   if (py)
-                    row_dx_relu(pg + off, px + off, py + off, S, k, static_cast<T>(M), mg, mean, invstd_mgx, pd + off);
+                    row_dx_relu(pg + off, px + off, py + off, S, k, static_cast<T>(M), mg, mean, invstd_mgx, top,
+                                pd + off);
                   else
                     row_dx(pg + off, px + off, S, k, static_cast<T>(M), mg, mean, invstd_mgx, pd + off);
                 }
@@ -280,7 +342,7 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
                   const T* gr = pg + off;
                   T* d = pd + off;
                   if (py) {
-                    for (int64_t i = 0; i < S; ++i) d[i] = py[off + i] > T(0) ? k * gr[i] : T(0);
+                    for (int64_t i = 0; i < S; ++i) d[i] = py[off + i] > T(0) && py[off + i] <= top ? k * gr[i] : T(0);
                   } else {
                     for (int64_t i = 0; i < S; ++i) d[i] = k * gr[i];
                   }

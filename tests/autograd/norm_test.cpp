@@ -125,3 +125,89 @@ TEST(Norm, Errors) {
   EXPECT_THROW(batch_norm(Variable(Tensor::zeros({2, 3, 4})), Tensor(), Tensor(), Variable(), Variable(), o),
                ShapeError);
 }
+
+// Batch norm + ReLU + per-tensor fake quant in one op equals fake_quantize()
+// after the fused batch norm + ReLU, bit for bit: the hook gets the exact
+// range of the ReLU output, and the values, every gradient and the running
+// statistics match, in f32 and f64, in training and eval statistics, with a
+// scale that clips part of the values at the top (the STE mask matters).
+TEST(Norm, FusedFakeQuantMatchesBatchNormReluThenFakeQuantize) {
+  Generator g(76);
+  for (DType dt : {DType::f32, DType::f64})
+    for (bool training : {true, false})
+      for (float scale : {0.004f, 0.02f, 1.0f}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " training " + std::to_string(training) + " scale " +
+                     std::to_string(scale));
+        Tensor x = rand64({4, 5, 6, 7}, g, -2, 2).to(dt), w = rand64({5}, g, 0.5, 1.5).to(dt),
+               b = rand64({5}, g, -0.5, 0.5).to(dt), gy = rand64({4, 5, 6, 7}, g, -1, 1).to(dt);
+        FakeQuantParams p;
+        p.scale = scale;
+        p.zero_point = 3;
+        p.qmin = 0;
+        p.qmax = 255;
+        std::vector<std::vector<double>> res[2];
+        double seen_lo = 0, seen_hi = 0;
+        for (int fused = 0; fused < 2; ++fused) {
+          Tensor rm = Tensor::zeros({5}, dt), rv = Tensor::ones({5}, dt);
+          Variable xv(x.clone(), true), wv(w.clone(), true), bv(b.clone(), true);
+          BatchNormOptions o;
+          o.training = training;
+          o.relu = true;
+          if (fused)
+            o.output_fake_quant = [&](double lo, double hi) {
+              seen_lo = lo;
+              seen_hi = hi;
+              return p;
+            };
+          Variable y = batch_norm(xv, rm, rv, wv, bv, o);
+          if (!fused) {
+            const std::vector<double> v = y.value().to_vector();
+            EXPECT_GT(*std::max_element(v.begin(), v.end()), 0.0);
+            res[0].push_back({*std::min_element(v.begin(), v.end()), *std::max_element(v.begin(), v.end())});
+            Tensor s = Tensor::full({1}, p.scale), z = Tensor::full({1}, p.zero_point, DType::i32);
+            y = fake_quantize(y, s, z, p.qmin, p.qmax);
+          } else {
+            res[1].push_back({seen_lo, seen_hi});
+          }
+          y.backward(gy);
+          res[fused].push_back(y.value().to_vector());
+          for (const Variable* v : {&xv, &wv, &bv}) res[fused].push_back(v->grad().to_vector());
+          res[fused].push_back(rm.to_vector());
+          res[fused].push_back(rv.to_vector());
+        }
+        ASSERT_EQ(res[0].size(), res[1].size());
+        for (size_t i = 0; i < res[0].size(); ++i) EXPECT_EQ(res[0][i], res[1][i]) << "item " << i;
+      }
+  BatchNormOptions o;
+  o.output_fake_quant = [](double, double) { return FakeQuantParams{}; };
+  EXPECT_THROW(batch_norm(Variable(Tensor::zeros({2, 3})), Tensor(), Tensor(), Variable(), Variable(), o), ValueError);
+}
+
+// The STE's top threshold: the last value whose mask passes, the next one
+// fails, for float and double and a spread of scales and zero points.
+TEST(Norm, SteUpperBoundIsTheLastPassingValue) {
+  Generator g(77);
+  for (int t = 0; t < 200; ++t) {
+    FakeQuantParams p;
+    p.scale = static_cast<float>(std::exp(g.uniform() * 12 - 9));
+    p.qmin = t % 2 ? -128 : 0;
+    p.qmax = t % 2 ? 127 : 255;
+    p.zero_point = static_cast<int32_t>(p.qmin + g.below(static_cast<uint64_t>(p.qmax - p.qmin + 1)));
+    {
+      const float b = static_cast<float>(autograd::detail::ste_upper_bound(DType::f32, p));
+      const float inv = 1.0f / p.scale, z = static_cast<float>(p.zero_point), hi = static_cast<float>(p.qmax);
+      EXPECT_LE(std::nearbyint(b * inv) + z, hi) << p.scale;
+      const float next = std::nextafter(b, std::numeric_limits<float>::infinity());
+      EXPECT_GT(std::nearbyint(next * inv) + z, hi) << p.scale;
+    }
+    {
+      const double b = autograd::detail::ste_upper_bound(DType::f64, p);
+      const double inv = 1.0 / static_cast<double>(p.scale), z = p.zero_point, hi = static_cast<double>(p.qmax);
+      EXPECT_LE(std::nearbyint(b * inv) + z, hi) << p.scale;
+      EXPECT_GT(std::nearbyint(std::nextafter(b, std::numeric_limits<double>::infinity()) * inv) + z, hi) << p.scale;
+    }
+  }
+  FakeQuantParams bad;
+  bad.scale = 0;
+  EXPECT_THROW(autograd::detail::ste_upper_bound(DType::f32, bad), ValueError);
+}

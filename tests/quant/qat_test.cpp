@@ -344,6 +344,41 @@ TEST(QATModules, FrozenBnTrainingForwardEqualsTheFoldedEvalForward) {
   EXPECT_LE(max_abs_diff(train_out, eval_out), step * 1.0001);
 }
 
+// The QAT Conv-BN-ReLU's training forward fake-quantizes its output inside
+// the batch-norm op (FakeQuantize::fusable); with that fusion switched off it
+// runs batch norm + ReLU, then the FakeQuantize module. Over SGD steps (the
+// observer recording, then frozen), both give the same outputs, gradients,
+// parameters, running statistics and qparams, bit for bit.
+TEST(QATModules, FusedOutputFakeQuantEqualsTheSeparatePasses) {
+  std::vector<std::vector<double>> runs[2];
+  for (int fused = 0; fused < 2; ++fused) {
+    detail::set_fuse_output_fake_quant(fused == 1);
+    ConvBn cb = make_conv_bn(false, 40);
+    auto q = std::make_shared<QATConvBnReLU2d>(*cb.conv, cb.bn, default_qconfig());
+    EXPECT_EQ(q->output_fake_quant().fusable(), fused == 1);
+    nn::SGD opt(q->parameters(), nn::SGDOptions{.lr = 0.05, .momentum = 0.9});
+    for (int step = 0; step < 4; ++step) {
+      if (step == 2) q->output_fake_quant().enable_observer(false);
+      const Variable x(randn({4, 3, 6, 6}, 41 + step));
+      opt.zero_grad();
+      const Variable y = (*q)(x);
+      autograd::sum(autograd::mul(y, Variable(randn({4, 4, 6, 6}, 51 + step)))).backward();
+      opt.step();
+      runs[fused].push_back(y.value().to_vector());
+      for (const auto& [name, v] : q->named_parameters()) runs[fused].push_back(v.grad().to_vector());
+    }
+    for (const auto& [name, t] : q->state_dict()) runs[fused].push_back(t.to_vector());
+  }
+  detail::set_fuse_output_fake_quant(true);
+  ASSERT_EQ(runs[0].size(), runs[1].size());
+  for (size_t i = 0; i < runs[0].size(); ++i) EXPECT_EQ(runs[0][i], runs[1][i]) << "item " << i;
+  // Not fusable: per-channel activations, LSQ, fake quant off.
+  ConvBn cb = make_conv_bn(false, 42);
+  auto q = std::make_shared<QATConvBnReLU2d>(*cb.conv, cb.bn, default_qconfig());
+  q->output_fake_quant().enable_fake_quant(false);
+  EXPECT_FALSE(q->output_fake_quant().fusable());
+}
+
 TEST(QATModules, GradientsReachTheSharedFloatParameters) {
   ConvBn cb = make_conv_bn(true, 50);
   auto q = std::make_shared<QATConvBnReLU2d>(*cb.conv, cb.bn, default_qconfig());
