@@ -47,13 +47,25 @@ Shape broadcast_shapes(const Shape& a, const Shape& b);
 Tensor sum_to_shape(const Tensor& t, const Shape& shape);
 
 // ---- activation.cpp ---------------------------------------------------------
+/// Per-tensor quantization parameters of an op that fake-quantizes its own
+/// output (see BatchNormOptions::output_fake_quant).
+struct FakeQuantParams {
+  float scale = 1;  ///< > 0 and finite
+  int32_t zero_point = 0;  ///< within [qmin, qmax]
+  int64_t qmin = 0, qmax = 255;
+};
+/// Called once with the [min, max] of the values about to be fake-quantized
+/// (the quantizer's observer records that range); returns the qparams to use.
+using FakeQuantHook = std::function<FakeQuantParams(double min, double max)>;
 /// max(x, 0) elementwise as a new tensor of x's shape (f32 or f64, else
 /// DTypeError); the gradient passes where the output is > 0.
 Variable relu(const Variable& x);
 /// relu(a + b) in one pass each way (ResNet's residual add): a and b of one
 /// shape and float dtype (else ShapeError / DTypeError, no broadcasting); both
-/// gradients are the output's where the output is > 0, else 0.
-Variable add_relu(const Variable& a, const Variable& b);
+/// gradients are the output's where the output is > 0, else 0. With
+/// fake_quant set (see BatchNormOptions::output_fake_quant), the output is
+/// also fake-quantized per tensor inside the op, with the STE's clipping mask.
+Variable add_relu(const Variable& a, const Variable& b, const FakeQuantHook& fake_quant = {});
 /// min(max(x, 0), 6); the gradient passes strictly inside (0, 6), else 0.
 Variable relu6(const Variable& x);
 /// x where x > 0, else negative_slope * x; the gradient is 1 or negative_slope likewise.
@@ -188,16 +200,6 @@ Variable log_softmax(const Variable& x, int axis = -1);
 Variable cross_entropy(const Variable& logits, const Tensor& targets, double label_smoothing = 0);
 
 // ---- norm.cpp ---------------------------------------------------------------
-/// Per-tensor quantization parameters of an op that fake-quantizes its own
-/// output (see BatchNormOptions::output_fake_quant).
-struct FakeQuantParams {
-  float scale = 1;  ///< > 0 and finite
-  int32_t zero_point = 0;  ///< within [qmin, qmax]
-  int64_t qmin = 0, qmax = 255;
-};
-/// Called once with the [min, max] of the values about to be fake-quantized
-/// (the quantizer's observer records that range); returns the qparams to use.
-using FakeQuantHook = std::function<FakeQuantParams(double min, double max)>;
 
 /// Settings of batch_norm().
 struct BatchNormOptions {

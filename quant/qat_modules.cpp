@@ -354,7 +354,9 @@ Variable QATAdd::forward2(const Variable& a, const Variable& b) {
                                        relu_ ? Activation::relu : Activation::none);
     return Variable(runtime::dequantize(codes, qo));
   }
-  return output_fake_quant()(relu_ ? autograd::add_relu(a, b) : autograd::add(a, b));
+  FakeQuantize& fq = output_fake_quant();
+  if (relu_ && fq.fusable()) return autograd::add_relu(a, b, fq.fused_hook());  // add, ReLU and fake quant in one op
+  return fq(relu_ ? autograd::add_relu(a, b) : autograd::add(a, b));
 }
 
 // ---- average pooling -------------------------------------------------------------

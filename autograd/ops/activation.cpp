@@ -1,5 +1,8 @@
 // Pointwise activations: relu, relu6, leaky_relu, sigmoid, tanh, clamp.
 #include <cmath>
+#include <vector>
+#include <limits>
+#include <algorithm>
 
 #include "autograd/ops.h"
 #include "autograd/ops/tensor_math.h"
@@ -56,29 +59,61 @@ Variable relu(const Variable& x) {
       [](auto g, auto y) { return y > 0 ? g : decltype(g)(0); });
 }
 
-Variable add_relu(const Variable& a, const Variable& b) {
+Variable add_relu(const Variable& a, const Variable& b, const FakeQuantHook& fake_quant) {
   const Tensor &av = a.value(), &bv = b.value();
-  detail::common_float_dtype({&av, &bv}, "add_relu");
+  const DType dt = detail::common_float_dtype({&av, &bv}, "add_relu");
   QF_CHECK_SHAPE(av.shape() == bv.shape())
       << "add_relu: shapes differ: " << av.desc() << " and " << bv.desc() << " (no broadcasting)";
+  const bool fq = static_cast<bool>(fake_quant);
   Tensor y = Tensor::empty(av.shape(), av.dtype());
+  // Range of the output per fixed chunk, for the fake quant's hook (min and
+  // max are exact, so the split does not matter).
+  const int64_t n = av.numel(), chunks = fq ? std::max<int64_t>(1, (n + kGrain - 1) / kGrain) : 0;
+  std::vector<double> lo(chunks, std::numeric_limits<double>::infinity()), hi(chunks, 0.0);
   detail::with_float(av, "add_relu", [&](auto tag) {
     using T = decltype(tag);
     const T *pa = av.data<T>(), *pb = bv.data<T>();
     T* py = y.data<T>();
-    parallel_for(0, av.numel(), kGrain, [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) {
-        const T v = pa[i] + pb[i];
-        py[i] = v > 0 ? v : T(0);
+    if (!fq) {
+      parallel_for(0, n, kGrain, [&](int64_t s, int64_t e) {
+        for (int64_t i = s; i < e; ++i) {
+          const T v = pa[i] + pb[i];
+          py[i] = v > 0 ? v : T(0);
+        }
+      });
+      return;
+    }
+    parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        T l = std::numeric_limits<T>::infinity(), h = 0;
+        for (int64_t i = c * kGrain, e = std::min(n, i + kGrain); i < e; ++i) {
+          T v = pa[i] + pb[i];
+          v = v > 0 ? v : T(0);
+          py[i] = v;
+          l = v < l ? v : l;
+          h = v > h ? v : h;
+        }
+        lo[c] = l;
+        hi[c] = h;
       }
     });
   });
-  if (!any_requires_grad({&a, &b})) return Variable(y);
-  return Variable::make(y, {&a, &b}, "add_relu", [y](const Tensor& g, GradSink& out) {
+  Tensor out_v = y;
+  double ymax = std::numeric_limits<double>::infinity();
+  if (fq && n > 0) {
+    const FakeQuantParams p =
+        fake_quant(*std::min_element(lo.begin(), lo.end()), *std::max_element(hi.begin(), hi.end()));
+    out_v = detail::fake_quantize_values(y, p);
+    ymax = detail::ste_upper_bound(dt, p);
+  }
+  if (!any_requires_grad({&a, &b})) return Variable(out_v);
+  return Variable::make(out_v, {&a, &b}, fq ? "add_relu_fake_quant" : "add_relu", [y, ymax](const Tensor& g, GradSink& out) {
     Tensor d = Tensor::empty(g.shape(), g.dtype());
     detail::with_float(g, "add_relu", [&](auto tag) {
       using T = decltype(tag);
-      map2<T>(g.data<T>(), y.data<T>(), d.data<T>(), g.numel(), [](T gi, T yi) { return yi > 0 ? gi : T(0); });
+      const T top = static_cast<T>(ymax);  // a T value or +inf
+      map2<T>(g.data<T>(), y.data<T>(), d.data<T>(), g.numel(),
+              [top](T gi, T yi) { return yi > 0 && yi <= top ? gi : T(0); });
     });
     out.add(0, d);  // one tensor for both: accumulation copies it before writing
     out.add(1, d);

@@ -76,3 +76,37 @@ TEST(ActivationGrad, AddRelu) {
   EXPECT_THROW(add_relu(x, z), ShapeError);
   EXPECT_THROW(add_relu(x, Variable(Tensor::zeros({2, 3}, DType::i32))), DTypeError);
 }
+
+// add_relu with a fused per-tensor fake quant equals fake_quantize() after
+// add_relu, bit for bit (values, both gradients, the range the hook gets),
+// with a scale that clips part of the outputs at the top.
+TEST(Activation, AddReluFusedFakeQuantMatchesTheSeparateOps) {
+  Generator g(6);
+  for (DType dt : {DType::f32, DType::f64})
+    for (float scale : {0.003f, 0.05f}) {
+      Tensor a = rand64({3, 70000}, g, -1, 1).to(dt), b = rand64({3, 70000}, g, -1, 1).to(dt),
+             gy = rand64({3, 70000}, g, -1, 1).to(dt);
+      FakeQuantParams p;
+      p.scale = scale;
+      p.zero_point = 0;
+      p.qmin = 0;
+      p.qmax = 255;
+      double lo = -1, hi = -1;
+      Variable a1(a.clone(), true), b1(b.clone(), true), a2(a.clone(), true), b2(b.clone(), true);
+      Variable y1 = add_relu(a1, b1, [&](double l, double h) {
+        lo = l;
+        hi = h;
+        return p;
+      });
+      Variable r = add_relu(a2, b2);
+      const std::vector<double> rv = r.value().to_vector();
+      EXPECT_EQ(lo, *std::min_element(rv.begin(), rv.end()));
+      EXPECT_EQ(hi, *std::max_element(rv.begin(), rv.end()));
+      Variable y2 = fake_quantize(r, Tensor::full({1}, p.scale), Tensor::full({1}, 0, DType::i32), 0, 255);
+      EXPECT_EQ(y1.value().to_vector(), y2.value().to_vector());
+      y1.backward(gy);
+      y2.backward(gy);
+      EXPECT_EQ(a1.grad().to_vector(), a2.grad().to_vector());
+      EXPECT_EQ(b1.grad().to_vector(), b2.grad().to_vector());
+    }
+}

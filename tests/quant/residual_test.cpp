@@ -11,6 +11,7 @@
 #include "nn/optim.h"
 #include "nn/zoo.h"
 #include "quant/convert.h"
+#include "quant/fake_quantize.h"
 #include "quant/prepare.h"
 #include "quant/qat_modules.h"
 
@@ -114,6 +115,33 @@ TEST(ResNet20, BlocksBackpropagateThroughBothPaths) {
   for (const auto& [name, p] : b.named_parameters())
     if (name.rfind("shortcut.", 0) == 0 && p.grad().defined()) sc_grad = true;
   EXPECT_TRUE(sc_grad);
+}
+
+// QAT training of ResNet-20 with the output fake quants inside the batch-norm
+// and add-ReLU ops equals the separate passes bit for bit: every parameter,
+// gradient and state entry after SGD steps.
+TEST(ResNet20, FusedOutputFakeQuantEqualsTheSeparatePasses) {
+  std::vector<std::vector<double>> runs[2];
+  for (int fused = 0; fused < 2; ++fused) {
+    detail::set_fuse_output_fake_quant(fused == 1);
+    Generator g(4);
+    nn::ModulePtr model = nn::make_model("resnet20", {}, g);
+    prepare_qat(*model);
+    nn::SGD opt(model->parameters(), {.lr = 0.01, .momentum = 0.9});
+    model->train();
+    for (int step = 0; step < 2; ++step) {
+      opt.zero_grad();
+      Variable loss = autograd::cross_entropy((*model)(Variable(images(4, 20 + step))), labels(4));
+      loss.backward();
+      opt.step();
+      runs[fused].push_back({loss.value().item()});
+      for (const auto& [name, p] : model->named_parameters()) runs[fused].push_back(p.grad().to_vector());
+    }
+    for (const auto& [name, t] : model->state_dict()) runs[fused].push_back(t.to_vector());
+  }
+  detail::set_fuse_output_fake_quant(true);
+  ASSERT_EQ(runs[0].size(), runs[1].size());
+  for (size_t i = 0; i < runs[0].size(); ++i) ASSERT_EQ(runs[0][i], runs[1][i]) << "item " << i;
 }
 
 TEST(ResNet20, QatEvalEqualsTheConvertedGraphBitForBit) {
