@@ -1,5 +1,8 @@
 // Pointwise activations: relu, relu6, leaky_relu, sigmoid, tanh, clamp.
 #include <cmath>
+#include <type_traits>
+#include <bit>
+#include <cstring>
 #include <vector>
 #include <limits>
 #include <algorithm>
@@ -51,6 +54,31 @@ Variable pointwise(const Variable& x, const char* name, bool save_output, Fwd fw
   });
 }
 
+// y = max(a + b, 0) over n values (NaN gives 0, as relu()), and y's minimum
+// and maximum. The values are >= 0, and non-negative floats order like their
+// bit patterns, so the range is an integer min/max reduction, which the
+// compiler vectorizes (a float one it does not, or scalarizes).
+template <class T>
+[[gnu::always_inline]] inline void add_relu_range(const T* a, const T* b, int64_t n, T* y, T& lo, T& hi) {
+  using Bits = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  Bits l = std::numeric_limits<Bits>::max(), h = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    T v = a[i] + b[i];
+    v = v > 0 ? v : T(0);
+    y[i] = v;
+    const Bits bits = std::bit_cast<Bits>(v);
+    l = std::min(l, bits);
+    h = std::max(h, bits);
+  }
+  lo = std::bit_cast<T>(l);
+  hi = std::bit_cast<T>(h);
+}
+__attribute__((target_clones("avx512f", "avx2", "default"))) void add_relu_range_f32(const float* a, const float* b,
+                                                                                     int64_t n, float* y, float& lo,
+                                                                                     float& hi) {
+  add_relu_range(a, b, n, y, lo, hi);
+}
+
 }  // namespace
 
 Variable relu(const Variable& x) {
@@ -85,14 +113,12 @@ Variable add_relu(const Variable& a, const Variable& b, const FakeQuantHook& fak
     }
     parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
-        T l = std::numeric_limits<T>::infinity(), h = 0;
-        for (int64_t i = c * kGrain, e = std::min(n, i + kGrain); i < e; ++i) {
-          T v = pa[i] + pb[i];
-          v = v > 0 ? v : T(0);
-          py[i] = v;
-          l = v < l ? v : l;
-          h = v > h ? v : h;
-        }
+        T l, h;
+        const int64_t b0 = c * kGrain;
+        if constexpr (std::is_same_v<T, float>)
+          add_relu_range_f32(pa + b0, pb + b0, std::min(kGrain, n - b0), py + b0, l, h);
+        else
+          add_relu_range(pa + b0, pb + b0, std::min(kGrain, n - b0), py + b0, l, h);
         lo[c] = l;
         hi[c] = h;
       }
@@ -113,7 +139,7 @@ Variable add_relu(const Variable& a, const Variable& b, const FakeQuantHook& fak
       using T = decltype(tag);
       const T top = static_cast<T>(ymax);  // a T value or +inf
       map2<T>(g.data<T>(), y.data<T>(), d.data<T>(), g.numel(),
-              [top](T gi, T yi) { return yi > 0 && yi <= top ? gi : T(0); });
+              [top](T gi, T yi) { return (yi > 0) & (yi <= top) ? gi : T(0); });
     });
     out.add(0, d);  // one tensor for both: accumulation copies it before writing
     out.add(1, d);

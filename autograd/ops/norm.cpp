@@ -1,6 +1,8 @@
 // Batch normalization over axis 1 of [N, C] or [N, C, H, W].
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
+#include <bit>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -67,14 +69,17 @@ template <class T>
                                                  double& sgx, T ymax = std::numeric_limits<T>::infinity()) {
   typedef typename Lanes<T>::type V;
   V a = {}, b = {};
-  const V zero = {};
+  const V zero = {}, top = zero + ymax;
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     QF_LOAD_LANES(T, gv, g + i);
     QF_LOAD_LANES(T, xv, x + i);
     if (y) {
       QF_LOAD_LANES(T, yv, y + i);
-      gv = (yv > zero) & (yv <= ymax) ? gv : zero;
+      // 0 < y <= top, as two selects of this shape: GCC 12 scalarizes the
+      // others (<=, & of masks, chained selects on gv) in a target clone.
+      const V t = yv > top ? zero : yv;
+      gv = t > zero ? gv : zero;
     }
     a += gv;
     b += gv * (xv - mean);
@@ -128,32 +133,26 @@ template <class T>
 QF_NORM_CLONES void row_affine(const float* r, int64_t n, float a, float b, bool relu, float* o) {
   row_affine<float>(r, n, a, b, relu, o);
 }
-/// o = max(r * a + b, 0), and the running minimum and maximum of o.
+/// o = max(r * a + b, 0) (NaN gives 0, as relu()), and the running minimum
+/// and maximum of o. The values are >= 0, and non-negative floats order like
+/// their bit patterns: the range is an integer min/max reduction, which the
+/// compiler vectorizes (a float one it does not, or scalarizes).
 template <class T>
 [[gnu::always_inline]] inline void row_affine_relu_range(const T* r, int64_t n, T a, T b, T* o, T& lo, T& hi) {
-  typedef typename Lanes<T>::type V;
-  const V zero = {};
-  V vlo = zero + lo, vhi = zero + hi;
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    QF_LOAD_LANES(T, v, r + i);
-    v = v * a + b;
-    v = v > zero ? v : zero;  // as relu(): NaN gives 0
-    std::memcpy(o + i, &v, sizeof v);
-    vlo = v < vlo ? v : vlo;
-    vhi = v > vhi ? v : vhi;
-  }
-  for (; i < n; ++i) {
+  using Bits = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
+  Bits l = std::bit_cast<Bits>(lo), h = std::bit_cast<Bits>(hi);
+  l = lo >= T(0) ? l : std::numeric_limits<Bits>::max();  // lo starts at +inf, hi at -inf: no data yet
+  h = hi >= T(0) ? h : 0;
+  for (int64_t i = 0; i < n; ++i) {
     T v = r[i] * a + b;
     v = v > T(0) ? v : T(0);
     o[i] = v;
-    lo = v < lo ? v : lo;
-    hi = v > hi ? v : hi;
+    const Bits bits = std::bit_cast<Bits>(v);
+    l = std::min(l, bits);
+    h = std::max(h, bits);
   }
-  for (int l = 0; l < kLanes; ++l) {
-    lo = vlo[l] < lo ? vlo[l] : lo;
-    hi = vhi[l] > hi ? vhi[l] : hi;
-  }
+  lo = std::bit_cast<T>(l);
+  hi = std::bit_cast<T>(h);
 }
 QF_NORM_CLONES void row_affine_relu_range(const float* r, int64_t n, float a, float b, float* o, float& lo,
                                           float& hi) {
@@ -174,7 +173,7 @@ template <class T>
 [[gnu::always_inline]] inline void row_dx_relu(const T* g, const T* x, const T* y, int64_t n, T k, T m, T mg, T mean,
                                                T invstd_mgx, T ymax, T* d) {
   for (int64_t i = 0; i < n; ++i)
-    d[i] = k * (m * (y[i] > T(0) && y[i] <= ymax ? g[i] : T(0)) - mg - (x[i] - mean) * invstd_mgx);
+    d[i] = k * (m * ((y[i] > T(0)) & (y[i] <= ymax) ? g[i] : T(0)) - mg - (x[i] - mean) * invstd_mgx);
 }
 QF_NORM_CLONES void row_dx_relu(const float* g, const float* x, const float* y, int64_t n, float k, float m,
                                 float mg, float mean, float invstd_mgx, float ymax, float* d) {
@@ -342,7 +341,8 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
                   const T* gr = pg + off;
                   T* d = pd + off;
                   if (py) {
-                    for (int64_t i = 0; i < S; ++i) d[i] = py[off + i] > T(0) && py[off + i] <= top ? k * gr[i] : T(0);
+                    for (int64_t i = 0; i < S; ++i)
+                      d[i] = (py[off + i] > T(0)) & (py[off + i] <= top) ? k * gr[i] : T(0);
                   } else {
                     for (int64_t i = 0; i < S; ++i) d[i] = k * gr[i];
                   }
