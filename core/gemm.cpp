@@ -35,11 +35,11 @@ void sgemm_pixels_reference(int64_t P, int64_t N, int64_t K, const float* const*
     }
 }
 void sgemm_segments_reference(int64_t K, int64_t N, int64_t nseg, int64_t seglen, const float* const* brows,
-                              const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc) {
+                              const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc, int64_t step) {
   for (int64_t k = 0; k < K; ++k)
     for (int64_t s = 0; s < nseg; ++s)
       for (int64_t t = 0; t < seglen; ++t) {
-        const float a = brows[k][off[s] + t];
+        const float a = brows[k][off[s] + t * step];
         const float* g = G + (s * seglen + t) * ldg;
         for (int64_t j = 0; j < N; ++j) CT[k * ldc + j] += a * g[j];
       }
@@ -191,14 +191,16 @@ void gemm_rows_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* A, 
 }
 
 void gemm_rows_segments(int64_t K, int64_t N, int64_t nseg, int64_t seglen, const float* const* brows,
-                        const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc) {
-  QF_CHECK(K >= 0 && N >= 0 && nseg >= 0 && seglen >= 0)
-      << "gemm_rows_segments: negative size (K " << K << ", N " << N << ", nseg " << nseg << ", seglen " << seglen
-      << ")";
+                        const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc, int64_t step) {
+  QF_CHECK(K >= 0 && N >= 0 && nseg >= 0 && seglen >= 0 && step >= 1)
+      << "gemm_rows_segments: bad size (K " << K << ", N " << N << ", nseg " << nseg << ", seglen " << seglen
+      << ", step " << step << ")";
   if (K == 0 || N == 0 || nseg == 0 || seglen == 0) return;
   const auto run = use_avx512_rows() ? detail::sgemm_segments_avx512 : detail::sgemm_segments_reference;
-  if (run_inline(K, N, nseg * seglen)) return run(K, N, nseg, seglen, brows, off, G, ldg, CT, ldc);
-  parallel_for(0, K, 24, [&](int64_t b, int64_t e) { run(e - b, N, nseg, seglen, brows + b, off, G, ldg, CT + b * ldc, ldc); });
+  if (run_inline(K, N, nseg * seglen)) return run(K, N, nseg, seglen, brows, off, G, ldg, CT, ldc, step);
+  parallel_for(0, K, 24, [&](int64_t b, int64_t e) {
+    run(e - b, N, nseg, seglen, brows + b, off, G, ldg, CT + b * ldc, ldc, step);
+  });
 }
 
 void gemm_rows_pixels(int64_t P, int64_t N, int64_t K, const float* const* brows, const int64_t* poff,

@@ -32,15 +32,17 @@ void gemm_rows_nt(int64_t M, int64_t N, int64_t K, float alpha, const float* A, 
                   const float* const* brows, float beta, float* C, int64_t ldc);
 
 /// CT[k, j] += sum over segments s < nseg and t < seglen of
-///   brows[k][off[s] + t] * G[(s * seglen + t) * ldg + j],   for k < K, j < N:
+///   brows[k][off[s] + t * step] * G[(s * seglen + t) * ldg + j],   for k < K, j < N:
 /// a product whose inner dimension runs over pixel segments (a convolution's
 /// output rows) that the row views brows[k] reach at offsets off[s], with G
 /// pixel-major (one row of N channels per pixel). A convolution's weight
 /// gradient, transposed, is this product, with G the output gradient and
-/// brows the shifted input rows; the columns between segments are skipped.
+/// brows the shifted input rows; the columns between segments are skipped
+/// (and, for a strided conv, step > 1 reads every step-th column).
 /// Single-threaded when called inside a parallel region, else split over K.
 void gemm_rows_segments(int64_t K, int64_t N, int64_t nseg, int64_t seglen, const float* const* brows,
-                        const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc);
+                        const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc,
+                        int64_t step = 1);
 
 /// C[p, j] = beta * C[p, j] + sum over k < K of brows[k][poff[p]] * B[k * ldb + j],
 /// for p < P and j < N: the product of the previous form with its result

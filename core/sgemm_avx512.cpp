@@ -395,7 +395,7 @@ void sgemm_dot(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int
 // columns) are never visited.
 template <int MR, int NV, bool kFull>
 void kernel_seg(const float* const* rows, const int64_t* off, int64_t nseg, int64_t seglen, const float* g,
-                int64_t ldg, float* c, int64_t ldc, __mmask16 mlast) {
+                int64_t ldg, float* c, int64_t ldc, __mmask16 mlast, int64_t step) {
   __m512 acc[MR][NV];
 #pragma GCC unroll 12
   for (int i = 0; i < MR; ++i)
@@ -405,7 +405,7 @@ void kernel_seg(const float* const* rows, const int64_t* off, int64_t nseg, int6
   for (int64_t s = 0; s < nseg; ++s) {
     const float* p[MR];
     for (int i = 0; i < MR; ++i) p[i] = rows[i] + off[s];
-    for (int64_t t = 0; t < seglen; ++t) {
+    for (int64_t t = 0, e = seglen * step; t < e; t += step) {
       __m512 b[NV];
       for (int v = 0; v < NV; ++v)
         b[v] = kFull || v + 1 < NV ? _mm512_loadu_ps(g + 16 * v) : _mm512_maskz_loadu_ps(mlast, g + 16 * v);
@@ -432,7 +432,7 @@ constexpr int seg_mr(int nv) { return nv == 4 ? 6 : nv == 3 ? 8 : 12; }
 
 template <int NV>
 void seg_panel(int64_t K, int64_t nr, int64_t nseg, int64_t seglen, const float* const* rows, const int64_t* off,
-               const float* g, int64_t ldg, float* CT, int64_t ldc) {
+               const float* g, int64_t ldg, float* CT, int64_t ldc, int64_t step) {
   constexpr int MR = seg_mr(NV);
   const bool full = nr == 16 * NV;
   const __mmask16 mlast = static_cast<__mmask16>((1u << (nr - 16 * (NV - 1))) - 1);
@@ -444,7 +444,8 @@ void seg_panel(int64_t K, int64_t nr, int64_t nseg, int64_t seglen, const float*
     const int64_t ns = std::min(per_block, nseg - s0);
     const float* gb = g + s0 * seglen * ldg;
     int64_t k0 = 0;
-    for (; k0 + MR <= K; k0 += MR) kernel(rows + k0, off + s0, ns, seglen, gb, ldg, CT + k0 * ldc, ldc, mlast);
+    for (; k0 + MR <= K; k0 += MR)
+      kernel(rows + k0, off + s0, ns, seglen, gb, ldg, CT + k0 * ldc, ldc, mlast, step);
     if (k0 < K) {  // the last rows: repeat the last B row into a scratch tile
       const int64_t mr = K - k0;
       const float* r[MR];
@@ -453,7 +454,7 @@ void seg_panel(int64_t K, int64_t nr, int64_t nseg, int64_t seglen, const float*
         r[i] = rows[std::min<int64_t>(k0 + i, K - 1)];
         for (int64_t j = 0; j < nr; ++j) tile[i * 64 + j] = i < mr ? CT[(k0 + i) * ldc + j] : 0.0f;
       }
-      kernel(r, off + s0, ns, seglen, gb, ldg, tile, 64, mlast);
+      kernel(r, off + s0, ns, seglen, gb, ldg, tile, 64, mlast, step);
       for (int64_t i = 0; i < mr; ++i)
         for (int64_t j = 0; j < nr; ++j) CT[(k0 + i) * ldc + j] = tile[i * 64 + j];
     }
@@ -586,14 +587,14 @@ void transpose_avx512(const float* src, int64_t rows, int64_t cols, int64_t lds,
 }
 
 void sgemm_segments_avx512(int64_t K, int64_t N, int64_t nseg, int64_t seglen, const float* const* brows,
-                           const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc) {
+                           const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc, int64_t step) {
   for (int64_t j0 = 0; j0 < N; j0 += 64) {
     const int64_t nr = std::min<int64_t>(64, N - j0);
     switch ((nr + 15) / 16) {
-      case 4: seg_panel<4>(K, nr, nseg, seglen, brows, off, G + j0, ldg, CT + j0, ldc); break;
-      case 3: seg_panel<3>(K, nr, nseg, seglen, brows, off, G + j0, ldg, CT + j0, ldc); break;
-      case 2: seg_panel<2>(K, nr, nseg, seglen, brows, off, G + j0, ldg, CT + j0, ldc); break;
-      default: seg_panel<1>(K, nr, nseg, seglen, brows, off, G + j0, ldg, CT + j0, ldc); break;
+      case 4: seg_panel<4>(K, nr, nseg, seglen, brows, off, G + j0, ldg, CT + j0, ldc, step); break;
+      case 3: seg_panel<3>(K, nr, nseg, seglen, brows, off, G + j0, ldg, CT + j0, ldc, step); break;
+      case 2: seg_panel<2>(K, nr, nseg, seglen, brows, off, G + j0, ldg, CT + j0, ldc, step); break;
+      default: seg_panel<1>(K, nr, nseg, seglen, brows, off, G + j0, ldg, CT + j0, ldc, step); break;
     }
   }
 }

@@ -18,7 +18,7 @@ void sgemm_rows_nt_avx512(int64_t M, int64_t N, int64_t K, float alpha, const fl
 
 /// Pixel-segment form (see gemm_rows_segments in core/gemm.h), AVX-512F.
 void sgemm_segments_avx512(int64_t K, int64_t N, int64_t nseg, int64_t seglen, const float* const* brows,
-                           const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc);
+                           const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc, int64_t step);
 
 /// Scattered-pixel form (see gemm_rows_pixels in core/gemm.h), AVX-512F.
 void sgemm_pixels_avx512(int64_t P, int64_t N, int64_t K, const float* const* brows, const int64_t* poff,
@@ -32,6 +32,6 @@ void sgemm_reference(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float al
 void sgemm_pixels_reference(int64_t P, int64_t N, int64_t K, const float* const* brows, const int64_t* poff,
                             const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 void sgemm_segments_reference(int64_t K, int64_t N, int64_t nseg, int64_t seglen, const float* const* brows,
-                              const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc);
+                              const int64_t* off, const float* G, int64_t ldg, float* CT, int64_t ldc, int64_t step);
 
 }  // namespace qforge::detail

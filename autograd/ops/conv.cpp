@@ -158,6 +158,7 @@ struct Shifted {
   bool taps;
   int64_t Wg;  // grid and buffer row length
   int64_t Hs;  // rows per stacked sample
+  int64_t sy, sx;  // the conv's strides: output (oh, ow) sits at input (oh * sy, ow * sx)
   int64_t plane, nb, base, cstride, ncopy;
   // nb samples share one GEMM: copy k of the buffer is [Cg][cstride], sample
   // s's row h at base + s * plane + h * Wg, so a shifted row runs through all
@@ -165,9 +166,14 @@ struct Shifted {
   Shifted(const ConvGeom& g, int64_t nb_, bool taps_) : taps(taps_), nb(taps_ ? 1 : nb_) {
     // The vertical gap absorbs the top overhang (ph), the bottom one (ph for
     // stride 1) and outputs taller than the input (large padding); the
-    // horizontal gap likewise.
-    Hs = g.H + std::max<int64_t>(g.ph, g.OH - g.H);
-    Wg = taps ? g.OW : g.W + std::max<int64_t>(g.pw, g.OW - g.W);
+    // horizontal gap likewise. Strided convs (positions only, never a grid)
+    // need the gap to cover the last window's reach past the input.
+    const int64_t reach_h = (g.OH - 1) * g.sh + (g.KH - 1) * g.dh - g.ph + 1 - g.H;
+    const int64_t reach_w = (g.OW - 1) * g.sw + (g.KW - 1) * g.dw - g.pw + 1 - g.W;
+    Hs = g.H + std::max<int64_t>({g.ph, g.OH - g.H, reach_h});
+    Wg = taps ? g.OW : g.W + std::max<int64_t>({g.pw, g.OW - g.W, reach_w});
+    sy = g.sh;
+    sx = g.sw;
     plane = Hs * Wg;
     ncopy = taps ? g.KW : 1;
     base = g.ph * Wg + (taps ? 0 : g.pw);
@@ -177,8 +183,8 @@ struct Shifted {
   // Grid columns that cover `ns` stacked samples (OH * OW for taps).
   int64_t L(const ConvGeom& g, int64_t ns) const { return (ns - 1) * plane + g.OH * Wg; }
   int64_t padded_size(const ConvGeom& g) const { return ncopy * g.Cg() * cstride; }
-  // Grid offset of output (s, oh, 0).
-  int64_t out_at(int64_t s, int64_t oh) const { return s * plane + oh * Wg; }
+  // Grid offset of output (s, oh, 0); output (s, oh, ow) is ow * sx further.
+  int64_t out_at(int64_t s, int64_t oh) const { return s * plane + oh * sy * Wg; }
   // Horizontal shift of copy k: its column j holds input column j + shift.
   int64_t shift(const ConvGeom& g, int64_t k) const { return taps ? k * g.dw - g.pw : 0; }
   // Where kernel tap (kh, kw) reads in its copy, relative to the grid point,
@@ -216,11 +222,25 @@ struct Shifted {
 
 bool use_shifted(const ConvGeom& g) { return g.sh == 1 && g.sw == 1 && !g.pointwise(); }
 
+// Strided convs (f32): the forward through gemm_rows_pixels and the weight
+// gradient through gemm_rows_segments, reading the strided positions of the
+// shifted rows of one padded copy (no column matrix); the input gradient
+// stays on im2col + GEMM + col2im. When the output channels fill 32-wide
+// tiles and the window is wider than 1x1 (ResNet's 3x3 downsampling convs:
+// fwd+bwd 1.3-1.8x; its 1x1 shortcuts were 0.85-1.07x, a copy for one tap),
+// unless forced either way.
+bool use_strided(const ConvGeom& g) {
+  if (g.sh == 1 && g.sw == 1) return false;
+  if (detail::g_out_setting != ConvOut::automatic) return detail::g_out_setting == ConvOut::pixels;
+  return g.OCg() % 32 == 0 && g.KH * g.KW > 1;
+}
+
 // The weight gradient through gemm_rows_segments (the output gradient made
 // pixel-major, output channels in the vector lanes, gap columns skipped) when
 // a group has whole vectors of output channels; otherwise through the dot
 // product of gradient-grid rows with shifted input rows (gemm_rows_nt).
 bool use_segments_dw(const ConvGeom& g, const Shifted& sh) {
+  if (sh.sy != 1 || sh.sx != 1) return true;  // the dot product reads a stride-1 grid
   if (detail::g_dw_setting != ConvDw::automatic) return detail::g_dw_setting == ConvDw::segments;
   return !sh.taps && g.OCg() % 16 == 0;
 }
@@ -233,11 +253,13 @@ bool use_segments_dw(const ConvGeom& g, const Shifted& sh) {
 // is the grid points per sample, `useful` the positions.
 bool use_pixels(int64_t channels, double grid_cols, double useful, const Shifted& sh) {
   if (sh.taps) return false;
+  if (sh.sy != 1 || sh.sx != 1) return true;  // strided: there is no grid product
   if (detail::g_out_setting != ConvOut::automatic) return detail::g_out_setting == ConvOut::pixels;
   return channels % 64 == 0 && grid_cols >= 1.05 * useful;
 }
 
 bool use_taps(const ConvGeom& g) {
+  if (g.sh != 1 || g.sw != 1) return false;  // strided: the gaps layout's positions only
   if (detail::g_layout_setting != ConvLayout::automatic) return detail::g_layout_setting == ConvLayout::taps;
   return g.groups == 1 && g.Kc() <= 32;
 }
@@ -264,7 +286,7 @@ void conv_forward_shifted(const float* x, const float* w, const float* b, const 
     for (int64_t gi = 0; gi < g.groups; ++gi) transpose(w + gi * OCg * Kc, OCg, Kc, Kc, wT.data() + gi * Kc * OCg, OCg);
     for (int64_t s = 0; s < sh.nb; ++s)
       for (int64_t oh = 0; oh < g.OH; ++oh)
-        for (int64_t ow = 0; ow < g.OW; ++ow) poff.push_back(sh.out_at(s, oh) + ow);
+        for (int64_t ow = 0; ow < g.OW; ++ow) poff.push_back(sh.out_at(s, oh) + ow * sh.sx);
   }
   parallel_chunks(chunks, [&](int64_t c) {
     int64_t lo, hi;
@@ -436,7 +458,7 @@ void conv_backward_shifted(const float* x, const float* w, const float* gy, cons
         if (seg_dw) {  // dW_g^T [Kc, OCg] += cols x gy^T, over the output rows only
           sh.pad(g, x, n0, ns, gi, xpad.data<float>());
           gemm_rows_segments(Kc, OCg, ns * g.OH, g.OW, xrows.data(), segoff.data(), gT.data<float>(), OCg,
-                             dwT.data<float>() + gi * Kc * OCg, OCg);
+                             dwT.data<float>() + gi * Kc * OCg, OCg, sh.sx);
         } else if (dwp) {  // dW_g += gy_grid [OCg, L] x cols^T
           sh.pad(g, x, n0, ns, gi, xpad.data<float>());
           const float* a = sh.taps ? gy + (n0 * g.OC + gi * OCg) * OHW : gp + F;
@@ -476,7 +498,7 @@ template <class T>
 void conv_forward(const T* x, const T* w, const T* b, const ConvGeom& g, T* y) {
   if (g.N == 0) return;  // an empty batch
   if constexpr (std::is_same_v<T, float>) {
-    if (use_shifted(g)) return conv_forward_shifted(x, w, b, g, y);
+    if (use_shifted(g) || use_strided(g)) return conv_forward_shifted(x, w, b, g, y);
   }
   const int64_t Kc = g.Kc(), OHW = g.OHW(), OCg = g.OCg();
   const int64_t chunks = std::min<int64_t>(g.N, num_threads());
@@ -514,6 +536,11 @@ void conv_backward(const T* x, const T* w, const T* gy, const ConvGeom& g, T* dx
   }
   if constexpr (std::is_same_v<T, float>) {
     if (use_shifted(g)) return conv_backward_shifted(x, w, gy, g, dx, dw, db);
+    if (dw && use_strided(g)) {  // dW over strided positions; dx (and db) below
+      conv_backward_shifted(x, w, gy, g, nullptr, dw, nullptr);
+      if (!dx && !db) return;
+      dw = nullptr;
+    }
   }
   const int64_t Kc = g.Kc(), OHW = g.OHW(), OCg = g.OCg();
   const int64_t wsize = g.OC * Kc;

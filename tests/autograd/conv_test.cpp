@@ -104,6 +104,8 @@ TEST(Conv, ForwardMatchesNaive) {
   cases.push_back({{8, 16, 12, 12}, 32, 3, 3, opts(1, 1, 1, 1, 1, 1), true});
   cases.push_back({{5, 8, 9, 9}, 8, 3, 3, opts(2, 2, 1, 1, 1, 8), false});
   cases.push_back({{3, 8, 5, 5}, 64, 3, 3, opts(1, 1, 1, 1, 1, 1), true});
+  cases.push_back({{3, 4, 9, 9}, 32, 3, 3, opts(2, 2, 1, 1, 1, 1), true});  // strided, positions only
+  cases.push_back({{2, 3, 11, 12}, 32, 3, 3, opts(2, 3, 2, 1, 2, 1), false});
   for (ConvLayout layout : {ConvLayout::automatic, ConvLayout::gaps, ConvLayout::taps})
   for (ConvOut outmode : {ConvOut::automatic, ConvOut::grid, ConvOut::pixels})
   for (const Case& c : cases) {
@@ -164,6 +166,15 @@ TEST(Conv, Float32BackwardMatchesFloat64) {
   // three gradients, with the weight gradient only (a first layer: dx is not
   // needed) and with the input gradient only; the weight gradient through
   // both of its products.
+  // Strided convs whose output channels fill 32-wide tiles (automatic: the
+  // positions-only forward and weight gradient): ResNet's 3x3 and 1x1
+  // downsampling, stride 2 on odd and even maps, stride (2, 3) with
+  // dilation, and stacks of several samples.
+  cases.push_back({{3, 4, 9, 9}, 32, 3, 3, opts(2, 2, 1, 1, 1, 1), true});
+  cases.push_back({{2, 6, 8, 8}, 64, 3, 3, opts(2, 2, 1, 1, 1, 1), false});
+  cases.push_back({{3, 5, 8, 8}, 32, 1, 1, opts(2, 2, 0, 0, 1, 1), false});
+  cases.push_back({{2, 3, 11, 12}, 32, 3, 3, opts(2, 3, 2, 1, 2, 1), true});
+  cases.push_back({{20, 2, 4, 5}, 32, 3, 3, opts(2, 2, 1, 1, 1, 1), true});
   // Forward and input gradient over the grid and over the positions only.
   cases.push_back({{3, 64, 6, 6}, 64, 3, 3, opts(1, 1, 1, 1, 1, 1), true});  // automatic: pixels (8x8 -> 7x7 grid)
   cases.push_back({{2, 8, 6, 5}, 130, 3, 3, opts(1, 1, 1, 0, 1, 2), true});  // groups of 4 and 65 channels

@@ -157,31 +157,35 @@ TEST(Sgemm, SegmentFormMatchesReference) {
     set_num_threads(threads);
     for (int64_t K : {1, 5, 6, 7, 12, 13, 25, 288})
       for (int64_t N : {1, 3, 16, 20, 32, 47, 48, 64, 80, 130})
-        for (int64_t seglen : {1, 8, 13}) {
+        for (int64_t seglen : {1, 8, 13})
+        for (int64_t step : {1, 2, 3}) {
           const int64_t nseg = seglen == 1 ? 40 : 7, gap = 3, ldg = N + 5, ldc = N + 2;
-          // Segment s starts at s * (seglen + gap); row k starts k floats in,
-          // so rows overlap, and the buffer ends where the last row's last
-          // segment does (an over-read shows under ASan).
-          const int64_t span = (nseg - 1) * (seglen + gap) + seglen;
+          // Segment s starts at s * (seglen * step + gap) and reads every
+          // step-th float; row k starts k floats in, so rows overlap, and the
+          // buffer ends where the last row's last read is (an over-read shows
+          // under ASan).
+          const int64_t seg_span = (seglen - 1) * step + 1;
+          const int64_t span = (nseg - 1) * (seglen * step + gap) + seg_span;
           Tensor buf = Tensor::empty({K - 1 + span});
           uniform_(buf, -1, 1, g);
           std::vector<const float*> rows(static_cast<size_t>(K));
           for (int64_t k = 0; k < K; ++k) rows[k] = buf.data<float>() + k;
           std::vector<int64_t> off(static_cast<size_t>(nseg));
-          for (int64_t s = 0; s < nseg; ++s) off[s] = s * (seglen + gap);
+          for (int64_t s = 0; s < nseg; ++s) off[s] = s * (seglen * step + gap);
           Tensor G = Tensor::empty({nseg * seglen * ldg}), C = Tensor::empty({K * ldc});
           uniform_(G, -1, 1, g);
           uniform_(C, -1, 1, g);
           Tensor R = C.clone();
-          gemm_rows_segments(K, N, nseg, seglen, rows.data(), off.data(), G.data<float>(), ldg, C.data<float>(), ldc);
+          gemm_rows_segments(K, N, nseg, seglen, rows.data(), off.data(), G.data<float>(), ldg, C.data<float>(), ldc,
+                             step);
           detail::sgemm_segments_reference(K, N, nseg, seglen, rows.data(), off.data(), G.data<float>(), ldg,
-                                           R.data<float>(), ldc);
+                                           R.data<float>(), ldc, step);
           for (int64_t k = 0; k < K; ++k)
             for (int64_t j = 0; j < ldc; ++j) {
               const float want = R.data<float>()[k * ldc + j];
               if (j < N)
                 ASSERT_NEAR(C.data<float>()[k * ldc + j], want, 2e-5f * (nseg * seglen + 4))
-                    << "K=" << K << " N=" << N << " seglen=" << seglen << " threads=" << threads;
+                    << "K=" << K << " N=" << N << " seglen=" << seglen << " step=" << step << " threads=" << threads;
               else
                 ASSERT_EQ(C.data<float>()[k * ldc + j], want) << "padding column written";
             }
@@ -239,6 +243,7 @@ TEST(Sgemm, PixelFormMatchesReference) {
 TEST(Sgemm, SegmentFormRejectsNegativeSizes) {
   EXPECT_THROW(gemm_rows_pixels(-1, 1, 1, nullptr, nullptr, nullptr, 1, 0.0f, nullptr, 1), ValueError);
   EXPECT_THROW(gemm_rows_segments(-1, 1, 1, 1, nullptr, nullptr, nullptr, 1, nullptr, 1), ValueError);
+  EXPECT_THROW(gemm_rows_segments(1, 1, 1, 1, nullptr, nullptr, nullptr, 1, nullptr, 1, 0), ValueError);
   // Empty products touch nothing.
   gemm_rows_segments(0, 4, 1, 1, nullptr, nullptr, nullptr, 1, nullptr, 1);
   gemm_rows_segments(4, 4, 0, 3, nullptr, nullptr, nullptr, 1, nullptr, 1);
