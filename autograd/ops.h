@@ -55,7 +55,8 @@ struct FakeQuantParams {
   int64_t qmin = 0, qmax = 255;
 };
 /// Called once with the [min, max] of the values about to be fake-quantized
-/// (the quantizer's observer records that range); returns the qparams to use.
+/// (the quantizer's observer records that range; min > max, +inf and -inf,
+/// when there are none); returns the qparams to use.
 using FakeQuantHook = std::function<FakeQuantParams(double min, double max)>;
 /// max(x, 0) elementwise as a new tensor of x's shape (f32 or f64, else
 /// DTypeError); the gradient passes where the output is > 0.
@@ -121,10 +122,11 @@ void set_conv_dw(ConvDw dw);
 /// The current setting.
 extern ConvDw g_dw_setting;
 }  // namespace detail
-/// Forward and input-gradient products of the stride-1 f32 convolution (gaps
-/// layout): `automatic` picks per shape; `grid` (over the padded grid, gap
-/// columns included) and `pixels` (over the positions only, channels in the
-/// lanes) force one, for tests and benchmarks.
+/// Forward and input-gradient products of the f32 convolution (gaps layout):
+/// `automatic` picks per shape; `grid` (over the padded grid, gap columns
+/// included; for strided convs, im2col) and `pixels` (over the positions
+/// only, channels in the lanes; for strided convs, also the weight gradient
+/// over the strided positions) force one, for tests and benchmarks.
 enum class ConvOut { automatic, grid, pixels };
 namespace detail {
 /// Sets the forward and input-gradient product for all later conv2d calls (tests only).

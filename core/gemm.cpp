@@ -203,6 +203,8 @@ void gemm_rows_segments(int64_t K, int64_t N, int64_t nseg, int64_t seglen, cons
   });
 }
 
+bool gemm_rows_kernels_available() { return use_avx512_rows(); }
+
 void gemm_rows_pixels(int64_t P, int64_t N, int64_t K, const float* const* brows, const int64_t* poff,
                       const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   QF_CHECK(P >= 0 && N >= 0 && K >= 0) << "gemm_rows_pixels: negative size (P " << P << ", N " << N << ", K " << K

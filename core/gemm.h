@@ -58,6 +58,11 @@ void gemm_rows_pixels(int64_t P, int64_t N, int64_t K, const float* const* brows
 /// blocks where the CPU has them).
 void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd);
 
+/// True when gemm_rows_segments, gemm_rows_pixels and transpose run vector
+/// kernels (the avx512 backend); otherwise they are scalar reference loops,
+/// and callers should prefer the other products.
+bool gemm_rows_kernels_available();
+
 /// Which implementation serves the f32 gemm: "avx512", "openblas" or
 /// "reference" (QFORGE_GEMM forces one).
 const char* gemm_backend();

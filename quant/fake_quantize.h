@@ -61,8 +61,9 @@ class FakeQuantize : public nn::Module {
   /// and gradients of forward(). False while fusion is switched off.
   bool fusable() const;
   /// forward()'s bookkeeping for a batch whose range is [lo, hi] (the
-  /// observer records it when it would record the batch), then the qparams
-  /// to quantize that batch with. Only when fusable().
+  /// observer records it when it would record the batch; lo > hi means an
+  /// empty batch, which it does not record), then the qparams to quantize
+  /// that batch with. Only when fusable().
   autograd::FakeQuantParams fused_step(double lo, double hi);
   /// A hook for BatchNormOptions::output_fake_quant that calls fused_step()
   /// on this quantizer (which must outlive the call).

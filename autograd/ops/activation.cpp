@@ -126,9 +126,11 @@ Variable add_relu(const Variable& a, const Variable& b, const FakeQuantHook& fak
   });
   Tensor out_v = y;
   double ymax = std::numeric_limits<double>::infinity();
-  if (fq && n > 0) {
-    const FakeQuantParams p =
-        fake_quant(*std::min_element(lo.begin(), lo.end()), *std::max_element(hi.begin(), hi.end()));
+  if (fq) {
+    const double inf = std::numeric_limits<double>::infinity();
+    const FakeQuantParams p = n > 0 ? fake_quant(*std::min_element(lo.begin(), lo.end()),
+                                                 *std::max_element(hi.begin(), hi.end()))
+                                    : fake_quant(inf, -inf);  // no values
     out_v = detail::fake_quantize_values(y, p);
     ymax = detail::ste_upper_bound(dt, p);
   }

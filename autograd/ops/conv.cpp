@@ -232,7 +232,7 @@ bool use_shifted(const ConvGeom& g) { return g.sh == 1 && g.sw == 1 && !g.pointw
 bool use_strided(const ConvGeom& g) {
   if (g.sh == 1 && g.sw == 1) return false;
   if (detail::g_out_setting != ConvOut::automatic) return detail::g_out_setting == ConvOut::pixels;
-  return g.OCg() % 32 == 0 && g.KH * g.KW > 1;
+  return gemm_rows_kernels_available() && g.OCg() % 32 == 0 && g.KH * g.KW > 1;
 }
 
 // The weight gradient through gemm_rows_segments (the output gradient made
@@ -242,7 +242,7 @@ bool use_strided(const ConvGeom& g) {
 bool use_segments_dw(const ConvGeom& g, const Shifted& sh) {
   if (sh.sy != 1 || sh.sx != 1) return true;  // the dot product reads a stride-1 grid
   if (detail::g_dw_setting != ConvDw::automatic) return detail::g_dw_setting == ConvDw::segments;
-  return !sh.taps && g.OCg() % 16 == 0;
+  return gemm_rows_kernels_available() && !sh.taps && g.OCg() % 16 == 0;
 }
 
 // The forward (and the input gradient) through gemm_rows_pixels, over the
@@ -255,7 +255,7 @@ bool use_pixels(int64_t channels, double grid_cols, double useful, const Shifted
   if (sh.taps) return false;
   if (sh.sy != 1 || sh.sx != 1) return true;  // strided: there is no grid product
   if (detail::g_out_setting != ConvOut::automatic) return detail::g_out_setting == ConvOut::pixels;
-  return channels % 64 == 0 && grid_cols >= 1.05 * useful;
+  return gemm_rows_kernels_available() && channels % 64 == 0 && grid_cols >= 1.05 * useful;
 }
 
 bool use_taps(const ConvGeom& g) {

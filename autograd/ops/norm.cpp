@@ -278,8 +278,11 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
   Tensor out_v = y;
   double ymax = std::numeric_limits<double>::infinity();
   if (fq) {
-    const double lo = *std::min_element(ch_lo.begin(), ch_lo.end());
-    const double hi = *std::max_element(ch_hi.begin(), ch_hi.end());
+    double lo = std::numeric_limits<double>::infinity(), hi = -lo;  // none: an empty output
+    if (y.numel() > 0) {
+      lo = *std::min_element(ch_lo.begin(), ch_lo.end());
+      hi = *std::max_element(ch_hi.begin(), ch_hi.end());
+    }
     const FakeQuantParams p = opt.output_fake_quant(lo, hi);
     out_v = detail::fake_quantize_values(y, p);
     ymax = detail::ste_upper_bound(dt, p);
@@ -341,8 +344,9 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
                   const T* gr = pg + off;
                   T* d = pd + off;
                   if (py) {
+                    // k * 0 where only the STE clips, as the separate ops give (-0 for k < 0)
                     for (int64_t i = 0; i < S; ++i)
-                      d[i] = (py[off + i] > T(0)) & (py[off + i] <= top) ? k * gr[i] : T(0);
+                      d[i] = py[off + i] > T(0) ? k * (py[off + i] <= top ? gr[i] : T(0)) : T(0);
                   } else {
                     for (int64_t i = 0; i < S; ++i) d[i] = k * gr[i];
                   }

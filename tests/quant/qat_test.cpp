@@ -2,6 +2,7 @@
 // prepare/prepare_qat and the QAT schedule.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -349,7 +350,18 @@ TEST(QATModules, FrozenBnTrainingForwardEqualsTheFoldedEvalForward) {
 // runs batch norm + ReLU, then the FakeQuantize module. Over SGD steps (the
 // observer recording, then frozen), both give the same outputs, gradients,
 // parameters, running statistics and qparams, bit for bit.
+struct FuseGuard {  // restores the default when a test ends or fails early
+  ~FuseGuard() { detail::set_fuse_output_fake_quant(true); }
+};
+
+std::vector<uint64_t> bits(const std::vector<double>& v) {
+  std::vector<uint64_t> b;
+  for (double d : v) b.push_back(std::bit_cast<uint64_t>(d));
+  return b;
+}
+
 TEST(QATModules, FusedOutputFakeQuantEqualsTheSeparatePasses) {
+  FuseGuard guard;
   std::vector<std::vector<double>> runs[2];
   for (int fused = 0; fused < 2; ++fused) {
     detail::set_fuse_output_fake_quant(fused == 1);
@@ -362,6 +374,7 @@ TEST(QATModules, FusedOutputFakeQuantEqualsTheSeparatePasses) {
       const Variable x(randn({4, 3, 6, 6}, 41 + step));
       opt.zero_grad();
       const Variable y = (*q)(x);
+      EXPECT_STREQ(y.node()->name, fused ? "batch_norm_relu_fake_quant" : "fake_quantize");
       autograd::sum(autograd::mul(y, Variable(randn({4, 4, 6, 6}, 51 + step)))).backward();
       opt.step();
       runs[fused].push_back(y.value().to_vector());
@@ -371,12 +384,28 @@ TEST(QATModules, FusedOutputFakeQuantEqualsTheSeparatePasses) {
   }
   detail::set_fuse_output_fake_quant(true);
   ASSERT_EQ(runs[0].size(), runs[1].size());
-  for (size_t i = 0; i < runs[0].size(); ++i) EXPECT_EQ(runs[0][i], runs[1][i]) << "item " << i;
-  // Not fusable: per-channel activations, LSQ, fake quant off.
+  for (size_t i = 0; i < runs[0].size(); ++i) EXPECT_EQ(bits(runs[0][i]), bits(runs[1][i])) << "item " << i;
+  // Fusable or not, by quantizer: fake quant off, LSQ, per channel, and a
+  // histogram observer (fusable only while it does not record).
   ConvBn cb = make_conv_bn(false, 42);
   auto q = std::make_shared<QATConvBnReLU2d>(*cb.conv, cb.bn, default_qconfig());
   q->output_fake_quant().enable_fake_quant(false);
   EXPECT_FALSE(q->output_fake_quant().fusable());
+  TensorQConfig act = default_qconfig().activation;
+  EXPECT_TRUE(FakeQuantize(act).fusable());
+  TensorQConfig lsq = act;
+  lsq.method = FakeQuantMethod::lsq;
+  EXPECT_FALSE(FakeQuantize(lsq).fusable());
+  TensorQConfig pc = default_qconfig().weight;  // per channel
+  EXPECT_FALSE(FakeQuantize(pc, 4).fusable());
+  TensorQConfig hist = act;
+  hist.observer = "histogram";
+  FakeQuantize h(hist);
+  EXPECT_FALSE(h.fusable());  // training mode: the histogram records
+  h.eval();
+  EXPECT_TRUE(h.fusable());
+  h.set_calibrating(true);
+  EXPECT_FALSE(h.fusable());
 }
 
 TEST(QATModules, GradientsReachTheSharedFloatParameters) {

@@ -120,7 +120,20 @@ TEST(ResNet20, BlocksBackpropagateThroughBothPaths) {
 // QAT training of ResNet-20 with the output fake quants inside the batch-norm
 // and add-ReLU ops equals the separate passes bit for bit: every parameter,
 // gradient and state entry after SGD steps.
+struct FuseGuard {  // restores the default when a test ends or fails early
+  ~FuseGuard() { detail::set_fuse_output_fake_quant(true); }
+};
+
 TEST(ResNet20, FusedOutputFakeQuantEqualsTheSeparatePasses) {
+  FuseGuard guard;
+  // The add-ReLU of a block quantizes its own output when fused.
+  for (int fused = 0; fused < 2; ++fused) {
+    detail::set_fuse_output_fake_quant(fused == 1);
+    QATAdd add(true, default_qconfig());
+    add.train();
+    Variable a(images(2, 1), true), b(images(2, 2), true);
+    EXPECT_STREQ(add.forward2(a, b).node()->name, fused ? "add_relu_fake_quant" : "fake_quantize");
+  }
   std::vector<std::vector<double>> runs[2];
   for (int fused = 0; fused < 2; ++fused) {
     detail::set_fuse_output_fake_quant(fused == 1);
