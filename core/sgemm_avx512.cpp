@@ -393,6 +393,20 @@ void sgemm_dot(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int
 // there is no horizontal reduction and no cache-line-split load (the dot
 // kernel has both), and pixels outside the segments (a convolution's gap
 // columns) are never visited.
+// Stores an MR x NV-vector tile of accumulators into C rows ldc apart, the
+// last vector masked unless kFull.
+template <int MR, int NV, bool kFull>
+[[gnu::always_inline]] inline void store_tile(const __m512 (&acc)[MR][NV], float* c, int64_t ldc, __mmask16 mlast) {
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) {
+      if (kFull || v + 1 < NV)
+        _mm512_storeu_ps(c + i * ldc + 16 * v, acc[i][v]);
+      else
+        _mm512_mask_storeu_ps(c + i * ldc + 16 * v, mlast, acc[i][v]);
+    }
+}
+
 template <int MR, int NV, bool kFull>
 void kernel_seg(const float* const* rows, const int64_t* off, int64_t nseg, int64_t seglen, const float* g,
                 int64_t ldg, float* c, int64_t ldc, __mmask16 mlast, int64_t step) {
@@ -417,14 +431,7 @@ void kernel_seg(const float* const* rows, const int64_t* off, int64_t nseg, int6
       }
     }
   }
-#pragma GCC unroll 12
-  for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) {
-      if (kFull || v + 1 < NV)
-        _mm512_storeu_ps(c + i * ldc + 16 * v, acc[i][v]);
-      else
-        _mm512_mask_storeu_ps(c + i * ldc + 16 * v, mlast, acc[i][v]);
-    }
+  store_tile<MR, NV, kFull>(acc, c, ldc, mlast);
 }
 
 // Tile rows per vector count: 24 accumulators where the pointers fit.
@@ -523,14 +530,7 @@ void kernel_pixels(int64_t kc, const float* const* rows, const int64_t* poff, co
       for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(a, bv[v], acc[i][v]);
     }
   }
-#pragma GCC unroll 12
-  for (int i = 0; i < MR; ++i)
-    for (int v = 0; v < NV; ++v) {
-      if (kFull || v + 1 < NV)
-        _mm512_storeu_ps(c + i * ldc + 16 * v, acc[i][v]);
-      else
-        _mm512_mask_storeu_ps(c + i * ldc + 16 * v, mlast, acc[i][v]);
-    }
+  store_tile<MR, NV, kFull>(acc, c, ldc, mlast);
 }
 
 template <int NV>

@@ -1,7 +1,6 @@
 // Pointwise activations: relu, relu6, leaky_relu, sigmoid, tanh, clamp.
 #include <cmath>
 #include <type_traits>
-#include <bit>
 #include <cstring>
 #include <vector>
 #include <limits>
@@ -54,24 +53,12 @@ Variable pointwise(const Variable& x, const char* name, bool save_output, Fwd fw
   });
 }
 
-// y = max(a + b, 0) over n values (NaN gives 0, as relu()), and y's minimum
-// and maximum. The values are >= 0, and non-negative floats order like their
-// bit patterns, so the range is an integer min/max reduction, which the
-// compiler vectorizes (a float one it does not, or scalarizes).
+// y = max(a + b, 0) and its range (detail::relu_store_range).
 template <class T>
 [[gnu::always_inline]] inline void add_relu_range(const T* a, const T* b, int64_t n, T* y, T& lo, T& hi) {
-  using Bits = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-  Bits l = std::numeric_limits<Bits>::max(), h = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    T v = a[i] + b[i];
-    v = v > 0 ? v : T(0);
-    y[i] = v;
-    const Bits bits = std::bit_cast<Bits>(v);
-    l = std::min(l, bits);
-    h = std::max(h, bits);
-  }
-  lo = std::bit_cast<T>(l);
-  hi = std::bit_cast<T>(h);
+  lo = std::numeric_limits<T>::infinity();
+  hi = -lo;
+  detail::relu_store_range(n, [a, b](int64_t i) { return a[i] + b[i]; }, y, lo, hi);
 }
 __attribute__((target_clones("avx512f", "avx2", "default"))) void add_relu_range_f32(const float* a, const float* b,
                                                                                      int64_t n, float* y, float& lo,

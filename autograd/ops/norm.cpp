@@ -2,7 +2,6 @@
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
-#include <bit>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -133,26 +132,10 @@ template <class T>
 QF_NORM_CLONES void row_affine(const float* r, int64_t n, float a, float b, bool relu, float* o) {
   row_affine<float>(r, n, a, b, relu, o);
 }
-/// o = max(r * a + b, 0) (NaN gives 0, as relu()), and the running minimum
-/// and maximum of o. The values are >= 0, and non-negative floats order like
-/// their bit patterns: the range is an integer min/max reduction, which the
-/// compiler vectorizes (a float one it does not, or scalarizes).
+/// o = max(r * a + b, 0), widening the running [lo, hi] (detail::relu_store_range).
 template <class T>
 [[gnu::always_inline]] inline void row_affine_relu_range(const T* r, int64_t n, T a, T b, T* o, T& lo, T& hi) {
-  using Bits = std::conditional_t<sizeof(T) == 4, int32_t, int64_t>;
-  Bits l = std::bit_cast<Bits>(lo), h = std::bit_cast<Bits>(hi);
-  l = lo >= T(0) ? l : std::numeric_limits<Bits>::max();  // lo starts at +inf, hi at -inf: no data yet
-  h = hi >= T(0) ? h : 0;
-  for (int64_t i = 0; i < n; ++i) {
-    T v = r[i] * a + b;
-    v = v > T(0) ? v : T(0);
-    o[i] = v;
-    const Bits bits = std::bit_cast<Bits>(v);
-    l = std::min(l, bits);
-    h = std::max(h, bits);
-  }
-  lo = std::bit_cast<T>(l);
-  hi = std::bit_cast<T>(h);
+  detail::relu_store_range(n, [r, a, b](int64_t i) { return r[i] * a + b; }, o, lo, hi);
 }
 QF_NORM_CLONES void row_affine_relu_range(const float* r, int64_t n, float a, float b, float* o, float& lo,
                                           float& hi) {
