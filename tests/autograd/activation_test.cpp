@@ -110,3 +110,35 @@ TEST(Activation, AddReluFusedFakeQuantMatchesTheSeparateOps) {
       EXPECT_EQ(b1.grad().to_vector(), b2.grad().to_vector());
     }
 }
+
+// add_relu hands one gradient tensor to both inputs; a also gets a second
+// gradient (from a * c), accumulated before or after add_relu's. Both
+// gradients equal the two-op form and the values by hand. (This engine's
+// order did not expose an in-place write into the shared tensor: the test
+// passed with accumulate() writing into it unconditionally.)
+TEST(ActivationGrad, AddReluGradientsWithASecondUseOfAnInput) {
+  Generator g(7);
+  Tensor a = rand64({3, 40}, g, -1, 1), b = rand64({3, 40}, g, -1, 1), c = rand64({3, 40}, g, -1, 1),
+         gy = rand64({3, 40}, g, -1, 1);
+  for (int order = 0; order < 2; ++order) {  // either op's backward first
+    Variable a1(a.clone(), true), b1(b.clone(), true), a2(a.clone(), true), b2(b.clone(), true);
+    auto run = [&](Variable& x, Variable& y, bool fused) {
+      Variable m, r;
+      if (order == 0) m = mul(x, Variable(c));
+      r = fused ? add_relu(x, y) : relu(add(x, y));
+      if (order == 1) m = mul(x, Variable(c));
+      add(r, m).backward(gy);
+    };
+    run(a1, b1, true);
+    run(a2, b2, false);
+    EXPECT_EQ(a1.grad().to_vector(), a2.grad().to_vector()) << "order " << order;
+    EXPECT_EQ(b1.grad().to_vector(), b2.grad().to_vector()) << "order " << order;
+    // And by hand (add shares its gradient between inputs too, so the
+    // two-op form alone could share a wrong answer).
+    for (int64_t i = 0; i < a.numel(); ++i) {
+      const double want = a.item(i) + b.item(i) > 0 ? gy.item(i) : 0.0;
+      ASSERT_EQ(b1.grad().item(i), want) << "order " << order << " at " << i;
+      ASSERT_EQ(a1.grad().item(i), want + gy.item(i) * c.item(i)) << "order " << order << " at " << i;
+    }
+  }
+}
