@@ -103,8 +103,8 @@ std::shared_ptr<nn::Optimizer> make_optimizer(const Recipe& r, nn::Module& model
   if (r.optimizer == "sgd")
     return std::make_shared<nn::SGD>(model.parameters(),
                                      nn::SGDOptions{.lr = lr, .momentum = r.momentum, .weight_decay = r.weight_decay,
-                                                    .nesterov = r.nesterov});
-  nn::AdamOptions ao{.lr = lr, .weight_decay = r.weight_decay};
+                                                    .nesterov = r.nesterov, .decay_vectors = r.decay_vectors});
+  nn::AdamOptions ao{.lr = lr, .weight_decay = r.weight_decay, .decay_vectors = r.decay_vectors};
   if (r.optimizer == "adamw") return std::make_shared<nn::AdamW>(model.parameters(), ao);
   return std::make_shared<nn::Adam>(model.parameters(), ao);
 }

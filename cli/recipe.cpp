@@ -83,7 +83,7 @@ const Field& schema() {
            map("training", {integer("epochs", 0, 100000),
                             map("optimizer", {choice("name", {"adam", "adamw", "sgd"}), number("lr", 0, 100, true),
                                               number("momentum", 0, 0.999999), number("weight_decay", 0, 1),
-                                              boolean("nesterov")}),
+                                              boolean("nesterov"), boolean("decay_vectors")}),
                             choice("schedule", {"cosine", "onecycle", "constant"}), integer("seed", 0, 9.0e15),
                             integer("threads", 0, 1024), integer("max_steps_per_epoch", 0, 1e12),
                             number("clip_grad_norm", 0, 1e6), number("label_smoothing", 0, 0.999)}),
@@ -322,6 +322,7 @@ Recipe build(const YAML::Node& root, const Checker& c, const std::string& name, 
   r.weight_decay = get<double>(root, "training.optimizer.weight_decay", r.weight_decay);
   r.clip_grad_norm = get<double>(root, "training.clip_grad_norm", r.clip_grad_norm);
   r.nesterov = get<bool>(root, "training.optimizer.nesterov", r.nesterov);
+  r.decay_vectors = get<bool>(root, "training.optimizer.decay_vectors", r.decay_vectors);
   r.label_smoothing = get<double>(root, "training.label_smoothing", r.label_smoothing);
   r.schedule = get<std::string>(root, "training.schedule", r.schedule);
   r.seed = static_cast<uint64_t>(get<int64_t>(root, "training.seed", 0));
@@ -450,6 +451,7 @@ std::string to_yaml(const Recipe& r) {
     << YAML::Key << "optimizer" << YAML::Value << YAML::BeginMap << YAML::Key << "name" << YAML::Value << r.optimizer
     << YAML::Key << "lr" << YAML::Value << r.lr << YAML::Key << "momentum" << YAML::Value << r.momentum << YAML::Key
     << "weight_decay" << YAML::Value << r.weight_decay << YAML::Key << "nesterov" << YAML::Value << r.nesterov
+    << YAML::Key << "decay_vectors" << YAML::Value << r.decay_vectors
     << YAML::EndMap << YAML::Key << "schedule" << YAML::Value
     << r.schedule << YAML::Key << "seed" << YAML::Value << static_cast<int64_t>(r.seed) << YAML::Key << "threads"
     << YAML::Value << r.threads << YAML::Key << "max_steps_per_epoch" << YAML::Value << r.max_steps_per_epoch

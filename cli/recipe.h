@@ -60,6 +60,7 @@ struct Recipe {
   bool nesterov = false;  // sgd only
   double label_smoothing = 0;  // of the loss (training, and the test loss the trainer reports)
   double weight_decay = 0;
+  bool decay_vectors = true;  // weight decay on parameters of dimension <= 1 too (biases, norm scales and shifts)
   std::string schedule = "cosine";  // cosine | onecycle | constant
   uint64_t seed = 0;
   int threads = 0;  // 0: all cores

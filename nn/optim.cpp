@@ -147,7 +147,8 @@ void SGD::update(size_t i, Tensor& p, const Tensor& g) {
     T* pp = p.data<T>();
     const T* pg = g.data<T>();
     T* pb = buf ? buf->data<T>() : nullptr;
-    const T rate = static_cast<T>(lr()), wd = static_cast<T>(opt_.weight_decay);
+    const T rate = static_cast<T>(lr());
+    const T wd = static_cast<T>(opt_.decay_vectors || p.ndim() > 1 ? opt_.weight_decay : 0);
     const T mom = static_cast<T>(opt_.momentum), damp = static_cast<T>(1 - opt_.dampening);
     for (int64_t k = 0; k < p.numel(); ++k) {
       T d = pg[k];
@@ -189,8 +190,9 @@ void Adam::update(size_t i, Tensor& p, const Tensor& g) {
     T* pv = v.data<T>();
     const T b1 = static_cast<T>(opt_.beta1), b2 = static_cast<T>(opt_.beta2);
     const T step_size = static_cast<T>(lr() / bc1), inv_bc2 = static_cast<T>(1 / bc2_sqrt);
-    const T eps = static_cast<T>(opt_.eps), wd = static_cast<T>(opt_.weight_decay);
-    const T decay = static_cast<T>(1 - lr() * opt_.weight_decay);
+    const double wd_p = opt_.decay_vectors || p.ndim() > 1 ? opt_.weight_decay : 0;
+    const T eps = static_cast<T>(opt_.eps), wd = static_cast<T>(wd_p);
+    const T decay = static_cast<T>(1 - lr() * wd_p);
     for (int64_t k = 0; k < p.numel(); ++k) {
       T d = pg[k];
       if (decoupled_) {

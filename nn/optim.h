@@ -81,6 +81,9 @@ struct SGDOptions {
   double weight_decay = 0;
   /// Nesterov momentum; needs momentum > 0 and dampening 0.
   bool nesterov = false;
+  /// false: no weight decay on parameters of dimension <= 1 (biases, norm
+  /// scales and shifts, quantizer step sizes), only on weight matrices and kernels.
+  bool decay_vectors = true;
 };
 
 /// PyTorch's SGD: g += wd·p; with momentum, buf = g on the first step and
@@ -113,6 +116,9 @@ struct AdamOptions {
   /// >= 0: an L2 penalty added to the gradient for Adam, decoupled decay
   /// (p *= 1 - lr * weight_decay) for AdamW.
   double weight_decay = 0;
+  /// false: no weight decay on parameters of dimension <= 1 (biases, norm
+  /// scales and shifts, quantizer step sizes), only on weight matrices and kernels.
+  bool decay_vectors = true;
 };
 
 /// PyTorch's Adam (L2 penalty added to the gradient) and, with decoupled

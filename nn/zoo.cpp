@@ -81,10 +81,11 @@ std::map<std::string, ModelFactory>& registry() {
       return mnist_cnn(g);
     };
     m["resnet20"] = [](const ModelArgs& a, Generator& g) -> ModulePtr {
-      a.check_known("resnet20", {"classes"});
-      const int64_t classes = a.get_int("classes", 10);
+      a.check_known("resnet20", {"classes", "zero_init_residual"});
+      const int64_t classes = a.get_int("classes", 10), zero = a.get_int("zero_init_residual", 0);
       QF_CHECK(classes >= 1) << "resnet20: classes must be >= 1";
-      return resnet20(classes, g);
+      QF_CHECK(zero == 0 || zero == 1) << "resnet20: zero_init_residual must be 0 or 1, got " << zero;
+      return resnet20(classes, g, zero == 1);
     };
     m["mobilenet_cifar"] = [](const ModelArgs& a, Generator& g) -> ModulePtr {
       a.check_known("mobilenet_cifar", {"classes"});
@@ -180,7 +181,7 @@ std::shared_ptr<Sequential> mnist_lstm(int64_t hidden, int64_t layers, int64_t c
   return m;
 }
 
-std::shared_ptr<Sequential> resnet20(int64_t classes, Generator& gen) {
+std::shared_ptr<Sequential> resnet20(int64_t classes, Generator& gen, bool zero_init_residual) {
   auto m = std::make_shared<Sequential>();
   m->push_back("quant", std::make_shared<QuantStub>());
   m->push_back("conv", std::make_shared<Conv2d>(3, 16, 3, 1, 1, false, 1, gen));
@@ -191,8 +192,9 @@ std::shared_ptr<Sequential> resnet20(int64_t classes, Generator& gen) {
     const int64_t width = 16 << stage;
     for (int b = 0; b < 3; ++b) {
       const int64_t stride = stage > 0 && b == 0 ? 2 : 1;
-      m->push_back("layer" + std::to_string(stage + 1) + "_" + std::to_string(b),
-                   std::make_shared<BasicBlock>(in, width, stride, gen));
+      auto block = std::make_shared<BasicBlock>(in, width, stride, gen);
+      if (zero_init_residual) block->get_module("main")->get_module("bn2")->param("weight").value().fill_(0.0);
+      m->push_back("layer" + std::to_string(stage + 1) + "_" + std::to_string(b), block);
       in = width;
     }
   }

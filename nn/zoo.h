@@ -71,8 +71,12 @@ std::shared_ptr<Sequential> mnist_lstm(int64_t hidden = 128, int64_t layers = 1,
 /// 32]): quant, a 3->16 3x3 stem conv + BN + ReLU, 3 stages of 3 BasicBlocks
 /// (16, 32, 64 wide; the first block of stages 2 and 3 has stride 2 and a
 /// 1x1 projection shortcut), global average pooling, flatten, fc 64->classes,
-/// dequant. 272,474 parameters with 10 classes.
-std::shared_ptr<Sequential> resnet20(int64_t classes = 10, Generator& gen = default_generator());
+/// dequant. 272,474 parameters with 10 classes. zero_init_residual: the last
+/// batch norm of each block's main path starts with scale 0, so that every
+/// block starts as its shortcut (torchvision's option of that name); the
+/// architecture is unchanged.
+std::shared_ptr<Sequential> resnet20(int64_t classes = 10, Generator& gen = default_generator(),
+                                     bool zero_init_residual = false);
 /// A small depthwise-separable CIFAR net (input [N, 3, 32, 32]): a 3->32
 /// stem conv + BN + ReLU6, then 5 blocks of depthwise 3x3 (+BN+ReLU6) and
 /// pointwise 1x1 (+BN+ReLU6) to 64, 128 (stride 2), 128, 256 (stride 2), 256

@@ -1,7 +1,9 @@
 #include "quant/kernels/kernels.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 #if defined(__x86_64__)
 #include <cpuid.h>
 #include <sys/syscall.h>
@@ -145,6 +147,36 @@ const KernelTable& kernels() {
   return table;
 }
 
+void gemm_pooled_via_c32(void (*gemm)(const QGemmParams&), const QGemmParams& p) {
+  // Blocks of about 64 groups: the int32 sums stay in cache until reduced.
+  const int64_t groups = p.M / p.pool, block = 64;
+  thread_local std::vector<int32_t> sums;
+  sums.resize(static_cast<size_t>(block * p.pool * p.N));
+  for (int64_t g0 = 0; g0 < groups; g0 += block) {
+    const int64_t ng = std::min(block, groups - g0), m0 = g0 * p.pool;
+    QGemmParams q = p;
+    q.M = ng * p.pool;
+    q.pool = 1;
+    if (p.a_offsets) q.a_offsets = p.a_offsets + m0 * p.segments;
+    else q.a = p.a + m0 * p.lda;
+    q.c = nullptr;
+    q.c32 = sums.data();
+    q.ldc = p.N;
+    gemm(q);
+    for (int64_t g = 0; g < ng; ++g) {
+      const int32_t* s = sums.data() + g * p.pool * p.N;
+      for (int64_t n = 0; n < p.N; ++n) {
+        int32_t v = s[n];
+        for (int64_t r = 1; r < p.pool; ++r) v = std::max(v, s[r * p.N + n]);
+        if (p.c32) p.c32[(g0 + g) * p.ldc + n] = v;
+        else
+          p.c[(g0 + g) * p.ldc + n] =
+              static_cast<uint8_t>(requantize(v, p.requant[n], p.out_zero_point, p.out_lo, p.out_hi));
+      }
+    }
+  }
+}
+
 void check(const QGemmParams& p) {
   QF_CHECK(p.M >= 0 && p.N >= 0 && p.K >= 0) << "qgemm: negative size M=" << p.M << " N=" << p.N << " K=" << p.K;
   QF_CHECK(p.K < (int64_t{1} << 31) / (255 * 128)) << "qgemm: K=" << p.K << " could overflow the int32 accumulator";
@@ -164,6 +196,8 @@ void check(const QGemmParams& p) {
                                                          << " is outside [0, 255]";
   QF_CHECK(0 <= p.out_lo && p.out_lo <= p.out_hi && p.out_hi <= 255)
       << "qgemm: output bounds [" << p.out_lo << ", " << p.out_hi << "] are not within [0, 255]";
+  QF_CHECK(p.pool >= 1 && p.M % p.pool == 0)
+      << "qgemm: pooled rows need M (" << p.M << ") to be a multiple of the group size " << p.pool;
   if (p.c32) return;  // int32 output: no requantization
   for (int64_t n = 0; n < p.N; ++n)
     QF_CHECK(p.requant[n].multiplier >= (1 << 30) && p.requant[n].shift >= 1 && p.requant[n].shift <= 62)

@@ -68,6 +68,14 @@ struct QGemmParams {
   /// K must be a multiple of segments, and K / segments a multiple of 4.
   const int64_t* a_offsets = nullptr;
   int64_t segments = 1;
+  /// Optional: a fused max over groups of `pool` consecutive rows. When > 1,
+  /// M is a multiple of pool and C has M / pool rows: row r holds, per
+  /// channel, the largest of rows r * pool ... r * pool + pool - 1 of the
+  /// contract above. Requantization (and the int32 mode's saturation) never
+  /// decreases when the sum grows, so the kernel may take the max of the
+  /// exact sums and requantize once: a max pool after a convolution whose rows
+  /// come window by window fuses into it, bit for bit.
+  int64_t pool = 1;
 };
 
 /// Row m of A as one contiguous run when the rows are segmented
@@ -115,6 +123,11 @@ inline void store_output(const QGemmParams& p, int64_t m, int64_t n, int64_t sum
   if (p.c32) p.c32[m * p.ldc + n] = finish_acc(p, n, sum);
   else p.c[m * p.ldc + n] = finish_output(p, n, sum);
 }
+
+/// For kernels without a native pooled mode (QGemmParams::pool): runs
+/// `gemm` in the int32 mode on blocks of rows, then takes the max of each
+/// group and requantizes it with requantize(). p.pool must be > 1.
+void gemm_pooled_via_c32(void (*gemm)(const QGemmParams&), const QGemmParams& p);
 
 /// Throws ValueError naming the problem when the sizes, strides, pointers,
 /// zero points or bounds do not fit the contract above.

@@ -345,6 +345,21 @@ Tensor Model::run(const Tensor& x, const kernels::KernelTable* k, const OpCallba
   return y;
 }
 
+namespace {
+
+/// A max pool whose windows do not overlap and need no padding: qconv2d can
+/// fuse it (its stride is the kernel, written 0 or equal).
+bool fusable_max_pool(const Op& op) {
+  for (int d = 0; d < 2; ++d)
+    if (op.padding[static_cast<size_t>(d)] != 0 ||
+        (op.stride[static_cast<size_t>(d)] != 0 &&
+         op.stride[static_cast<size_t>(d)] != op.kernel[static_cast<size_t>(d)]))
+      return false;
+  return true;
+}
+
+}  // namespace
+
 Tensor Model::run_graph(const Tensor& x, const kernels::KernelTable* k, const OpCallback& each) const {
   const int64_t N = x.size(0);
   // Each op's output lives until its last reader has run.
@@ -356,6 +371,7 @@ Tensor Model::run_graph(const Tensor& x, const kernels::KernelTable* k, const Op
   }
   std::vector<Tensor> out(ops.size());
   std::vector<std::vector<int64_t>> flatten_nhwc(ops.size());  // a flatten's input map [H, W, C]
+  Tensor pooled_ahead;  // a max pool's output, computed by the conv before it
   for (size_t i = 0; i < ops.size(); ++i) {
     const Op& op = ops[i];
     const Tensor t = reads[i].empty() ? x.reshape({N, input_shape[0], input_shape[1], input_shape[2]})
@@ -366,12 +382,26 @@ Tensor Model::run_graph(const Tensor& x, const kernels::KernelTable* k, const Op
         y = to_nhwc(quantize(t, op.q));
         break;
       case OpKind::conv2d:
+        if (!each && i + 1 < ops.size() && pending[i] == 1 && ops[i + 1].kind == OpKind::max_pool2d &&
+            reads[i + 1] == std::vector<int32_t>{static_cast<int32_t>(i)} && fusable_max_pool(ops[i + 1])) {
+          // A max pool that alone reads this conv fuses into it (qconv2d's
+          // pool): only the pooled outputs are requantized. The pool op takes
+          // the result. A callback sees every op's own output, so runs with
+          // one keep the ops apart.
+          pooled_ahead = qconv2d(op.layer, t, k, &ops[i + 1].kernel);
+          break;
+        }
         y = qconv2d(op.layer, t, k);
         break;
       case OpKind::linear:
         y = qlinear(op.layer, t.reshape({N, t.numel() / N}), k);
         break;
       case OpKind::max_pool2d:
+        if (pooled_ahead.defined()) {
+          y = std::move(pooled_ahead);
+          pooled_ahead = Tensor();
+          break;
+        }
         y = qmax_pool2d(t, op.kernel, op.stride, op.padding);
         break;
       case OpKind::avg_pool2d:

@@ -247,7 +247,7 @@ PoolGeom pool_geometry(const Tensor& x, std::array<int64_t, 2> kernel, std::arra
 
 }  // namespace
 
-Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) {
+Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k, const std::array<int64_t, 2>* pool) {
   QF_CHECK_DTYPE(x.dtype() == DType::u8) << "qconv2d: expects u8 codes, got " << x.desc();
   QF_CHECK_SHAPE(x.ndim() == 4 && x.size(3) == L.in_channels)
       << "qconv2d: input must be NHWC [N, H, W, " << L.in_channels << "], got " << x.desc();
@@ -256,14 +256,22 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
   const int64_t OW = out_size(W, L.kernel[1], L.stride[1], L.padding[1], L.dilation[1]);
   QF_CHECK_SHAPE(OH >= 1 && OW >= 1) << "qconv2d: input " << x.desc() << " is smaller than the kernel";
   const int64_t G = L.groups, icg = IC / G, ocg = L.out_channels / G, K = L.k_per_group();
-  const int64_t P = OH * OW, OC = L.out_channels;
-  Tensor y = Tensor::empty({N, OH, OW, OC}, DType::u8);
+  const int64_t OC = L.out_channels;
+  // A fused max pool: windows of PK = pkh * pkw pixels over a PH x PW grid;
+  // the GEMM's rows run window by window (PK rows per pooled output).
+  const int64_t pkh = pool ? (*pool)[0] : 1, pkw = pool ? (*pool)[1] : 1, PK = pkh * pkw;
+  QF_CHECK_SHAPE(pkh >= 1 && pkw >= 1 && OH >= pkh && OW >= pkw)
+      << "qconv2d: a fused " << pkh << "x" << pkw << " max pool does not fit the " << OH << "x" << OW << " output";
+  const int64_t PH = OH / pkh, PW = OW / pkw;
+  // Pixels (GEMM rows) per image: with a pool, only those of whole windows.
+  const int64_t P = pool ? PH * PW * PK : OH * OW;
+  Tensor y = pool ? Tensor::empty({N, PH, PW, OC}, DType::u8) : Tensor::empty({N, OH, OW, OC}, DType::u8);
   const uint8_t* px = x.data<uint8_t>();
   uint8_t* py = y.data<uint8_t>();
   const kernels::KernelTable& table = k ? *k : kernels::kernels();
   const kernels::QGemmFn gemm = table.qgemm;
   const uint8_t pad = static_cast<uint8_t>(L.input.zero_point);
-  if (G > 1 && G == IC && OC == IC && table.qdwconv) {
+  if (G > 1 && G == IC && OC == IC && table.qdwconv && !pool) {
     // Depthwise (one output channel per input channel): the depthwise
     // kernel, on the weights transposed to [KH * KW, C], rows in parallel.
     const int64_t taps = L.kernel[0] * L.kernel[1];
@@ -306,7 +314,7 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
     return y;
   }
   const bool pointwise = L.kernel[0] == 1 && L.kernel[1] == 1 && L.stride[0] == 1 && L.stride[1] == 1 &&
-                         L.padding[0] == 0 && L.padding[1] == 0 && G == 1;
+                         L.padding[0] == 0 && L.padding[1] == 0 && G == 1 && !pool;
   // Work items are (group, chunk of output rows), the rows counted across
   // the whole batch (row m is pixel m % P of image m / P). A chunk's im2col
   // rows take about 64 KB, so they are written and read back by the GEMM
@@ -335,6 +343,7 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
     const int64_t ways = in_parallel_region() ? 1 : 4 * num_threads();
     chunk = std::min<int64_t>(M, std::clamp<int64_t>(((M + ways - 1) / ways + 63) / 64 * 64, 64, 4096));
   }
+  chunk = std::max(PK, chunk / PK * PK);  // whole windows per chunk (M is a multiple of PK)
   const int64_t nchunks = (M + chunk - 1) / chunk;
   const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
   Tensor padded;
@@ -366,14 +375,44 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
       const int64_t g = t % G, m0 = (t / G) * chunk, m1 = std::min(M, m0 + chunk);
       const uint8_t* a = px + m0 * IC;
       // (image, oh, ow) of row m0, then stepped along (no division per row).
+      // With a pool, rows go window by window: (i, j) within window (wy, wx).
       int64_t n = m0 / P, oh = (m0 % P) / OW, ow = m0 % OW;
+      int64_t wy = 0, wx = 0, wi = 0, wj = 0;
+      if (pool) {
+        const int64_t w = (m0 % P) / PK, r = m0 % PK;
+        wy = w / PW, wx = w % PW, wi = r / pkw, wj = r % pkw;
+        oh = wy * pkh + wi, ow = wx * pkw + wj;
+      }
       auto step = [&] {
+        if (pool) {
+          if (++wj == pkw) {
+            wj = 0;
+            if (++wi == pkh) {
+              wi = 0;
+              if (++wx == PW) {
+                wx = 0;
+                if (++wy == PH) wy = 0, ++n;
+              }
+            }
+          }
+          oh = wy * pkh + wi, ow = wx * pkw + wj;
+          return;
+        }
         if (++ow == OW) {
           ow = 0;
           if (++oh == OH) oh = 0, ++n;
         }
       };
-      if (segmented) {
+      if (segmented && pool) {
+        if (offsets.size() < static_cast<size_t>(chunk * KH)) offsets.resize(static_cast<size_t>(chunk * KH));
+        int64_t* o = offsets.data();
+        for (int64_t m = m0; m < m1; ++m, step()) {
+          const int64_t base = ((n * Hp + oh * sh) * Wp + ow * sw) * IC;
+          for (int64_t i = 0; i < KH; ++i) o[i] = base + i * dh * Wp * IC;
+          o += KH;
+        }
+        a = src;
+      } else if (segmented) {
         if (offsets.size() < static_cast<size_t>(chunk * KH)) offsets.resize(static_cast<size_t>(chunk * KH));
         // Locals, not the captured references: the int64 stores below could
         // alias them, and the compiler would reload each one on every row.
@@ -463,8 +502,9 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
       p.out_zero_point = L.output.zero_point;
       p.out_lo = L.bounds.lo;
       p.out_hi = L.bounds.hi;
-      p.c = py + m0 * OC + g * ocg;
+      p.c = py + m0 / PK * OC + g * ocg;
       p.ldc = OC;
+      p.pool = PK;
       p.b_packed = L.packed_weights(table, g);
       if (segmented) {
         p.a_offsets = offsets.data();

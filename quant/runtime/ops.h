@@ -136,7 +136,16 @@ void reorder_linear_input_to_hwc(QLayer& layer, int64_t C, int64_t H, int64_t W)
 /// Conv over u8 codes NHWC [N, H, W, IC] -> [N, OH, OW, OC] (padding is real
 /// 0, the input zero point). Batches run in parallel. `k` picks the kernels
 /// (null: the dispatched ones, kernels::kernels()).
-Tensor qconv2d(const QLayer& layer, const Tensor& x, const kernels::KernelTable* k = nullptr);
+///
+/// `pool` (optional, kernel {kh, kw}): a max pool over non-overlapping
+/// windows (stride = kernel, no padding) fused into the conv: the result is
+/// [N, OH / kh, OW / kw, OC] and equals qmax_pool2d(qconv2d(...), {kh, kw},
+/// {kh, kw}, {0, 0}) bit for bit. The GEMM takes the output pixels window by
+/// window and keeps the largest accumulator of each (QGemmParams::pool), so
+/// only the pooled outputs are requantized. ShapeError when the conv's
+/// output is smaller than one window.
+Tensor qconv2d(const QLayer& layer, const Tensor& x, const kernels::KernelTable* k = nullptr,
+               const std::array<int64_t, 2>* pool = nullptr);
 /// Linear over u8 codes [N, in] -> [N, out].
 Tensor qlinear(const QLayer& layer, const Tensor& x, const kernels::KernelTable* k = nullptr);
 /// Max pooling over u8 codes NHWC (codes are monotonic in the real value, so

@@ -142,6 +142,9 @@ std::vector<int32_t> qgemm_pack__amx(const int8_t* b, int64_t ldb, int64_t N, in
 
 void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
   if (p.M == 0 || p.N == 0) return;
+  // Native pooling when groups never straddle a job (jobs start at multiples
+  // of 16 rows).
+  if (p.pool > 1 && 16 % p.pool != 0) return gemm_pooled_via_c32(&qu8s8_gemm_requant__amx_16x64, p);
   const int64_t K4 = (p.K + 3) / 4, K4p = (K4 + 15) / 16 * 16, NB = (p.N + 15) / 16, chunks = K4p / 16;
   const int64_t astride = 4 * K4p;
   const int32_t* base = p.b_packed;
@@ -216,9 +219,12 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
       const Requant16& q = rq[static_cast<size_t>(j.nb + v)];
       const int64_t n0 = (j.nb + v) * 16, nn = std::min<int64_t>(16, p.N - n0);
       const __mmask16 store_mask = static_cast<__mmask16>((1u << nn) - 1);
-      for (int64_t r = 0; r < j.rows; ++r) {
-        const __m512i raw = _mm512_load_si512(cbuf + r * 64 + v * 16);
-        const int64_t m = j.m0 + r;
+      // With pooling, groups of pool rows: the max of the raw sums (their map
+      // to the output never decreases), one output row per group.
+      for (int64_t r = 0; r < j.rows; r += p.pool) {
+        __m512i raw = _mm512_load_si512(cbuf + r * 64 + v * 16);
+        for (int64_t i = 1; i < p.pool; ++i) raw = _mm512_max_epi32(raw, _mm512_load_si512(cbuf + (r + i) * 64 + v * 16));
+        const int64_t m = (j.m0 + r) / p.pool;
         if (p.c32) {
           _mm512_mask_storeu_epi32(p.c32 + m * p.ldc + n0, store_mask, acc16(raw, q));
         } else {

@@ -87,6 +87,7 @@ std::vector<int32_t> qgemm_pack__avx2_4x16(const int8_t* b, int64_t ldb, int64_t
 
 void qu8s8_gemm_requant__avx2_4x16(const QGemmParams& p0) {
   if (p0.M == 0 || p0.N == 0) return;
+  if (p0.pool > 1) return gemm_pooled_via_c32(&qu8s8_gemm_requant__avx2_4x16, p0);
   thread_local std::vector<uint8_t> rows;
   const QGemmParams p = gather_segmented_rows(p0, rows);
   const int64_t K2 = (p.K + 1) / 2, NB = (p.N + 15) / 16;

@@ -160,6 +160,20 @@ inline void tile(const QGemmParams& p, const int32_t* packed, int64_t block_stri
   for (int v = 0; v < NV; ++v) {
     const int64_t nn = std::min<int64_t>(16, p.N - (n0 + 16 * v));
     const __mmask16 store_mask = static_cast<__mmask16>((1u << nn) - 1);
+    if (p.pool > 1) {
+      // Groups of pool rows (pool divides R): the max of the raw sums, whose
+      // map to the output never decreases, then one requantization.
+      for (int r = 0; r < R; r += static_cast<int>(p.pool)) {
+        __m512i best = _mm512_load_si512(sums[r][v]);
+        for (int i = 1; i < p.pool; ++i) best = _mm512_max_epi32(best, _mm512_load_si512(sums[r + i][v]));
+        const int64_t out = (m0 + r) / p.pool;
+        if (p.c32) _mm512_mask_storeu_epi32(p.c32 + out * p.ldc + n0 + 16 * v, store_mask, acc16(best, rq[v]));
+        else
+          _mm_mask_storeu_epi8(p.c + out * p.ldc + n0 + 16 * v, store_mask,
+                               requant16(best, rq[v], zp32, lo_zp, hi_zp));
+      }
+      continue;
+    }
     if (p.c32) {
       for (int r = 0; r < R; ++r)
         _mm512_mask_storeu_epi32(p.c32 + (m0 + r) * p.ldc + n0 + 16 * v, store_mask,
@@ -205,6 +219,10 @@ std::vector<int32_t> qgemm_pack__avx512vnni_4x64(const int8_t* b, int64_t ldb, i
 
 void qu8s8_gemm_requant__avx512vnni_4x64(const QGemmParams& p) {
   if (p.M == 0 || p.N == 0) return;
+  // Native pooling where every tile holds whole groups: tiles have 4, 8 or
+  // 16 rows and start at multiples of their height, and M % pool == 0 keeps
+  // the smaller remainder tiles at multiples of 2 or 4.
+  if (p.pool > 1 && 4 % p.pool != 0) return gemm_pooled_via_c32(&qu8s8_gemm_requant__avx512vnni_4x64, p);
   const int64_t K4 = (p.K + 3) / 4, NB = (p.N + 15) / 16;
   const int32_t* base = p.b_packed;
   if (!base) {

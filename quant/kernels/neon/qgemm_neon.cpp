@@ -44,6 +44,7 @@ inline void tile(const QGemmParams& p, const int16_t* packed, const int32_t* bsu
 
 void qu8s8_gemm_requant__neon_4x8(const QGemmParams& p0) {
   if (p0.M == 0 || p0.N == 0) return;
+  if (p0.pool > 1) return gemm_pooled_via_c32(&qu8s8_gemm_requant__neon_4x8, p0);
   thread_local std::vector<uint8_t> rows;
   const QGemmParams p = gather_segmented_rows(p0, rows);
   const int64_t NB = (p.N + 7) / 8;

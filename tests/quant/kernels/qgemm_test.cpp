@@ -4,6 +4,7 @@
 // multipliers, biases, clamps and padded strides.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <type_traits>
@@ -296,6 +297,88 @@ TEST(QGemm, ChecksTheContract) {
   bad.segments = 2;
   bad.a_offsets = negative.data();
   EXPECT_THROW(check(bad), ValueError);
+  bad = pr.p;
+  bad.pool = 2;  // 4 rows: 2 groups
+  EXPECT_NO_THROW(check(bad));
+  bad.pool = 3;  // 4 rows do not split into groups of 3
+  EXPECT_THROW(check(bad), ValueError);
+  bad.pool = 0;
+  EXPECT_THROW(check(bad), ValueError);
+}
+
+TEST(QGemm, PooledRowsAreTheMaxOfEachGroup) {
+  // The fused max (QGemmParams::pool): row r of the output is, per channel,
+  // the largest of the unpooled outputs of rows r * pool ... (computed here
+  // from the reference's unpooled result), requantized or int32, contiguous
+  // or segmented rows, packed or not. Rows past M / pool stay untouched.
+  const std::vector<int64_t> pools = {2, 3, 4, 8, 9, 16}, groups = {1, 2, 3, 4, 5, 8, 13, 17, 33};
+  const std::vector<int64_t> sizes = {1, 3, 8, 16, 17, 31, 33, 64, 65};
+  int checked = 0;
+  for (const auto& [isa, t] : runnable_tables()) {
+    std::mt19937 rng(29);
+    for (int iter = 0; iter < 90; ++iter) {
+      // Pool 4 (a 2x2 max pool, the kernels' native case) every other time.
+      const int64_t pool = iter % 2 ? 4 : pools[rng() % pools.size()];
+      const int64_t M = pool * groups[rng() % groups.size()], N = sizes[rng() % sizes.size()];
+      const bool segmented = iter % 3 == 1;
+      const int64_t S = segmented ? 1 + rng() % 3 : 1, K = segmented ? S * 4 * (1 + rng() % 30) : 1 + rng() % 700;
+      Problem pr = make_problem(M, N, K, rng, iter % 4 == 0);
+      if (iter % 7 == 3) {
+        // Ties and the saturating path: a huge bias on one channel.
+        const int64_t n = static_cast<int64_t>(rng() % N);
+        pr.bias[n] = INT32_MAX - 500;
+        pr.p.bias = pr.bias.data();
+      }
+      QGemmParams q = pr.p;
+      std::vector<uint8_t> buf;
+      std::vector<int64_t> offsets;
+      if (segmented) {
+        // Each row as S runs of the A matrix itself, in a scrambled order.
+        offsets.resize(static_cast<size_t>(M * S));
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t s = 0; s < S; ++s) offsets[m * S + s] = m * pr.p.lda + s * (K / S);
+        q.a_offsets = offsets.data();
+        q.segments = S;
+        q.lda = 0;
+      }
+      std::vector<int32_t> packed;
+      if (t.qgemm_pack && iter % 2 == 0) {
+        packed = t.qgemm_pack(pr.p.b, pr.p.ldb, N, K);
+        q.b_packed = packed.data();
+      }
+      q.pool = pool;
+      const bool int32_mode = iter % 5 == 4;
+      if (int32_mode) {
+        const auto whole = run32(&qu8s8_gemm_requant__ref, pr.p);
+        std::vector<int32_t> want(whole.size(), 0x5A5A5A5A);
+        for (int64_t r = 0; r < M / pool; ++r)
+          for (int64_t n = 0; n < N; ++n) {
+            int32_t v = whole[r * pool * pr.p.ldc + n];
+            for (int64_t i = 1; i < pool; ++i) v = std::max(v, whole[(r * pool + i) * pr.p.ldc + n]);
+            want[r * pr.p.ldc + n] = v;
+          }
+        ASSERT_EQ(run32(t.qgemm, q), want) << isa_name(isa) << " int32, pool " << pool << " M=" << M << " N=" << N
+                                           << " K=" << K;
+      } else {
+        const auto whole = run(&qu8s8_gemm_requant__ref, pr.p);
+        std::vector<uint8_t> want(whole.size(), 0xAB);
+        for (int64_t r = 0; r < M / pool; ++r)
+          for (int64_t n = 0; n < N; ++n) {
+            uint8_t v = whole[r * pool * pr.p.ldc + n];
+            for (int64_t i = 1; i < pool; ++i) v = std::max(v, whole[(r * pool + i) * pr.p.ldc + n]);
+            want[r * pr.p.ldc + n] = v;
+          }
+        std::vector<uint8_t> c(static_cast<size_t>(M * pr.p.ldc));
+        q.c = c.data();
+        check(q);
+        ASSERT_EQ(run(t.qgemm, q), want) << isa_name(isa) << " pool " << pool << " M=" << M << " N=" << N << " K=" << K
+                                         << (segmented ? " segmented" : "");
+      }
+      ++checked;
+    }
+    std::printf("# %s: pooled rows checked on 90 problems\n", isa_name(isa));
+  }
+  EXPECT_GE(checked, 90);
 }
 
 TEST(QGemm, DispatchTable) {

@@ -140,6 +140,7 @@ TEST(QConv, MatchesADirectIntegerConvolution) {
                         {3, 16, 32, 9, 9, 3, 2, 1, 1, 1}, {2, 16, 8, 8, 8, 1, 2, 0, 1, 1},
                         {2, 4, 8, 12, 12, 3, 1, 1, 1, 1}, {4, 16, 16, 16, 16, 3, 1, 1, 1, 1}};
   std::mt19937 rng(9);
+  int pooled_checks = 0;
   for (const Case& c : cases) {
     const int64_t icg = c.ic / c.groups, ocg = c.oc / c.groups;
     const ActQParams in{0.03f, 17, 0, 255}, out{0.07f, 9, 0, 255};
@@ -185,8 +186,21 @@ TEST(QConv, MatchesADirectIntegerConvolution) {
             << kernels::isa_name(isa) << (gemm_only ? " (GEMM path)" : "") << " groups " << c.groups << " stride "
             << c.stride << " pad " << c.pad;
       }
+      // A fused max pool (windows of 4, 9 and 6 pixels; 4 is the GEMM
+      // kernels' native case) equals the pool of the unfused output.
+      for (const std::array<int64_t, 2> pk : {std::array<int64_t, 2>{2, 2}, {3, 3}, {2, 3}}) {
+        if (OH < pk[0] || OW < pk[1]) continue;
+        const Tensor fused = qconv2d(L, to_nhwc(x), &t, &pk);
+        const Tensor sep = qmax_pool2d(qconv2d(L, to_nhwc(x), &t), pk, pk, {0, 0});
+        ASSERT_EQ(fused.shape(), sep.shape());
+        EXPECT_EQ(std::memcmp(fused.raw(), sep.raw(), sep.nbytes()), 0)
+            << kernels::isa_name(isa) << " pool " << pk[0] << "x" << pk[1] << " groups " << c.groups << " stride "
+            << c.stride << " pad " << c.pad << " ic " << c.ic;
+        ++pooled_checks;
+      }
     }
   }
+  EXPECT_GE(pooled_checks, 40);
 }
 
 int g_calls = 0;
