@@ -85,15 +85,34 @@ QLayer quantize_layer_weights(const Tensor& weight, const Tensor& bias, const We
   return L;
 }
 
-const int32_t* QLayer::packed_weights(const kernels::KernelTable& t, int64_t group) const {
+const int32_t* QLayer::packed_weights(const kernels::KernelTable& t, int64_t group, int64_t run) const {
   if (!t.qgemm_pack) return nullptr;
   std::lock_guard<std::mutex> lock(packs_->mutex);
-  auto& per_group = packs_->packs[t.qgemm_pack];  // map nodes never move: pointers stay valid
+  auto& per_group = packs_->packs[{t.qgemm_pack, run}];  // map nodes never move: pointers stay valid
   if (per_group.empty()) {
-    const int64_t K = k_per_group(), ocg = out_channels / groups;
-    for (int64_t g = 0; g < groups; ++g) per_group.push_back(t.qgemm_pack(weight.data() + g * ocg * K, K, ocg, K));
+    const int64_t K = run > 0 ? kernel[0] * run : k_per_group(), ocg = out_channels / groups;
+    const int8_t* w = run > 0 ? row_padded_locked(run) : weight.data();
+    for (int64_t g = 0; g < groups; ++g) per_group.push_back(t.qgemm_pack(w + g * ocg * K, K, ocg, K));
   }
   return per_group[static_cast<size_t>(group)].data();
+}
+
+const int8_t* QLayer::row_padded_weights(int64_t run) const {
+  std::lock_guard<std::mutex> lock(packs_->mutex);
+  return row_padded_locked(run);
+}
+
+const int8_t* QLayer::row_padded_locked(int64_t run) const {
+  const int64_t row = kernel[1] * (in_channels / groups), KH = kernel[0];
+  QF_CHECK(run >= row) << "QLayer: padded kernel rows of " << run << " bytes are shorter than a row of " << row;
+  auto& w = packs_->padded[run];
+  if (w.empty()) {
+    w.assign(static_cast<size_t>(out_channels * KH * run), 0);
+    for (int64_t o = 0; o < out_channels; ++o)
+      for (int64_t i = 0; i < KH; ++i)
+        std::memcpy(w.data() + (o * KH + i) * run, weight.data() + (o * KH + i) * row, static_cast<size_t>(row));
+  }
+  return w.data();
 }
 
 void QLayer::invalidate_packs() { packs_ = std::make_shared<PackCache>(); }
@@ -331,7 +350,15 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k, 
   // groups of 4 bytes, the GEMM reads the input directly (segmented rows,
   // one run per kernel row) from a copy padded with the zero point: no
   // im2col, which would write and read each input byte KH * KW times.
-  const bool segmented = !pointwise && dense_rows && rowlen % 4 == 0;
+  //
+  // Kernel rows of other lengths (a first layer: 3 bytes for one channel, 9
+  // for RGB) take the same path with each run widened to a multiple of 4
+  // bytes: the extra bytes are the next input pixels, multiplied by zero
+  // weights (QLayer::packed_weights' padded rows), and a few extra columns
+  // of padding keep the last run inside the copy.
+  const int64_t run = (rowlen + 3) / 4 * 4;
+  const bool segmented = !pointwise && dense_rows;
+  const int64_t extra_w = segmented ? (run - rowlen + IC - 1) / IC : 0;  // columns read past the window
   // Chunks of rows: im2col chunks of about 64 KB (written, then read back
   // while in cache); without im2col, large chunks (few GEMM calls, each with
   // its per-call set-up), but at least 4 per thread when the op runs in
@@ -345,10 +372,10 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k, 
   }
   chunk = std::max(PK, chunk / PK * PK);  // whole windows per chunk (M is a multiple of PK)
   const int64_t nchunks = (M + chunk - 1) / chunk;
-  const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
+  const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw + extra_w;
   Tensor padded;
   const uint8_t* src = px;
-  if (segmented && (ph > 0 || pw > 0)) {
+  if (segmented && (ph > 0 || pw > 0 || extra_w > 0)) {
     padded = Tensor::empty({N, Hp, Wp, IC}, DType::u8);
     uint8_t* pp = padded.data<uint8_t>();
     parallel_for(0, N * Hp, 64, [&](int64_t r0, int64_t r1) {
@@ -361,7 +388,7 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k, 
         }
         std::memset(dst, pad, static_cast<size_t>(pw * IC));
         std::memcpy(dst + pw * IC, px + (n * H + h) * W * IC, static_cast<size_t>(W * IC));
-        std::memset(dst + (pw + W) * IC, pad, static_cast<size_t>(pw * IC));
+        std::memset(dst + (pw + W) * IC, pad, static_cast<size_t>((pw + extra_w) * IC));
       }
     });
     src = pp;
@@ -510,6 +537,11 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k, 
         p.a_offsets = offsets.data();
         p.segments = KH;
         p.lda = 0;
+        if (run != rowlen) {
+          p.K = p.ldb = KH * run;
+          p.b = L.row_padded_weights(run) + g * ocg * p.K;
+          p.b_packed = L.packed_weights(table, g, run);
+        }
       }
       gemm(p);
     }
@@ -526,7 +558,11 @@ Tensor qlinear(const QLayer& L, const Tensor& x, const kernels::KernelTable* k) 
   Tensor y = Tensor::empty({N, L.out_channels}, DType::u8);
   const kernels::KernelTable& table = k ? *k : kernels::kernels();
   const int32_t* packed = L.packed_weights(table, 0);
-  const int64_t rows = std::max<int64_t>(1, (N + 7) / 8);
+  // Blocks of rows, each a GEMM call that reads all the weights: at least 8
+  // rows (a kernel tile's height) when the batch has them, and about 2 blocks
+  // per thread; inside a parallel region (a sub-batch), one block.
+  const int64_t ways = in_parallel_region() ? 1 : 2 * num_threads();
+  const int64_t rows = std::max<int64_t>(std::min<int64_t>(N, 8), (N + ways - 1) / ways);
   parallel_for(0, (N + rows - 1) / rows, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t m0 = b * rows, m1 = std::min(N, m0 + rows);

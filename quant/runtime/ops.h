@@ -84,7 +84,15 @@ struct QLayer {
   /// takes them unpacked): packed on first use, then kept. Thread-safe.
   /// Copies of a layer share the packs; call invalidate_packs() after
   /// changing `weight`.
-  const int32_t* packed_weights(const kernels::KernelTable& t, int64_t group) const;
+  ///
+  /// `run` > 0: the same for row_padded_weights(run) (K = KH * run).
+  const int32_t* packed_weights(const kernels::KernelTable& t, int64_t group, int64_t run = 0) const;
+  /// The weight codes with each kernel row (KW * in_channels / groups bytes)
+  /// widened to `run` bytes by zeros: [OC, KH * run], for GEMMs that read
+  /// whole runs of 4 bytes from the input (qconv2d's segmented rows). Built
+  /// on first use, then kept, like the packs. ValueError when run is shorter
+  /// than a kernel row.
+  const int8_t* row_padded_weights(int64_t run) const;
   /// Gives this layer a fresh, empty pack cache (copies keep the old one); call
   /// after changing `weight`. Not safe while this layer runs on another thread.
   void invalidate_packs();
@@ -92,8 +100,11 @@ struct QLayer {
  private:
   struct PackCache {
     std::mutex mutex;
-    std::map<kernels::QGemmPackFn, std::vector<std::vector<int32_t>>> packs;  // per pack function, per group
+    // per (pack function, run of padded rows or 0), per group
+    std::map<std::pair<kernels::QGemmPackFn, int64_t>, std::vector<std::vector<int32_t>>> packs;
+    std::map<int64_t, std::vector<int8_t>> padded;  // per run
   };
+  const int8_t* row_padded_locked(int64_t run) const;
   std::shared_ptr<PackCache> packs_ = std::make_shared<PackCache>();
 };
 

@@ -17,6 +17,12 @@
 //
 // Tile registers: tmm0-3 accumulate C, tmm4-7 hold A and B chunks. The tile
 // configuration is loaded on entry and released on exit.
+//
+// Short rows or a single channel block (K <= 64 or N <= 16: a first layer,
+// 1x1 shortcuts, 16-channel layers, a classifier) fill a tile poorly and
+// leave the gather and the stores of C to dominate: those problems go to the
+// AVX-512 VNNI kernel, whose layout the pack function then produces (every
+// AMX CPU has AVX-512 VNNI).
 #if defined(__x86_64__)  // AMX exists in 64-bit mode only
 #include <immintrin.h>
 
@@ -134,7 +140,15 @@ inline void store_tiles(int32_t* cbuf) {
 
 }  // namespace
 
+namespace {
+
+/// The problems the VNNI kernel takes (see the top of the file).
+bool vnni_shape(int64_t N, int64_t K) { return K <= 64 || N <= 16; }
+
+}  // namespace
+
 std::vector<int32_t> qgemm_pack__amx(const int8_t* b, int64_t ldb, int64_t N, int64_t K) {
+  if (vnni_shape(N, K)) return qgemm_pack__avx512vnni_4x64(b, ldb, N, K);
   std::vector<int32_t> out;
   pack_amx(out, b, ldb, N, K);
   return out;
@@ -142,6 +156,7 @@ std::vector<int32_t> qgemm_pack__amx(const int8_t* b, int64_t ldb, int64_t N, in
 
 void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
   if (p.M == 0 || p.N == 0) return;
+  if (vnni_shape(p.N, p.K)) return qu8s8_gemm_requant__avx512vnni_4x64(p);
   // Native pooling when groups never straddle a job (jobs start at multiples
   // of 16 rows).
   if (p.pool > 1 && 16 % p.pool != 0) return gemm_pooled_via_c32(&qu8s8_gemm_requant__amx_16x64, p);
@@ -239,25 +254,26 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
   Job prev;
   bool have_prev = false;
   int buf = 0;
+  // The bytes of each row past K stay zero: zeroed once, never written.
+  // Rows past M in the last row block keep older rows' bytes; their sums
+  // are never read.
+  zero_run(abuf, rows_per_pass * astride);
+  // The problem in locals: the byte stores below may alias p's fields.
+  const uint8_t* const a = p.a;
+  const int64_t* const a_offsets = p.a_offsets;
+  const int64_t K = p.K, lda = p.lda, segments = p.segments, len = a_offsets ? K / segments : K;
   for (int64_t m0 = 0; m0 < p.M; m0 += rows_per_pass) {
     const int64_t rows = std::min<int64_t>(rows_per_pass, p.M - m0), rb = (rows + 15) / 16;
-    // Gather the rows, zero-padded to 4 * K4p bytes (the rows of the last
-    // row block past M: zeros), with inline 64-byte moves (the runs are
-    // short: a library call each would cost more than the copy). The
-    // previous job's tile loads are done: its sums were stored.
-    for (int64_t r = 0; r < 16 * rb; ++r) {
+    // Gather the rows with inline 64-byte moves (the runs are short: a
+    // library call each would cost more than the copy). The previous job's
+    // tile loads are done: its sums were stored.
+    for (int64_t r = 0; r < rows; ++r) {
       uint8_t* dst = abuf + r * astride;
-      if (r < rows) {
-        if (p.a_offsets) {
-          const int64_t len = p.K / p.segments;
-          const int64_t* off = p.a_offsets + (m0 + r) * p.segments;
-          for (int64_t s = 0; s < p.segments; ++s) copy_run(dst + s * len, p.a + off[s], len);
-        } else {
-          copy_run(dst, p.a + (m0 + r) * p.lda, p.K);
-        }
-        zero_run(dst + p.K, astride - p.K);
+      if (a_offsets) {
+        const int64_t* off = a_offsets + (m0 + r) * segments;
+        for (int64_t s = 0; s < segments; ++s) copy_run(dst + s * len, a + off[s], len);
       } else {
-        zero_run(dst, astride);
+        copy_run(dst, a + (m0 + r) * lda, K);
       }
     }
     asm volatile("" ::: "memory");

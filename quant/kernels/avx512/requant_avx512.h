@@ -22,6 +22,12 @@ struct Requant16 {
   __m512i offset32;
   bool exact32 = false;
   __m512i bit[2];  // 2^shift: the parity bit of floor(v / 2^shift)
+  /// Every channel's shift is >= 31 (its multiplier below 1), and exact32:
+  /// then every rounded value fits int32 and requant16 works on the even and
+  /// odd dword lanes in place (constants of channels 0, 2, ..., 14 in
+  /// *_even, 1, 3, ..., 15 in *_odd) instead of widening to int64 lanes.
+  bool narrow = false;
+  __m512i mult_even, mult_odd, shift_even, shift_odd, half_m1_even, half_m1_odd, bit_even, bit_odd;
 };
 
 inline Requant16 make_requant(const QGemmParams& p, const int32_t* bsum, int64_t n0) {
@@ -46,6 +52,24 @@ inline Requant16 make_requant(const QGemmParams& p, const int32_t* bsum, int64_t
   r.zp_bsum = _mm512_load_si512(zb);
   r.offset32 = _mm512_load_si512(off);
   r.exact32 = exact32;
+  bool narrow = exact32;
+  alignas(64) int64_t lanes[8][8];  // mult, shift, half_m1, bit: even, odd
+  for (int j = 0; j < 8; ++j) {
+    narrow = narrow && shift[2 * j] >= 31 && shift[2 * j + 1] >= 31;
+    lanes[0][j] = mult[2 * j], lanes[1][j] = mult[2 * j + 1];
+    lanes[2][j] = shift[2 * j], lanes[3][j] = shift[2 * j + 1];
+    lanes[4][j] = half_m1[2 * j], lanes[5][j] = half_m1[2 * j + 1];
+    lanes[6][j] = bit[2 * j], lanes[7][j] = bit[2 * j + 1];
+  }
+  r.narrow = narrow;
+  r.mult_even = _mm512_load_si512(lanes[0]);
+  r.mult_odd = _mm512_load_si512(lanes[1]);
+  r.shift_even = _mm512_load_si512(lanes[2]);
+  r.shift_odd = _mm512_load_si512(lanes[3]);
+  r.half_m1_even = _mm512_load_si512(lanes[4]);
+  r.half_m1_odd = _mm512_load_si512(lanes[5]);
+  r.bit_even = _mm512_load_si512(lanes[6]);
+  r.bit_odd = _mm512_load_si512(lanes[7]);
   for (int h = 0; h < 2; ++h) {
     r.bias[h] = _mm512_load_si512(bias + 8 * h);
     r.mult[h] = _mm512_load_si512(mult + 8 * h);
@@ -89,7 +113,29 @@ inline __m512i round8(__m512i acc, const Requant16& r, int h) {
 /// first and saturates like saturate_i32. lo_zp/hi_zp are the clamp bounds
 /// minus the zero point (int32 lanes), so that the clamp happens before the
 /// zero point is added and a huge value cannot overflow.
-inline __m128i requant16(__m512i raw, const Requant16& r, __m512i zp32, __m512i lo_zp, __m512i hi_zp) {
+/// round_half_even(acc * m / 2^s) of the low dwords of 8 int64 lanes (the
+/// same one-step rounding as round8; vpmuldq reads only the low dwords).
+inline __m512i round_low_dwords(__m512i acc, __m512i mult, __m512i half_m1, __m512i bit, __m512i shift) {
+  const __m512i prod = _mm512_mul_epi32(acc, mult);
+  const __mmask8 odd = _mm512_test_epi64_mask(prod, bit);
+  const __m512i w = _mm512_add_epi64(prod, half_m1);
+  return _mm512_srav_epi64(_mm512_mask_add_epi64(w, odd, w, _mm512_set1_epi64(1)), shift);
+}
+
+__attribute__((always_inline)) inline __m128i requant16(__m512i raw, const Requant16& r, __m512i zp32, __m512i lo_zp,
+                                                        __m512i hi_zp) {
+  if (r.narrow) {
+    // |acc| <= 2^31 and multipliers below 2^31 with shifts >= 31: every
+    // rounded value lies in (-2^31, 2^31), so the low dword of each int64
+    // result is exact, and the odd lanes' results shift back up into place.
+    const __m512i acc = _mm512_add_epi32(raw, r.offset32);
+    const __m512i even = round_low_dwords(acc, r.mult_even, r.half_m1_even, r.bit_even, r.shift_even);
+    const __m512i odd =
+        round_low_dwords(_mm512_srli_epi64(acc, 32), r.mult_odd, r.half_m1_odd, r.bit_odd, r.shift_odd);
+    __m512i q = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+    q = _mm512_min_epi32(_mm512_max_epi32(q, lo_zp), hi_zp);
+    return _mm512_cvtepi32_epi8(_mm512_add_epi32(q, zp32));
+  }
   __m512i a0, a1;
   if (r.exact32) {
     const __m512i acc = _mm512_add_epi32(raw, r.offset32);

@@ -58,6 +58,7 @@ TEST(QAdd, EveryKernelEqualsTheReference) {
       }
       ++kernels_run;
       std::mt19937 rng(29);
+      bool shifts_seen[2] = {false, false};
       std::uniform_int_distribution<int> u8(0, 255);
       std::uniform_real_distribution<double> ratio(-6, 4);
       for (int iter = 0; iter < 400; ++iter) {
@@ -73,12 +74,18 @@ TEST(QAdd, EveryKernelEqualsTheReference) {
         p.b_zero_point = u8(rng);
         // Scale ratios from 2^-6 to 2^4, exact powers of two now and then
         // (ties), and the full output range or a fused-ReLU-like clamp.
-        const float sa = static_cast<float>(std::exp2(iter % 5 == 0 ? std::round(ratio(rng)) : ratio(rng)));
-        const float sb = static_cast<float>(std::exp2(iter % 5 == 1 ? std::round(ratio(rng)) : ratio(rng)));
+        // Every 10th problem has ratios near 2^20-2^24, so that the shift
+        // falls below 10 and the kernels take their wide (int64) path.
+        const double big = iter % 10 == 9 ? 20 + static_cast<double>(rng() % 5) : 0;
+        const float sa =
+            static_cast<float>(std::exp2(big + (iter % 5 == 0 ? std::round(ratio(rng)) : ratio(rng)) / (big ? 8 : 1)));
+        const float sb =
+            static_cast<float>(std::exp2(big + (iter % 5 == 1 ? std::round(ratio(rng)) : ratio(rng)) / (big ? 8 : 1)));
         p.m = add_multipliers(sa, sb, 1.0f);
         p.out_zero_point = u8(rng);
         p.out_lo = iter % 3 == 0 ? p.out_zero_point : 0;
         p.out_hi = iter % 4 == 0 ? std::max(p.out_lo, 200) : 255;
+        shifts_seen[p.m.shift < 10] = true;
         const std::vector<uint8_t> want = run_add(&qu8_add__ref, p);
         ASSERT_EQ(run_add(fn, p), want) << name << " n=" << p.n << " m=" << p.m.a << "," << p.m.b << " shift "
                                         << p.m.shift;
@@ -90,6 +97,7 @@ TEST(QAdd, EveryKernelEqualsTheReference) {
         fn(q);
         ASSERT_EQ(inplace, want) << name << " in place, n=" << p.n;
       }
+      EXPECT_TRUE(shifts_seen[0] && shifts_seen[1]) << "both the narrow (shift >= 10) and the wide path";
       std::printf("# %s: 400 random problems equal the reference\n", name);
     }
   };

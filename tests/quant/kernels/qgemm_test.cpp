@@ -115,6 +115,13 @@ TEST(QGemm, EveryKernelEqualsTheReference) {
           pr.requant[n] = quantize_multiplier(std::exp2(-24));
           pr.p.bias = pr.bias.data();
         }
+        if (iter % 5 == 3) {
+          // A multiplier from 1 to 2^25 (shift <= 30) in one channel: the
+          // rounded values may leave int32 before the clamp, so kernels
+          // must keep their wide path for its block.
+          const int64_t n = static_cast<int64_t>(rng() % N);
+          pr.requant[n] = quantize_multiplier(std::exp2(static_cast<double>(rng() % 250) / 10));
+        }
         ASSERT_EQ(run(fn, pr.p), run(&qu8s8_gemm_requant__ref, pr.p)) << name << " M=" << M << " N=" << N << " K=" << K;
       }
       // Long K: kernels may change their tiling there (panels that fit L1).
