@@ -157,7 +157,7 @@ void gemm_pooled_via_c32(void (*gemm)(const QGemmParams&), const QGemmParams& p)
     QGemmParams q = p;
     q.M = ng * p.pool;
     q.pool = 1;
-    if (p.a_offsets) q.a_offsets = p.a_offsets + m0 * p.segments;
+    if (p.a_offsets) q.a_offsets = p.a_offsets + m0 * (p.segment_stride > 0 ? 1 : p.segments);
     else q.a = p.a + m0 * p.lda;
     q.c = nullptr;
     q.c32 = sums.data();
@@ -186,7 +186,9 @@ void check(const QGemmParams& p) {
     QF_CHECK(p.segments >= 1 && p.K % p.segments == 0 && (p.K / p.segments) % 4 == 0)
         << "qgemm: segmented rows need K (" << p.K << ") to split into " << p.segments
         << " runs of a multiple of 4 bytes";
-    for (int64_t i = 0; i < p.M * p.segments; ++i)
+    QF_CHECK(p.segment_stride >= 0) << "qgemm: negative segment stride " << p.segment_stride;
+    const int64_t count = p.M * (p.segment_stride > 0 ? 1 : p.segments);
+    for (int64_t i = 0; i < count; ++i)
       QF_CHECK(p.a_offsets[i] >= 0) << "qgemm: negative row offset " << p.a_offsets[i] << " at " << i;
   }
   QF_CHECK((p.a_offsets || p.lda >= p.K) && p.ldb >= p.K && p.ldc >= p.N)

@@ -68,6 +68,11 @@ struct QGemmParams {
   /// K must be a multiple of segments, and K / segments a multiple of 4.
   const int64_t* a_offsets = nullptr;
   int64_t segments = 1;
+  /// Optional, with a_offsets: evenly spaced runs. When > 0, a_offsets holds
+  /// one offset per row and run s of row m starts at a + a_offsets[m] + s *
+  /// segment_stride (a convolution's kernel rows are one padded image row
+  /// apart).
+  int64_t segment_stride = 0;
   /// Optional: a fused max over groups of `pool` consecutive rows. When > 1,
   /// M is a multiple of pool and C has M / pool rows: row r holds, per
   /// channel, the largest of rows r * pool ... r * pool + pool - 1 of the
@@ -78,6 +83,11 @@ struct QGemmParams {
   int64_t pool = 1;
 };
 
+/// The offset of run s of row m of segmented rows (QGemmParams::a_offsets).
+inline int64_t segment_offset(const QGemmParams& p, int64_t m, int64_t s) {
+  return p.segment_stride > 0 ? p.a_offsets[m] + s * p.segment_stride : p.a_offsets[m * p.segments + s];
+}
+
 /// Row m of A as one contiguous run when the rows are segmented
 /// (QGemmParams::a_offsets): copies the runs into `buf` (K bytes) and returns
 /// it; otherwise returns the row in place.
@@ -85,7 +95,7 @@ inline const uint8_t* gemm_row(const QGemmParams& p, int64_t m, uint8_t* buf) {
   if (!p.a_offsets) return p.a + m * p.lda;
   const int64_t len = p.K / p.segments;
   for (int64_t s = 0; s < p.segments; ++s)
-    std::memcpy(buf + s * len, p.a + p.a_offsets[m * p.segments + s], static_cast<size_t>(len));
+    std::memcpy(buf + s * len, p.a + segment_offset(p, m, s), static_cast<size_t>(len));
   return buf;
 }
 

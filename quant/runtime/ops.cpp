@@ -430,32 +430,43 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k, 
           if (++oh == OH) oh = 0, ++n;
         }
       };
-      if (segmented && pool) {
-        if (offsets.size() < static_cast<size_t>(chunk * KH)) offsets.resize(static_cast<size_t>(chunk * KH));
+      if (segmented) {
+        // One offset per row (the pixel's window in the padded copy); the
+        // kernel rows follow at segment_stride. Locals, not the captured
+        // references: the int64 stores below could alias them, and the
+        // compiler would reload each one on every row.
+        if (offsets.size() < static_cast<size_t>(chunk)) offsets.resize(static_cast<size_t>(chunk));
+        const int64_t ow_end = OW, oh_end = OH, col_step = sw * IC, row_step = sh * Wp * IC,
+                      image_step = Hp * Wp * IC;
         int64_t* o = offsets.data();
-        for (int64_t m = m0; m < m1; ++m, step()) {
-          const int64_t base = ((n * Hp + oh * sh) * Wp + ow * sw) * IC;
-          for (int64_t i = 0; i < KH; ++i) o[i] = base + i * dh * Wp * IC;
-          o += KH;
-        }
-        a = src;
-      } else if (segmented) {
-        if (offsets.size() < static_cast<size_t>(chunk * KH)) offsets.resize(static_cast<size_t>(chunk * KH));
-        // Locals, not the captured references: the int64 stores below could
-        // alias them, and the compiler would reload each one on every row.
-        const int64_t kh = KH, ow_end = OW, oh_end = OH, col_step = sw * IC, row_step = sh * Wp * IC,
-                      seg_step = dh * Wp * IC, image_step = Hp * Wp * IC;
-        int64_t* o = offsets.data();
-        int64_t row_base = n * image_step + oh * row_step, base = row_base + ow * col_step;
-        for (int64_t m = m0; m < m1; ++m) {
-          for (int64_t i = 0; i < kh; ++i) o[i] = base + i * seg_step;
-          o += kh;
-          base += col_step;
-          if (++ow == ow_end) {
-            ow = 0;
-            row_base += row_step;
-            if (++oh == oh_end) oh = 0, row_base += image_step - oh_end * row_step;
-            base = row_base;
+        if (pool) {
+          // Window by window: (wi, wj) within window (wy, wx) of image n.
+          const int64_t kh = pkh, kw = pkw, ph_end = PH, pw_end = PW;
+          int64_t y = wy, xw = wx, i = wi, j = wj, img = n;
+          for (int64_t m = m0; m < m1; ++m) {
+            *o++ = img * image_step + (y * kh + i) * row_step + (xw * kw + j) * col_step;
+            if (++j == kw) {
+              j = 0;
+              if (++i == kh) {
+                i = 0;
+                if (++xw == pw_end) {
+                  xw = 0;
+                  if (++y == ph_end) y = 0, ++img;
+                }
+              }
+            }
+          }
+        } else {
+          int64_t row_base = n * image_step + oh * row_step, base = row_base + ow * col_step;
+          for (int64_t m = m0; m < m1; ++m) {
+            *o++ = base;
+            base += col_step;
+            if (++ow == ow_end) {
+              ow = 0;
+              row_base += row_step;
+              if (++oh == oh_end) oh = 0, row_base += image_step - oh_end * row_step;
+              base = row_base;
+            }
           }
         }
         a = src;
@@ -536,6 +547,7 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k, 
       if (segmented) {
         p.a_offsets = offsets.data();
         p.segments = KH;
+        p.segment_stride = dh * Wp * IC;
         p.lda = 0;
         if (run != rowlen) {
           p.K = p.ldb = KH * run;

@@ -262,6 +262,7 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
   const uint8_t* const a = p.a;
   const int64_t* const a_offsets = p.a_offsets;
   const int64_t K = p.K, lda = p.lda, segments = p.segments, len = a_offsets ? K / segments : K;
+  const int64_t seg_stride = p.segment_stride;
   for (int64_t m0 = 0; m0 < p.M; m0 += rows_per_pass) {
     const int64_t rows = std::min<int64_t>(rows_per_pass, p.M - m0), rb = (rows + 15) / 16;
     // Gather the rows with inline 64-byte moves (the runs are short: a
@@ -269,7 +270,10 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
     // tile loads are done: its sums were stored.
     for (int64_t r = 0; r < rows; ++r) {
       uint8_t* dst = abuf + r * astride;
-      if (a_offsets) {
+      if (a_offsets && seg_stride > 0) {
+        const uint8_t* src = a + a_offsets[m0 + r];
+        for (int64_t s = 0; s < segments; ++s) copy_run(dst + s * len, src + s * seg_stride, len);
+      } else if (a_offsets) {
         const int64_t* off = a_offsets + (m0 + r) * segments;
         for (int64_t s = 0; s < segments; ++s) copy_run(dst + s * len, a + off[s], len);
       } else {

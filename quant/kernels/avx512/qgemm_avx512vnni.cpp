@@ -115,7 +115,7 @@ inline void dot_tile(const QGemmParams& p, const int32_t* packed, int64_t block_
     // number of groups of 4 (check() ensures it); the weights run on.
     const int64_t S = p.segments, seg4 = p.K / S / 4;
     for (int64_t s = 0; s < S; ++s) {
-      for (int r = 0; r < R; ++r) a[r] = p.a + p.a_offsets[(m0 + r) * S + s];
+      for (int r = 0; r < R; ++r) a[r] = p.a + segment_offset(p, m0 + r, s);
       for (int64_t k4 = 0; k4 < seg4; ++k4) {
         load_b(s * seg4 + k4);
         QF_ROWS(bcast);

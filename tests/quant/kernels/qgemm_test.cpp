@@ -237,18 +237,25 @@ TEST(QGemm, SegmentedRowsEqualTheContiguousProblem) {
       Problem pr = make_problem(M, N, K, rng);
       std::vector<uint8_t> pool(static_cast<size_t>(M * K + 97));
       for (auto& v : pool) v = static_cast<uint8_t>(rng());
+      // Every other problem has evenly spaced runs (segment_stride): one
+      // offset per row.
+      const int64_t stride = iter % 2 ? 0 : len + static_cast<int64_t>(rng() % 9);
       std::vector<int64_t> offsets(static_cast<size_t>(M * S));
-      for (int64_t m = 0; m < M; ++m)
+      for (int64_t m = 0; m < M; ++m) {
+        const int64_t row_base = static_cast<int64_t>(rng() % (pool.size() - (S - 1) * stride - len + 1));
+        if (stride) offsets[m] = row_base;
         for (int64_t s = 0; s < S; ++s) {
-          const int64_t off = static_cast<int64_t>(rng() % (pool.size() - len + 1));
-          offsets[m * S + s] = off;
+          const int64_t off = stride ? row_base + s * stride : static_cast<int64_t>(rng() % (pool.size() - len + 1));
+          if (!stride) offsets[m * S + s] = off;
           for (int64_t k = 0; k < len; ++k) pr.a[m * pr.p.lda + s * len + k] = pool[off + k];
         }
+      }
       QGemmParams seg = pr.p;
       seg.a = pool.data();
       seg.lda = 0;
       seg.a_offsets = offsets.data();
       seg.segments = S;
+      seg.segment_stride = stride;
       std::vector<int32_t> packed;
       if (t.qgemm_pack && iter % 2) {
         packed = t.qgemm_pack(pr.p.b, pr.p.ldb, N, K);
