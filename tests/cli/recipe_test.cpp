@@ -123,9 +123,12 @@ TEST(Recipe, EveryBadInputGetsOneMessageWithLineAndColumn) {
 TEST(Recipe, ResolvedYamlParsesBackToTheSameRecipe) {
   const Recipe a = parse_recipe(kSource + "/recipes/mnist_lsq_w4a4.yaml",
                                 {"quant.overrides=[{match: fc, weight_bits: 8}]", "training.optimizer.name=sgd",
-                                 "training.optimizer.nesterov=true", "training.label_smoothing=0.05"},
+                                 "training.optimizer.nesterov=true", "training.label_smoothing=0.05",
+                                 "training.optimizer.decay_vectors=false"},
                                 kSource);
+  EXPECT_FALSE(a.decay_vectors);
   const Recipe b = parse_recipe_text(to_yaml(a), "resolved.yaml", {}, kSource);
+  EXPECT_FALSE(b.decay_vectors);
   EXPECT_EQ(to_yaml(a), to_yaml(b));
   ASSERT_EQ(b.overrides.size(), 1u);
   EXPECT_EQ(b.overrides[0].match, "fc");

@@ -22,9 +22,9 @@ TEST(Module, MnistCnnMatchesTheReferenceParameterCount) {
   EXPECT_EQ(m->num_parameters(), 119914);
   std::vector<std::string> names;
   for (auto& [n, v] : m->named_parameters()) names.push_back(n);
-  const std::vector<std::string> want = {"conv1.weight", "bn1.weight", "bn1.bias", "conv2.weight", "bn2.weight",
-                                         "bn2.bias",     "conv3.weight", "bn3.weight", "bn3.bias", "fc.weight",
-                                         "fc.bias"};
+  const std::vector<std::string> want = {"conv1.weight", "bn1.weight", "bn1.bias",     "conv2.weight",
+                                         "bn2.weight",   "bn2.bias",   "conv3.weight", "bn3.weight",
+                                         "bn3.bias",     "fc.weight",  "fc.bias"};
   EXPECT_EQ(names, want);
   auto bufs = m->named_buffers();
   ASSERT_EQ(bufs.size(), 6u);
@@ -109,8 +109,7 @@ TEST(Module, ReplaceModuleByDottedPath) {
     outer->get_module("block.nope");
     FAIL();
   } catch (const IndexError& e) {
-    EXPECT_NE(std::string(e.what()).find("'block' (Sequential) has no child 'nope'"), std::string::npos)
-        << e.what();
+    EXPECT_NE(std::string(e.what()).find("'block' (Sequential) has no child 'nope'"), std::string::npos) << e.what();
   }
   EXPECT_THROW(outer->replace_module("missing", std::make_shared<Identity>()), IndexError);
   EXPECT_THROW(outer->replace_module("block.act", nullptr), ValueError);
@@ -171,6 +170,17 @@ TEST(Zoo, MakeModelByNameAndArgumentChecks) {
   EXPECT_THROW(make_model("mnist_cnn", {{"width", "2"}}), ValueError);
   EXPECT_THROW(make_model("mlp", {{"hidden", "8,x"}}), ValueError);
   EXPECT_THROW(make_model("mlp", {{"hidden", "0"}}), ValueError);
+  // resnet20's zero_init_residual: each block's last batch norm starts at
+  // scale 0 (the others at 1); 0 and 1 are the only values.
+  for (const char* z : {"0", "1"}) {
+    auto r = make_model("resnet20", {{"zero_init_residual", z}});
+    for (const auto& [name, p] : r->named_parameters()) {
+      if (name.find("bn") == std::string::npos || name.find("weight") == std::string::npos) continue;
+      const bool zeroed = name.find("main.bn2") != std::string::npos && std::string(z) == "1";
+      EXPECT_EQ(p.value().item(0), zeroed ? 0.0 : 1.0) << name << " zero_init_residual=" << z;
+    }
+  }
+  EXPECT_THROW(make_model("resnet20", {{"zero_init_residual", "2"}}), ValueError);
   register_model("tiny", [](const ModelArgs&, Generator& g) -> ModulePtr { return mlp(2, {}, 2, g); });
   EXPECT_EQ(make_model("tiny")->num_parameters(), 6);
 }

@@ -1,9 +1,10 @@
+#include "nn/optim.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
 #include <numbers>
-
-#include "nn/optim.h"
 
 namespace qforge::nn {
 namespace {
@@ -21,6 +22,36 @@ TEST(SGD, PlainAndWeightDecay) {
   EXPECT_DOUBLE_EQ(p.value().item(0), 1.0 - 0.1 * (0.5 + 0.01 * 1.0));
   EXPECT_DOUBLE_EQ(p.value().item(1), -2.0 - 0.1 * (0.25 + 0.01 * -2.0));
   EXPECT_EQ(opt.steps(), 1);
+}
+
+TEST(SGD, DecayVectorsFalseSkipsParametersOfDimensionOne) {
+  // A vector (a bias or a norm's scale) gets no weight decay; a matrix does.
+  for (bool adam : {false, true}) {
+    Variable pv = param({1.0, -2.0});
+    Variable pm(Tensor::from_vector<double>({1.0, -2.0}, {1, 2}), true);
+    std::unique_ptr<Optimizer> opt;
+    if (adam)
+      opt = std::make_unique<Adam>(std::vector<Variable>{pv, pm},
+                                   AdamOptions{.lr = 0.1, .weight_decay = 0.5, .decay_vectors = false});
+    else
+      opt = std::make_unique<SGD>(std::vector<Variable>{pv, pm},
+                                  SGDOptions{.lr = 0.1, .weight_decay = 0.5, .decay_vectors = false});
+    grad(pv, {0.5, 0.25});
+    pm.set_grad(Tensor::from_vector<double>({0.5, 0.25}, {1, 2}));
+    opt->step();
+    if (!adam) {
+      EXPECT_DOUBLE_EQ(pv.value().item(0), 1.0 - 0.1 * 0.5);
+      EXPECT_DOUBLE_EQ(pv.value().item(1), -2.0 - 0.1 * 0.25);
+      EXPECT_DOUBLE_EQ(pm.value().item(0), 1.0 - 0.1 * (0.5 + 0.5 * 1.0));
+      EXPECT_DOUBLE_EQ(pm.value().item(1), -2.0 - 0.1 * (0.25 + 0.5 * -2.0));
+    } else {
+      // Adam's first step moves each value by lr * sign(g + wd * p): the
+      // vector follows its gradient alone, the matrix's second entry turns
+      // around (0.25 + 0.5 * -2 < 0).
+      EXPECT_NEAR(pv.value().item(1), -2.0 - 0.1, 1e-6);
+      EXPECT_NEAR(pm.value().item(1), -2.0 + 0.1, 1e-6);
+    }
+  }
 }
 
 TEST(SGD, MomentumDampeningNesterovByHand) {
