@@ -130,7 +130,13 @@ TEST(QGemm, EveryKernelEqualsTheReference) {
           Problem pr = make_problem(19, N, K, rng, K % 2 == 1);
           ASSERT_EQ(run(fn, pr.p), run(&qu8s8_gemm_requant__ref, pr.p)) << name << " M=19 N=" << N << " K=" << K;
         }
-      std::printf("# %s: 136 random problems equal the reference\n", name);
+      // Many rows with more than 4 channel blocks and long rows: kernels
+      // may gather the rows in several macro passes (AMX: 48 rows here).
+      for (int64_t N : {65, 80}) {
+        Problem pr = make_problem(150, N, 1027, rng);
+        ASSERT_EQ(run(fn, pr.p), run(&qu8s8_gemm_requant__ref, pr.p)) << name << " M=150 N=" << N << " K=1027";
+      }
+      std::printf("# %s: 138 random problems equal the reference\n", name);
     }
   };
 #define QF_KERNEL(op, isa, fn) check_gemm(&fn, Isa::isa, #fn);
