@@ -266,6 +266,29 @@ PoolGeom pool_geometry(const Tensor& x, std::array<int64_t, 2> kernel, std::arra
 
 }  // namespace
 
+namespace {
+
+/// Where a conv's GEMM row falls when a fused pool orders the rows window by
+/// window: image n, window (y, x) of the pooled grid, pixel (i, j) in it.
+struct WindowPos {
+  int64_t n, y, x, i, j;
+  /// The next row: across the window, then the windows of a row, the rows,
+  /// the images (windows kh x kw on a ph x pw grid).
+  void next(int64_t kh, int64_t kw, int64_t ph, int64_t pw) {
+    if (++j < kw) return;
+    j = 0;
+    if (++i < kh) return;
+    i = 0;
+    if (++x < pw) return;
+    x = 0;
+    if (++y < ph) return;
+    y = 0;
+    ++n;
+  }
+};
+
+}  // namespace
+
 Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k, const std::array<int64_t, 2>* pool) {
   QF_CHECK_DTYPE(x.dtype() == DType::u8) << "qconv2d: expects u8 codes, got " << x.desc();
   QF_CHECK_SHAPE(x.ndim() == 4 && x.size(3) == L.in_channels)
@@ -402,27 +425,18 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k, 
       const int64_t g = t % G, m0 = (t / G) * chunk, m1 = std::min(M, m0 + chunk);
       const uint8_t* a = px + m0 * IC;
       // (image, oh, ow) of row m0, then stepped along (no division per row).
-      // With a pool, rows go window by window: (i, j) within window (wy, wx).
+      // With a pool, rows go window by window (WindowPos).
       int64_t n = m0 / P, oh = (m0 % P) / OW, ow = m0 % OW;
-      int64_t wy = 0, wx = 0, wi = 0, wj = 0;
+      WindowPos win{};
       if (pool) {
         const int64_t w = (m0 % P) / PK, r = m0 % PK;
-        wy = w / PW, wx = w % PW, wi = r / pkw, wj = r % pkw;
-        oh = wy * pkh + wi, ow = wx * pkw + wj;
+        win = WindowPos{n, w / PW, w % PW, r / pkw, r % pkw};
+        oh = win.y * pkh + win.i, ow = win.x * pkw + win.j;
       }
       auto step = [&] {
         if (pool) {
-          if (++wj == pkw) {
-            wj = 0;
-            if (++wi == pkh) {
-              wi = 0;
-              if (++wx == PW) {
-                wx = 0;
-                if (++wy == PH) wy = 0, ++n;
-              }
-            }
-          }
-          oh = wy * pkh + wi, ow = wx * pkw + wj;
+          win.next(pkh, pkw, PH, PW);
+          n = win.n, oh = win.y * pkh + win.i, ow = win.x * pkw + win.j;
           return;
         }
         if (++ow == OW) {
@@ -440,21 +454,11 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k, 
                       image_step = Hp * Wp * IC;
         int64_t* o = offsets.data();
         if (pool) {
-          // Window by window: (wi, wj) within window (wy, wx) of image n.
           const int64_t kh = pkh, kw = pkw, ph_end = PH, pw_end = PW;
-          int64_t y = wy, xw = wx, i = wi, j = wj, img = n;
+          WindowPos c = win;
           for (int64_t m = m0; m < m1; ++m) {
-            *o++ = img * image_step + (y * kh + i) * row_step + (xw * kw + j) * col_step;
-            if (++j == kw) {
-              j = 0;
-              if (++i == kh) {
-                i = 0;
-                if (++xw == pw_end) {
-                  xw = 0;
-                  if (++y == ph_end) y = 0, ++img;
-                }
-              }
-            }
+            *o++ = c.n * image_step + (c.y * kh + c.i) * row_step + (c.x * kw + c.j) * col_step;
+            c.next(kh, kw, ph_end, pw_end);
           }
         } else {
           int64_t row_base = n * image_step + oh * row_step, base = row_base + ow * col_step;

@@ -71,6 +71,24 @@ inline __m128i add16_narrow(__m128i a, __m128i b, const NarrowConsts& c) {
   return _mm512_cvtepi32_epi8(q);
 }
 
+/// Runs add16(a, b) over the codes 16 at a time, the tail with masked loads
+/// and stores.
+template <typename Add16>
+inline void add_blocks(const QAddParams& p, Add16 add16) {
+  int64_t i = 0;
+  for (; i + 16 <= p.n; i += 16) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.a + i));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.b + i));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p.y + i), add16(a, b));
+  }
+  if (i < p.n) {
+    const __mmask16 k = static_cast<__mmask16>((1u << (p.n - i)) - 1);
+    const __m128i a = _mm_maskz_loadu_epi8(k, p.a + i);
+    const __m128i b = _mm_maskz_loadu_epi8(k, p.b + i);
+    _mm_mask_storeu_epi8(p.y + i, k, add16(a, b));
+  }
+}
+
 }  // namespace
 
 void qu8_add__avx512_16(const QAddParams& p) {
@@ -86,18 +104,7 @@ void qu8_add__avx512_16(const QAddParams& p) {
     c.lo = _mm512_set1_epi32(p.out_lo);
     c.hi = _mm512_set1_epi32(p.out_hi);
     c.shift = _mm_cvtsi32_si128(p.m.shift);
-    int64_t i = 0;
-    for (; i + 16 <= p.n; i += 16) {
-      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.a + i));
-      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.b + i));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(p.y + i), add16_narrow(a, b, c));
-    }
-    if (i < p.n) {
-      const __mmask16 k = static_cast<__mmask16>((1u << (p.n - i)) - 1);
-      const __m128i a = _mm_maskz_loadu_epi8(k, p.a + i);
-      const __m128i b = _mm_maskz_loadu_epi8(k, p.b + i);
-      _mm_mask_storeu_epi8(p.y + i, k, add16_narrow(a, b, c));
-    }
+    add_blocks(p, [&c](__m128i a, __m128i b) { return add16_narrow(a, b, c); });
     return;
   }
   AddConsts c;
@@ -111,18 +118,7 @@ void qu8_add__avx512_16(const QAddParams& p) {
   c.lo = _mm512_set1_epi64(p.out_lo);
   c.hi = _mm512_set1_epi64(p.out_hi);
   c.shift = _mm_cvtsi32_si128(p.m.shift);
-  int64_t i = 0;
-  for (; i + 16 <= p.n; i += 16) {
-    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.a + i));
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.b + i));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p.y + i), add16(a, b, c));
-  }
-  if (i < p.n) {
-    const __mmask16 k = static_cast<__mmask16>((1u << (p.n - i)) - 1);
-    const __m128i a = _mm_maskz_loadu_epi8(k, p.a + i);
-    const __m128i b = _mm_maskz_loadu_epi8(k, p.b + i);
-    _mm_mask_storeu_epi8(p.y + i, k, add16(a, b, c));
-  }
+  add_blocks(p, [&c](__m128i a, __m128i b) { return add16(a, b, c); });
 }
 
 }  // namespace qforge::quant::kernels

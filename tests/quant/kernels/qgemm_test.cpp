@@ -326,6 +326,20 @@ TEST(QGemm, ChecksTheContract) {
   EXPECT_THROW(check(bad), ValueError);
 }
 
+/// The expected pooled output: row r holds, per channel, the max of rows
+/// r * pool ... of `whole` (row stride ldc); every other entry is `fill`.
+template <typename T>
+std::vector<T> group_max(const std::vector<T>& whole, int64_t groups, int64_t pool, int64_t N, int64_t ldc, T fill) {
+  std::vector<T> want(whole.size(), fill);
+  for (int64_t r = 0; r < groups; ++r)
+    for (int64_t n = 0; n < N; ++n) {
+      T v = whole[r * pool * ldc + n];
+      for (int64_t i = 1; i < pool; ++i) v = std::max(v, whole[(r * pool + i) * ldc + n]);
+      want[r * ldc + n] = v;
+    }
+  return want;
+}
+
 TEST(QGemm, PooledRowsAreTheMaxOfEachGroup) {
   // The fused max (QGemmParams::pool): row r of the output is, per channel,
   // the largest of the unpooled outputs of rows r * pool ... (computed here
@@ -369,25 +383,11 @@ TEST(QGemm, PooledRowsAreTheMaxOfEachGroup) {
       q.pool = pool;
       const bool int32_mode = iter % 5 == 4;
       if (int32_mode) {
-        const auto whole = run32(&qu8s8_gemm_requant__ref, pr.p);
-        std::vector<int32_t> want(whole.size(), 0x5A5A5A5A);
-        for (int64_t r = 0; r < M / pool; ++r)
-          for (int64_t n = 0; n < N; ++n) {
-            int32_t v = whole[r * pool * pr.p.ldc + n];
-            for (int64_t i = 1; i < pool; ++i) v = std::max(v, whole[(r * pool + i) * pr.p.ldc + n]);
-            want[r * pr.p.ldc + n] = v;
-          }
+        const auto want = group_max(run32(&qu8s8_gemm_requant__ref, pr.p), M / pool, pool, N, pr.p.ldc, int32_t{0x5A5A5A5A});
         ASSERT_EQ(run32(t.qgemm, q), want) << isa_name(isa) << " int32, pool " << pool << " M=" << M << " N=" << N
                                            << " K=" << K;
       } else {
-        const auto whole = run(&qu8s8_gemm_requant__ref, pr.p);
-        std::vector<uint8_t> want(whole.size(), 0xAB);
-        for (int64_t r = 0; r < M / pool; ++r)
-          for (int64_t n = 0; n < N; ++n) {
-            uint8_t v = whole[r * pool * pr.p.ldc + n];
-            for (int64_t i = 1; i < pool; ++i) v = std::max(v, whole[(r * pool + i) * pr.p.ldc + n]);
-            want[r * pr.p.ldc + n] = v;
-          }
+        const auto want = group_max(run(&qu8s8_gemm_requant__ref, pr.p), M / pool, pool, N, pr.p.ldc, uint8_t{0xAB});
         std::vector<uint8_t> c(static_cast<size_t>(M * pr.p.ldc));
         q.c = c.data();
         check(q);
