@@ -24,6 +24,22 @@ TEST(Variable, SharedInputGetsBothPaths) {
   EXPECT_EQ(x.grad().item(), 7.0);
 }
 
+TEST(Variable, AccumulatingNeverWritesIntoASharedGradient) {
+  // add() hands one gradient tensor to both its inputs, so two nodes (and a
+  // pending consumer) can hold the same tensor. Here, after s = U + V runs,
+  // U's and V's gradients are r's pending tensor; w then sends U a second
+  // gradient before q's and V's turn. Summing it into U's tensor in place
+  // would change V's and q's too (the total would be 156, not 36).
+  Variable x(Tensor::from_vector<double>({1}, {1}), true);
+  Variable u = scale(x, 2), v = scale(x, 3);
+  Variable s = add(u, v);
+  Variable w = scale(u, 5), q = scale(v, 7);
+  Variable r = add(q, w);
+  Variable z = add(r, s);  // z = 21x + 10x + 2x + 3x
+  z.backward();
+  EXPECT_EQ(x.grad().item(), 36.0);
+}
+
 TEST(Variable, SecondBackwardWithoutRetainIsAnError) {
   Variable x(Tensor::from_vector<double>({1, 2}, {2}), true);
   Variable y = sum(relu(x));
