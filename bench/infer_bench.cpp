@@ -38,7 +38,8 @@ int main(int argc, char** argv) {
       cxxopts::value<std::string>())(
       "no-reference", "skip PyTorch")("int8-only", "measure only qforge int8 (for profiling)")(
       "python", "interpreter with torch", cxxopts::value<std::string>()->default_value("/usr/bin/python3"))(
-      "h,help", "show help");
+      "repeat", "rounds of qforge and PyTorch, alternated (the best of each is kept)",
+      cxxopts::value<int>()->default_value("3"))("h,help", "show help");
   cxxopts::ParseResult args;
   try {
     args = options.parse(argc, argv);
@@ -59,8 +60,9 @@ int main(int argc, char** argv) {
   const int threads = args["threads"].as<int>(), batch = args["batch"].as<int>();
   const int lat_threads = args.count("latency-threads") ? args["latency-threads"].as<int>() : threads;
   const double min_sec = args["min-sec"].as<double>();
-  if (threads < 1 || lat_threads < 1 || batch < 1) {
-    std::fprintf(stderr, "infer_bench: --threads, --latency-threads and --batch must be >= 1\n");
+  const int rounds = args["repeat"].as<int>();
+  if (threads < 1 || lat_threads < 1 || batch < 1 || rounds < 1) {
+    std::fprintf(stderr, "infer_bench: --threads, --latency-threads, --batch and --repeat must be >= 1\n");
     return 2;
   }
   set_num_threads(threads);
@@ -102,62 +104,99 @@ int main(int argc, char** argv) {
   const Tensor x1 = images(1000, 1), xb = images(2000, batch);
   autograd::NoGradGuard ng;
   const bool int8_only = args.count("int8-only") > 0;
-  set_num_threads(lat_threads);
-  const double fp32_lat = int8_only ? 0 : bench::median_seconds([&] { (*model)(Variable(x1)); }, 200, min_sec);
-  set_num_threads(threads);
-  const double fp32_tp = int8_only ? 0 : batch / bench::median_seconds([&] { (*model)(Variable(xb)); }, 20, min_sec);
-
-  quant::prepare(*model);
-  for (int b = 0; b < 4; ++b) (*model)(Variable(images(256 + b * 64, 64)));
-  quant::finish_calibration(*model);
-  const quant::runtime::Model int8 = quant::convert(*model, {C, HW, HW});
-  set_num_threads(lat_threads);
-  const double int8_lat = bench::median_seconds([&] { int8.run(x1); }, 200, min_sec);
-  set_num_threads(threads);
-  const double int8_tp = batch / bench::median_seconds([&] { int8.run(xb); }, 20, min_sec);
-  std::printf("qforge fp32: batch 1 %.3f ms (%d threads), batch %d %.0f images/s (%d threads)\n", fp32_lat * 1e3,
-              lat_threads, batch, fp32_tp, threads);
-  std::printf("qforge int8: batch 1 %.3f ms (%d threads), batch %d %.0f images/s (%d threads)\n", int8_lat * 1e3,
-              lat_threads, batch, int8_tp, threads);
-  std::printf("qforge int8 vs its own fp32: %.2fx throughput, %.2fx latency\n", int8_tp / fp32_tp,
-              fp32_lat / int8_lat);
-  if (args.count("no-reference") || int8_only) return 0;
-
-  const double lat_goal = mnist ? 0.10 : 0.35;  // issues 5 and 7
-  for (const char* variant : {"fp32", "int8"}) {
-    auto reference = [&](int t, int tb) {
-      const std::string cmd = args["python"].as<std::string>() + " " + bench::reference_kit() +
-                              "/pytorch/reference.py infer --model " + name + " --variant " + variant +
-                              " --threads " + std::to_string(t) + " --throughput-batch " + std::to_string(tb) +
-                              (real ? " --data-dir " + dir : std::string(" --random-data")) + " 2>&1";
-      return bench::run_reference(cmd);
-    };
+  const bool reference = !args.count("no-reference") && !int8_only;
+  // qforge's model: FP32 first, then the same model calibrated and converted.
+  const std::shared_ptr<nn::Module> fp32 = model;
+  quant::runtime::Model int8;
+  {
+    auto calibrated = nn::make_model(name);
+    calibrated->load_state_dict(model->state_dict());
+    calibrated->eval();
+    quant::prepare(*calibrated);
+    for (int b = 0; b < 4; ++b) (*calibrated)(Variable(images(256 + b * 64, 64)));
+    quant::finish_calibration(*calibrated);
+    int8 = quant::convert(*calibrated, {C, HW, HW});
+  }
+  // Latency (ms) and throughput (images/s), best over the rounds.
+  struct Best {
+    double lat = 1e30, tp = 0;
+    void take(double l, double t) { lat = std::min(lat, l), tp = std::max(tp, t); }
+  };
+  Best ours_fp32, ours_int8, ref_fp32, ref_int8;
+  auto measure_ours = [&] {
+    if (!int8_only) {
+      set_num_threads(lat_threads);
+      const double lat = bench::median_seconds([&] { (*fp32)(Variable(x1)); }, 200, min_sec);
+      set_num_threads(threads);
+      ours_fp32.take(lat * 1e3, batch / bench::median_seconds([&] { (*fp32)(Variable(xb)); }, 20, min_sec));
+    }
+    set_num_threads(lat_threads);
+    const double lat = bench::median_seconds([&] { int8.run(x1); }, 200, min_sec);
+    set_num_threads(threads);
+    ours_int8.take(lat * 1e3, batch / bench::median_seconds([&] { int8.run(xb); }, 20, min_sec));
+  };
+  auto run_reference = [&](const char* variant, int t) {
+    const std::string cmd = args["python"].as<std::string>() + " " + bench::reference_kit() +
+                            "/pytorch/reference.py infer --model " + name + " --variant " + variant +
+                            " --threads " + std::to_string(t) + " --throughput-batch " + std::to_string(batch) +
+                            (real ? " --data-dir " + dir : std::string(" --random-data")) + " 2>&1";
+    return bench::run_reference(cmd);
+  };
+  // PyTorch's batch-1 latency (ms, on the latency thread count) and
+  // throughput; zeros when the reference gave no result.
+  auto measure_reference = [&](const char* variant, Best& best) {
     double lat = 0, tp = 0;
-    for (const auto& r : reference(threads, batch)) {
+    for (const auto& r : run_reference(variant, threads)) {
       if (bench::json_field(r, "batch") == "1") lat = std::stod(bench::json_field(r, "latency_ms"));
       else tp = std::stod(bench::json_field(r, "images_per_s"));
     }
     if (lat_threads != threads) {  // the batch-1 row again, on the latency thread count
       lat = 0;
-      for (const auto& r : reference(lat_threads, batch))
+      for (const auto& r : run_reference(variant, lat_threads))
         if (bench::json_field(r, "batch") == "1") lat = std::stod(bench::json_field(r, "latency_ms"));
     }
-    if (lat == 0 || tp == 0) {
-      std::printf("# no reference %s result (is python3-torch installed? scripts/install-deps.sh --bench)\n", variant);
-      return 0;
+    if (lat > 0 && tp > 0) best.take(lat, tp);
+    return lat > 0 && tp > 0;
+  };
+  for (int round = 0; round < rounds; ++round) {
+    measure_ours();
+    std::printf("round %d: qforge fp32 %.0f, int8 %.0f images/s (best so far)\n", round + 1, ours_fp32.tp,
+                ours_int8.tp);
+    if (!reference) continue;
+    for (const char* variant : {"fp32", "int8"}) {
+      if (!measure_reference(variant, std::strcmp(variant, "int8") == 0 ? ref_int8 : ref_fp32)) {
+        std::printf("# no reference %s result (is python3-torch installed? scripts/install-deps.sh --bench)\n",
+                    variant);
+        return 0;
+      }
     }
+    std::printf("round %d: pytorch fp32 %.0f, int8 %.0f images/s (best so far)\n", round + 1, ref_fp32.tp,
+                ref_int8.tp);
+  }
+  std::printf("qforge fp32: batch 1 %.3f ms (%d threads), batch %d %.0f images/s (%d threads)\n", ours_fp32.lat,
+              lat_threads, batch, ours_fp32.tp, threads);
+  std::printf("qforge int8: batch 1 %.3f ms (%d threads), batch %d %.0f images/s (%d threads)\n", ours_int8.lat,
+              lat_threads, batch, ours_int8.tp, threads);
+  std::printf("qforge int8 vs its own fp32: %.2fx throughput, %.2fx latency\n", ours_int8.tp / ours_fp32.tp,
+              ours_fp32.lat / ours_int8.lat);
+  if (!reference) return 0;
+
+  const double lat_goal = mnist ? 0.10 : 0.35;  // issues 5 and 7
+  for (const char* variant : {"fp32", "int8"}) {
     const bool is_int8 = std::strcmp(variant, "int8") == 0;
-    const double ours_lat = (is_int8 ? int8_lat : fp32_lat) * 1e3, ours_tp = is_int8 ? int8_tp : fp32_tp;
-    std::printf("pytorch %s: batch 1 %.3f ms (%d threads), batch %d %.0f images/s (%d threads)\n", variant, lat,
-                lat_threads, batch, tp, threads);
+    const Best& ours = is_int8 ? ours_int8 : ours_fp32;
+    const Best& ref = is_int8 ? ref_int8 : ref_fp32;
+    std::printf("pytorch %s: batch 1 %.3f ms (%d threads), batch %d %.0f images/s (%d threads)\n", variant, ref.lat,
+                lat_threads, batch, ref.tp, threads);
     char goal[64] = "";
     if (is_int8) std::snprintf(goal, sizeof goal, " (goal <= %.2f ms)", lat_goal);
-    std::printf("ratio qforge/pytorch %s: throughput %.2fx%s, latency %.3f vs %.3f ms%s\n", variant, ours_tp / tp,
-                is_int8 ? " (goal >= 1.3x)" : "", ours_lat, lat, goal);
+    std::printf("ratio qforge/pytorch %s (best of %d alternated rounds each): throughput %.2fx%s, latency %.3f vs "
+                "%.3f ms%s\n",
+                variant, rounds, ours.tp / ref.tp, is_int8 ? " (goal >= 1.3x)" : "", ours.lat, ref.lat, goal);
     std::printf("RESULT {\"bench\":\"infer\",\"model\":\"%s\",\"variant\":\"%s\",\"threads\":%d,"
-                "\"latency_threads\":%d,\"qforge_latency_ms\":%.4f,\"pytorch_latency_ms\":%.4f,"
+                "\"latency_threads\":%d,\"rounds\":%d,\"qforge_latency_ms\":%.4f,\"pytorch_latency_ms\":%.4f,"
                 "\"qforge_images_per_s\":%.1f,\"pytorch_images_per_s\":%.1f}\n",
-                name.c_str(), variant, threads, lat_threads, ours_lat, lat, ours_tp, tp);
+                name.c_str(), variant, threads, lat_threads, rounds, ours.lat, ref.lat, ours.tp, ref.tp);
   }
   return 0;
 }
