@@ -547,17 +547,19 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k, 
       p.c = py + m0 / PK * OC + g * ocg;
       p.ldc = OC;
       p.pool = PK;
-      p.b_packed = L.packed_weights(table, g);
+      // Widened kernel rows (segmented reads of runs longer than a row) take
+      // the zero-padded weights; the plain ones are then never packed.
+      const bool widened = segmented && run != rowlen;
+      if (widened) {
+        p.K = p.ldb = KH * run;
+        p.b = L.row_padded_weights(run) + g * ocg * p.K;
+      }
+      p.b_packed = L.packed_weights(table, g, widened ? run : 0);
       if (segmented) {
         p.a_offsets = offsets.data();
         p.segments = KH;
         p.segment_stride = dh * Wp * IC;
         p.lda = 0;
-        if (run != rowlen) {
-          p.K = p.ldb = KH * run;
-          p.b = L.row_padded_weights(run) + g * ocg * p.K;
-          p.b_packed = L.packed_weights(table, g, run);
-        }
       }
       gemm(p);
     }

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <functional>
 
 #include "autograd/ops.h"
 #include "nn/optim.h"
@@ -39,18 +40,27 @@ int64_t count_params(nn::Module& m) {
   return n;
 }
 
+/// `steps` SGD steps in training mode on batches of `batch` random images
+/// (seeds seed0, seed0 + 1, ...); `after` sees each step's loss once the
+/// gradients are in and the step is taken.
+void qat_sgd_steps(nn::Module& model, int steps, int64_t batch, uint64_t seed0,
+                   const std::function<void(const Variable&)>& after = {}) {
+  nn::SGD opt(model.parameters(), {.lr = 0.01, .momentum = 0.9});
+  model.train();
+  for (int step = 0; step < steps; ++step) {
+    opt.zero_grad();
+    Variable loss = autograd::cross_entropy(model(Variable(images(batch, seed0 + step))), labels(batch));
+    loss.backward();
+    opt.step();
+    if (after) after(loss);
+  }
+}
+
 /// prepare_qat, a few SGD steps (observers record, BN statistics move), then
 /// eval: QAT eval logits against the converted graph on ref/avx2/avx512vnni.
 void expect_qat_eval_equals_int8(nn::ModulePtr model, int64_t want_adds, int64_t want_groups) {
   prepare_qat(*model);
-  nn::SGD opt(model->parameters(), {.lr = 0.01, .momentum = 0.9});
-  model->train();
-  for (int step = 0; step < 3; ++step) {
-    opt.zero_grad();
-    Variable loss = autograd::cross_entropy((*model)(Variable(images(8, 10 + step))), labels(8));
-    loss.backward();
-    opt.step();
-  }
+  qat_sgd_steps(*model, 3, 8, 10);
   model->eval();
   const runtime::Model int8 = convert(*model, {3, 32, 32});
   int64_t adds = 0, grouped = 0, pools = 0;
@@ -140,16 +150,10 @@ TEST(ResNet20, FusedOutputFakeQuantEqualsTheSeparatePasses) {
     Generator g(4);
     nn::ModulePtr model = nn::make_model("resnet20", {}, g);
     prepare_qat(*model);
-    nn::SGD opt(model->parameters(), {.lr = 0.01, .momentum = 0.9});
-    model->train();
-    for (int step = 0; step < 2; ++step) {
-      opt.zero_grad();
-      Variable loss = autograd::cross_entropy((*model)(Variable(images(4, 20 + step))), labels(4));
-      loss.backward();
-      opt.step();
+    qat_sgd_steps(*model, 2, 4, 20, [&](const Variable& loss) {
       runs[fused].push_back({loss.value().item()});
       for (const auto& [name, p] : model->named_parameters()) runs[fused].push_back(p.grad().to_vector());
-    }
+    });
     for (const auto& [name, t] : model->state_dict()) runs[fused].push_back(t.to_vector());
   }
   detail::set_fuse_output_fake_quant(true);
