@@ -109,15 +109,6 @@ std::shared_ptr<nn::Optimizer> make_optimizer(const Recipe& r, nn::Module& model
   return std::make_shared<nn::Adam>(model.parameters(), ao);
 }
 
-quant::QConfig make_qconfig(const Recipe& r, int wbits, int abits) {
-  quant::QConfig q = r.method == "lsq" ? quant::lsq_qconfig(wbits, abits) : quant::default_qconfig();
-  q.weight.spec.bits = wbits;
-  q.activation.spec.bits = abits;
-  if (!r.weight.observer.empty()) q.weight.observer = r.weight.observer;
-  if (!r.activation.observer.empty()) q.activation.observer = r.activation.observer;
-  return q;
-}
-
 int64_t correct_of(const Tensor& logits, const std::vector<int32_t>& labels) {
   int64_t correct = 0;
   const int64_t k = logits.size(1);
@@ -135,8 +126,23 @@ nn::ModulePtr make_recipe_model(const Recipe& r, Generator& gen) {
   return nn::make_model(r.model, args, gen);
 }
 
-/// The global qconfig and the per-name overrides of a recipe.
-quant::QConfigMap make_qconfig_map(const Recipe& r) {
+quant::QConfig make_qconfig(const Recipe& r, int wbits, int abits) {
+  quant::QConfig q = r.method == "lsq" ? quant::lsq_qconfig(wbits, abits) : quant::default_qconfig();
+  q.weight.spec.bits = wbits;
+  q.activation.spec.bits = abits;
+  if (r.method == "lsq") {
+    const quant::LsqInit init = r.lsq_init == "data" ? quant::LsqInit::data : quant::LsqInit::observer;
+    q.weight.lsq_init = init;
+    q.activation.lsq_init = init;
+  }
+  if (!r.weight.observer.empty()) q.weight.observer = r.weight.observer;
+  if (!r.activation.observer.empty()) q.activation.observer = r.activation.observer;
+  return q;
+}
+
+}  // namespace
+
+quant::QConfigMap recipe_qconfig_map(const Recipe& r) {
   quant::QConfigMap map;
   map.set_global(make_qconfig(r, r.weight.bits, r.activation.bits));
   for (const auto& o : r.overrides) {
@@ -149,10 +155,6 @@ quant::QConfigMap make_qconfig_map(const Recipe& r) {
   }
   return map;
 }
-
-
-
-}  // namespace
 
 int run_train(const Recipe& r, const TrainArgs& args) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -220,7 +222,7 @@ int run_train(const Recipe& r, const TrainArgs& args) {
   if (r.quant) {
     quant::PrepareOptions po;
     po.auto_fuse = r.auto_fuse;
-    po.qconfig = make_qconfig_map(r);
+    po.qconfig = recipe_qconfig_map(r);
     if (qat) {
       quant::prepare_qat(*model, po);
       quant::QatSchedule qs;
@@ -352,7 +354,7 @@ void rebuild_from_checkpoint(const std::string& checkpoint, const Recipe& r, nn:
   if (out.quantized) {
     quant::PrepareOptions po;
     po.auto_fuse = r.auto_fuse;
-    po.qconfig = make_qconfig_map(r);
+    po.qconfig = recipe_qconfig_map(r);
     quant::prepare_qat(*out.model, po);
   }
   trainers::load_model_from_checkpoint(checkpoint, *out.model);

@@ -8,6 +8,7 @@
 
 #include "cli/recipe.h"
 #include "nn/module.h"
+#include "quant/qconfig.h"
 
 namespace qforge::cli {
 
@@ -16,6 +17,11 @@ struct TrainArgs {
   bool resume = false;
   std::string source_dir;  // for the dataset defaults
 };
+
+/// The recipe's quantization as a QConfigMap: the global qconfig (STE, or LSQ
+/// with the recipe's lsq_init) at quant.weight/activation bits, then each
+/// override by module-name glob (`float: true` keeps the module in float).
+quant::QConfigMap recipe_qconfig_map(const Recipe& recipe);
 
 /// FP32 training, then QAT or PTQ, then export and validation of the int8
 /// model, as the recipe says. JSON keys: test_accuracy, images_per_s,

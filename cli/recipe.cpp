@@ -89,6 +89,7 @@ const Field& schema() {
                             number("clip_grad_norm", 0, 1e6), number("label_smoothing", 0, 0.999)}),
            map("quant", {boolean("enabled"), choice("mode", {"qat", "ptq"}), integer("epochs", 1, 100000),
                          number("lr", 0, 100), choice("method", {"ste", "lsq"}),
+                         choice("lsq_init", {"observer", "data"}),
                          map("weight", {integer("bits", 2, 8), choice("observer", kObservers)}),
                          map("activation", {integer("bits", 2, 8), choice("observer", kObservers)}),
                          {"overrides",
@@ -333,6 +334,7 @@ Recipe build(const YAML::Node& root, const Checker& c, const std::string& name, 
   r.qat_epochs = get<int64_t>(root, "quant.epochs", r.qat_epochs);
   r.qat_lr = get<double>(root, "quant.lr", r.qat_lr);
   r.method = get<std::string>(root, "quant.method", r.method);
+  r.lsq_init = get<std::string>(root, "quant.lsq_init", r.lsq_init);
   r.weight.bits = static_cast<int>(get<int64_t>(root, "quant.weight.bits", 8));
   r.weight.observer = get<std::string>(root, "quant.weight.observer", "");
   r.activation.bits = static_cast<int>(get<int64_t>(root, "quant.activation.bits", 8));
@@ -460,6 +462,7 @@ std::string to_yaml(const Recipe& r) {
   e << YAML::Key << "quant" << YAML::Value << YAML::BeginMap << YAML::Key << "enabled" << YAML::Value << r.quant
     << YAML::Key << "mode" << YAML::Value << r.quant_mode << YAML::Key << "epochs" << YAML::Value << r.qat_epochs
     << YAML::Key << "lr" << YAML::Value << r.qat_lr << YAML::Key << "method" << YAML::Value << r.method;
+  if (r.method == "lsq") e << YAML::Key << "lsq_init" << YAML::Value << r.lsq_init;
   e << YAML::Key << "weight" << YAML::Value << YAML::BeginMap << YAML::Key << "bits" << YAML::Value << r.weight.bits;
   if (!r.weight.observer.empty()) e << YAML::Key << "observer" << YAML::Value << r.weight.observer;
   e << YAML::EndMap << YAML::Key << "activation" << YAML::Value << YAML::BeginMap << YAML::Key << "bits"

@@ -72,6 +72,7 @@ struct Recipe {
   int64_t qat_epochs = 1;
   double qat_lr = 0;               // 0: the FP32 cosine continues through QAT
   std::string method = "ste";      // ste | lsq
+  std::string lsq_init = "observer";  // lsq only: observer (the observed range) | data (2 mean|x| / sqrt(Qp))
   TensorQuantRecipe weight{8, ""}, activation{8, ""};
   std::vector<QuantOverride> overrides;
   bool auto_fuse = true;

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "cli/commands.h"
 #include "cli/recipe.h"
 
 namespace qforge::cli {
@@ -124,17 +125,49 @@ TEST(Recipe, ResolvedYamlParsesBackToTheSameRecipe) {
   const Recipe a = parse_recipe(kSource + "/recipes/mnist_lsq_w4a4.yaml",
                                 {"quant.overrides=[{match: fc, weight_bits: 8}]", "training.optimizer.name=sgd",
                                  "training.optimizer.nesterov=true", "training.label_smoothing=0.05",
-                                 "training.optimizer.decay_vectors=false"},
+                                 "training.optimizer.decay_vectors=false", "quant.lsq_init=data"},
                                 kSource);
   EXPECT_FALSE(a.decay_vectors);
+  EXPECT_EQ(a.lsq_init, "data");
   const Recipe b = parse_recipe_text(to_yaml(a), "resolved.yaml", {}, kSource);
   EXPECT_FALSE(b.decay_vectors);
+  EXPECT_EQ(b.lsq_init, "data");
   EXPECT_EQ(to_yaml(a), to_yaml(b));
   ASSERT_EQ(b.overrides.size(), 1u);
   EXPECT_EQ(b.overrides[0].match, "fc");
   EXPECT_EQ(b.overrides[0].weight_bits, 8);
   EXPECT_TRUE(b.nesterov);
   EXPECT_DOUBLE_EQ(b.label_smoothing, 0.05);
+}
+
+TEST(Recipe, QuantSectionBecomesTheQConfigMap) {
+  // LSQ at 4 bits with the data init; overrides keep their own bits and the
+  // recipe's method and init.
+  const Recipe r = parse_recipe(kSource + "/recipes/mnist_lsq_w4a4.yaml",
+                                {"quant.lsq_init=data", "quant.overrides=[{match: fc, activation_bits: 8}, "
+                                                        "{match: 'conv*', float: true}]"},
+                                kSource);
+  EXPECT_EQ(r.lsq_init, "data");
+  const quant::QConfigMap map = recipe_qconfig_map(r);
+  const std::optional<quant::QConfig> g = map.resolve("other", "Conv2d");
+  ASSERT_TRUE(g.has_value());
+  EXPECT_EQ(g->weight.method, quant::FakeQuantMethod::lsq);
+  EXPECT_EQ(g->weight.lsq_init, quant::LsqInit::data);
+  EXPECT_EQ(g->activation.lsq_init, quant::LsqInit::data);
+  EXPECT_EQ(g->weight.spec.bits, 4);
+  EXPECT_EQ(g->activation.spec.bits, 4);
+  const std::optional<quant::QConfig> fc = map.resolve("fc", "Linear");
+  ASSERT_TRUE(fc.has_value());
+  EXPECT_EQ(fc->weight.spec.bits, 4);
+  EXPECT_EQ(fc->activation.spec.bits, 8);
+  EXPECT_EQ(fc->activation.lsq_init, quant::LsqInit::data);
+  EXPECT_FALSE(map.resolve("conv1", "Conv2d").has_value());
+  // The default init is the observer's range; STE recipes carry no LSQ.
+  const Recipe d = parse_recipe(kSource + "/recipes/mnist_lsq_w4a4.yaml", {}, kSource);
+  EXPECT_EQ(recipe_qconfig_map(d).resolve("x", "Conv2d")->activation.lsq_init, quant::LsqInit::observer);
+  const Recipe s = parse_recipe(kSource + "/recipes/mnist_qat_int8.yaml", {}, kSource);
+  EXPECT_EQ(recipe_qconfig_map(s).resolve("x", "Conv2d")->weight.method, quant::FakeQuantMethod::ste);
+  EXPECT_NE(error_of("quant: {lsq_init: max}\n").find("lsq_init"), std::string::npos);
 }
 
 TEST(Recipe, EditDistance) {
