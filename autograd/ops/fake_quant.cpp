@@ -109,6 +109,66 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void ste_f32(const 
   ste_loop(x, g, d, n, inv, z, lo, hi);
 }
 
+/// LSQ's backward over one run of one channel (v = x/s + z, q = round(v)):
+/// d = g where q is inside [lo, hi] (when d is given), and the run's sums of
+/// g * ((q - z) - x/s inside, lo - z below, hi - z above) and of g over the
+/// clamped elements. Chunks of kChunk elements: one elementwise pass into
+/// scratch (which the compiler vectorizes), then kLanes fixed partial sums in
+/// T, added into double per chunk. The order depends on n alone.
+template <class T, bool kDx>
+[[gnu::always_inline]] inline void lsq_back_loop(const T* __restrict x, const T* __restrict g, T* __restrict d,
+                                                 int64_t n, T inv, T z, T lo, T hi, double& sum_s,
+                                                 double& sum_clamped) {
+  constexpr int kLanes = 16, kChunk = 256;
+  alignas(64) T ts[kChunk], tc[kChunk];
+  double as[kLanes] = {}, ac[kLanes] = {};
+  for (int64_t i = 0; i < n; i += kChunk) {
+    const int m = static_cast<int>(std::min<int64_t>(kChunk, n - i));
+    const T* xk = x + i;
+    const T* gk = g + i;
+    for (int j = 0; j < m; ++j) {
+      const T xs = xk[j] * inv;
+      const T q = std::nearbyint(xs) + z;
+      const bool below = q < lo, above = q > hi;
+      const T gi = gk[j];
+      if constexpr (kDx) d[i + j] = (below || above) ? T(0) : gi;
+      const T gs = below ? lo - z : (above ? hi - z : (q - z) - xs);
+      ts[j] = gi * gs;
+      tc[j] = (below || above) ? gi : T(0);
+    }
+    for (int j = m; j < kChunk; ++j) ts[j] = tc[j] = T(0);
+    T fs[kLanes] = {}, fc[kLanes] = {};
+    for (int k = 0; k < kChunk; k += kLanes)
+      for (int j = 0; j < kLanes; ++j) {
+        fs[j] += ts[k + j];
+        fc[j] += tc[k + j];
+      }
+    for (int j = 0; j < kLanes; ++j) {
+      as[j] += static_cast<double>(fs[j]);
+      ac[j] += static_cast<double>(fc[j]);
+    }
+  }
+  double s = 0, c = 0;
+  for (int j = 0; j < kLanes; ++j) {
+    s += as[j];
+    c += ac[j];
+  }
+  sum_s = s;
+  sum_clamped = c;
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void lsq_back_f32(const float* __restrict x,
+                                                                               const float* __restrict g,
+                                                                               float* __restrict d, int64_t n, float inv,
+                                                                               float z, float lo, float hi,
+                                                                               double* sum_s, double* sum_clamped) {
+  if (d) {
+    lsq_back_loop<float, true>(x, g, d, n, inv, z, lo, hi, *sum_s, *sum_clamped);
+  } else {
+    lsq_back_loop<float, false>(x, g, d, n, inv, z, lo, hi, *sum_s, *sum_clamped);
+  }
+}
+
 /// y = (clamp(round(x * (1/s_c)) + z_c, qmin, qmax) - z_c) * s_c in one pass,
 /// with s_c = scale_of(c) and z_c = zp_of(c) (as doubles).
 template <class ScaleOf, class ZpOf>
@@ -295,19 +355,17 @@ Variable lsq_fake_quantize(const Variable& x, const Variable& scale, const Varia
           for_channel_blocks(v, [&](int64_t c, int64_t b, int64_t e, int64_t block) {
             const T s = static_cast<T>(s_eff[c]), inv = T(1) / s, z = static_cast<T>(z_eff[c]);
             const T lo = static_cast<T>(qmin), hi = static_cast<T>(qmax);
-            double acc_s = 0, acc_z = 0;
-            for (int64_t i = b; i < e; ++i) {
-              const T xs = px[i] * inv;
-              const T q = std::nearbyint(xs) + z;
-              const bool below = q < lo, above = q > hi;
-              if (pd) pd[i] = (below || above) ? T(0) : pg[i];
-              const T gs = below ? lo - z : above ? hi - z : (q - z) - xs;
-              acc_s += static_cast<double>(pg[i]) * gs;
-              if (below || above) acc_z -= static_cast<double>(pg[i]) * s;
+            double acc_s = 0, acc_clamped = 0;
+            if constexpr (std::is_same_v<T, float>) {
+              lsq_back_f32(px + b, pg + b, pd ? pd + b : nullptr, e - b, inv, z, lo, hi, &acc_s, &acc_clamped);
+            } else if (pd) {
+              lsq_back_loop<T, true>(px + b, pg + b, pd + b, e - b, inv, z, lo, hi, acc_s, acc_clamped);
+            } else {
+              lsq_back_loop<T, false>(px + b, pg + b, nullptr, e - b, inv, z, lo, hi, acc_s, acc_clamped);
             }
             // One slot per block, summed in block order below: deterministic.
             ds[block] = acc_s;
-            dz[block] = acc_z;
+            dz[block] = -acc_clamped * static_cast<double>(s);
           });
         });
         if (need_x) out.add(0, dx);

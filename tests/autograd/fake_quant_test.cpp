@@ -142,3 +142,58 @@ TEST(LsqFakeQuant, MatchesFakeQuantizeForwardAndKeepsTheStepPositive) {
   EXPECT_EQ(neg.grad().item(0), 0.0);
   EXPECT_THROW(lsq_fake_quantize(Variable(x), s, Variable(), -128, 127, -1, 0.0), ValueError);
 }
+
+TEST(LsqFakeQuant, Float32GradientsOnLongRunsMatchADoubleReference) {
+  // The f32 backward runs a vectorized loop with per-lane accumulators, on
+  // runs longer than the lane count (with remainders) and per-tensor over
+  // more than one block; check it against sums in double, with and without
+  // the input's gradient.
+  struct Case {
+    Shape shape;
+    int axis;
+    std::vector<float> s, z;
+    int64_t qmin, qmax;
+  };
+  const std::vector<Case> cases = {
+      {{3, 4, 37}, 1, {0.11f, 0.2f, 0.05f, 0.3f}, {0, 0, 0, 0}, -8, 7},
+      {{2, 2, 1000}, 1, {0.4f, 0.07f}, {3, 9}, 0, 15},
+      {{40000}, -1, {0.21f}, {2}, 0, 15},
+  };
+  for (size_t ci = 0; ci < cases.size(); ++ci) {
+    const Case& k = cases[ci];
+    for (bool with_dx : {true, false}) {
+      Generator g(17 + ci);
+      Tensor xt = Tensor::empty(k.shape);
+      normal_(xt, 0.5, 1.5, g);
+      Tensor wt = Tensor::empty(k.shape);
+      normal_(wt, 0, 1, g);
+      Variable x(xt, with_dx);
+      Variable sv(Tensor::from_vector(k.s, {(int64_t)k.s.size()}), true);
+      Variable zv(Tensor::from_vector(k.z, {(int64_t)k.z.size()}), true);
+      sum(mul(lsq_fake_quantize(x, sv, zv, k.qmin, k.qmax, k.axis, 0.5), Variable(wt))).backward();
+      const int64_t C = static_cast<int64_t>(k.s.size());
+      const int64_t inner = k.axis < 0 ? xt.numel() : k.shape[2];
+      std::vector<double> ds(C, 0.0), dz(C, 0.0);
+      const float* px = xt.data<float>();
+      const float* pw = wt.data<float>();
+      int64_t dx_wrong = 0;
+      for (int64_t i = 0; i < xt.numel(); ++i) {
+        const int64_t c = (i / inner) % C;
+        const float inv = 1.0f / k.s[c];
+        const float xs = px[i] * inv;
+        const float q = std::nearbyint(xs) + k.z[c];
+        const bool below = q < k.qmin, above = q > k.qmax;
+        ds[c] += static_cast<double>(pw[i]) *
+                 (below ? k.qmin - k.z[c] : above ? k.qmax - k.z[c] : static_cast<double>((q - k.z[c]) - xs));
+        if (below || above) dz[c] -= static_cast<double>(pw[i]) * k.s[c];
+        if (with_dx) dx_wrong += x.grad().data<float>()[i] != ((below || above) ? 0.0f : pw[i]);
+      }
+      EXPECT_EQ(dx_wrong, 0) << ci;
+      for (int64_t c = 0; c < C; ++c) {
+        EXPECT_NEAR(sv.grad().item(c), 0.5 * ds[c], 1e-5 * (1 + std::fabs(ds[c]))) << ci << " " << c;
+        EXPECT_NEAR(zv.grad().item(c), 0.5 * dz[c], 1e-5 * (1 + std::fabs(dz[c]))) << ci << " " << c;
+        EXPECT_NE(dz[c], 0.0) << "case " << ci << " channel " << c << " never clamps";
+      }
+    }
+  }
+}
