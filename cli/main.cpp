@@ -7,6 +7,9 @@
 //   qforge inspect MODEL|CHECKPOINT [--recipe FILE] [--plot DIR] [--images N]
 // Exit codes: 0 success, 1 failure at run time, 2 bad input.
 #include <cstdio>
+// A --set value is one YAML value, commas included ("[{match: fc, weight_bits: 8}]"):
+// cxxopts must not split it. argv strings cannot hold a NUL.
+#define CXXOPTS_VECTOR_DELIMITER '\0'
 #include <cxxopts.hpp>
 #include <filesystem>
 #include <functional>

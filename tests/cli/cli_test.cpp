@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <thread>
 
@@ -199,12 +200,22 @@ TEST_F(Cli, PtqAndLsqRecipesRun) {
   ASSERT_EQ(t.code, 0) << t.out;
   EXPECT_EQ(field(t.json, "int8_mismatches"), "0");
   EXPECT_EQ(field(t.json, "int8_accuracy"), field(t.json, "test_accuracy"));
-  // 4-bit LSQ, with fake quant starting a third of the way into QAT.
+  // 4-bit LSQ, with fake quant starting a third of the way into QAT, the
+  // data init, and an override list given on the command line (one --set
+  // value with commas inside).
   const CliRun l = run("train " + kSource +
                     "/recipes/mnist_lsq_w4a4.yaml --set training.epochs=1 --set training.max_steps_per_epoch=9 "
-                    "--set quant.epochs=1 --set quant.schedule.fake_quant_from=0.34 --out " + path("lsq"));
+                    "--set quant.epochs=1 --set quant.schedule.fake_quant_from=0.34 --set quant.lsq_init=data "
+                    "--set 'quant.overrides=[{match: fc, weight_bits: 8, activation_bits: 6}]' --out " + path("lsq"));
   ASSERT_EQ(l.code, 0) << l.out;
   EXPECT_NE(l.out.find("fake_quant from step 3"), std::string::npos) << l.out;
+  EXPECT_NE(l.out.find("lsq init=data"), std::string::npos) << l.out;
+  {
+    std::ifstream f(path("lsq") + "/recipe.yaml");
+    const std::string resolved((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    EXPECT_NE(resolved.find("activation_bits: 6"), std::string::npos) << resolved;
+    EXPECT_NE(resolved.find("lsq_init: data"), std::string::npos) << resolved;
+  }
   EXPECT_EQ(field(l.json, "int8_mismatches"), "0");
   EXPECT_EQ(field(l.json, "int8_accuracy"), field(l.json, "test_accuracy"));
 }
