@@ -216,11 +216,12 @@ struct BatchNormOptions {
   /// Apply ReLU to the output in the same pass (batch norm then relu, without
   /// the extra passes over memory), with the matching gradient.
   bool relu = false;
-  /// With relu: fake-quantize the ReLU output per tensor as fake_quantize()
-  /// does (same values, same straight-through gradient), inside this op. The
-  /// hook gets the output's range from the normalizing pass, so no pass is
-  /// spent finding it, and the backward applies the STE's clipping mask with
-  /// the ReLU's. Null: no fake quant. ValueError when set without relu.
+  /// Fake-quantize the output (after the ReLU, with relu) per tensor as
+  /// fake_quantize() does (same values, same straight-through gradient),
+  /// inside this op. The hook gets the output's range from the normalizing
+  /// pass, so no pass is spent finding it (a NaN lo when an output is inf or
+  /// NaN), and the backward applies the STE's clipping mask (with the
+  /// ReLU's, or both sides of the band without relu). Null: no fake quant.
   FakeQuantHook output_fake_quant;
 };
 /// Batch normalization over axis 1 of [N,C] or [N,C,H,W]. weight/bias ([C])
@@ -280,6 +281,10 @@ Tensor fake_quantize_values(const Tensor& x, const FakeQuantParams& p);
 /// gradient passes at the top of the range: round(x * (1/scale)) + zero_point
 /// <= qmax, in dt's arithmetic. For x >= 0, the STE mask is x <= this value.
 double ste_upper_bound(DType dt, const FakeQuantParams& p);
+/// The smallest x <= 0 (as double) of dtype dt whose fake_quantize gradient
+/// passes at the bottom of the range: round(x * (1/scale)) + zero_point >=
+/// qmin. The STE mask is ste_lower_bound <= x <= ste_upper_bound.
+double ste_lower_bound(DType dt, const FakeQuantParams& p);
 }  // namespace detail
 
 }  // namespace qforge::autograd

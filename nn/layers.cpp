@@ -126,6 +126,11 @@ Variable BatchNorm::forward_relu(const Variable& x, autograd::FakeQuantHook fake
   return run(x, true, std::move(fake_quant));
 }
 
+Variable BatchNorm::forward_fake_quant(const Variable& x, autograd::FakeQuantHook fake_quant) {
+  QF_CHECK(static_cast<bool>(fake_quant)) << type_name() << "::forward_fake_quant: no fake quant hook";
+  return run(x, false, std::move(fake_quant));
+}
+
 Variable BatchNorm::run(const Variable& x, bool relu, autograd::FakeQuantHook fake_quant) {
   QF_CHECK_SHAPE(x.ndim() == input_ndim_ && x.size(1) == spec_.num_features)
       << type_name() << "(" << spec_.num_features << "): input must be "

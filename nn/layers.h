@@ -106,6 +106,9 @@ class BatchNorm : public Module {
   /// followed by per-tensor fake quant of the output in the same op (see
   /// autograd::BatchNormOptions::output_fake_quant).
   Variable forward_relu(const Variable& x, autograd::FakeQuantHook fake_quant = {});
+  /// forward() followed by per-tensor fake quant of the output, fused into
+  /// one op (autograd::BatchNormOptions::output_fake_quant without relu).
+  Variable forward_fake_quant(const Variable& x, autograd::FakeQuantHook fake_quant);
   std::string extra_repr() const override;
   const BatchNormSpec& spec() const { return spec_; }
   /// A handle to the weight parameter [C]; undefined unless spec().affine.

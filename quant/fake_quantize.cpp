@@ -148,7 +148,9 @@ bool FakeQuantize::fusable() const {
 autograd::FakeQuantParams FakeQuantize::fused_step(double lo, double hi) {
   QF_CHECK(fusable()) << "FakeQuantize::fused_step: this quantizer cannot be fused (" << cfg_.describe() << ")";
   const bool records = is_training() || calibrating_;
-  if (records && observer_->enabled() && lo <= hi) {  // lo > hi: no values, as observe() of an empty tensor
+  // lo > hi: no values, as observe() of an empty tensor; a NaN lo (an inf or
+  // NaN output) goes on to observe_range(), which refuses it as observe() does.
+  if (records && observer_->enabled() && !(lo > hi)) {
     static_cast<RangeObserver&>(*observer_).observe_range(lo, hi);
     dirty_ = observer_->has_data();
   }

@@ -208,11 +208,13 @@ Variable QATConvBase::forward(const Variable& x) {
       const int64_t C = spec_.out_channels;
       const Variable wq_unfolded = autograd::mul(wq, Variable(inverse_factor(f.factor, {C, 1, 1, 1})));
       y = autograd::conv2d(x, wq_unfolded, b, opt);
+      FakeQuantize& fq = output_fake_quant();
       if (activation() == FusedActivation::relu) {  // batch norm, ReLU (and fake quant when it can) in one op
-        FakeQuantize& fq = output_fake_quant();
         if (fq.fusable()) return norm->forward_relu(y, fq.fused_hook());
         return fq(norm->forward_relu(y));
       }
+      // Batch norm and fake quant in one op (a two-sided STE band).
+      if (activation() == FusedActivation::none && fq.fusable()) return norm->forward_fake_quant(y, fq.fused_hook());
       y = (*norm)(y);
     } else {
       y = autograd::conv2d(x, wq, f.bias, opt);

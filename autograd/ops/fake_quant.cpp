@@ -296,6 +296,19 @@ double ste_upper_bound(DType dt, const FakeQuantParams& p) {
   return dt == DType::f32 ? upper_bound_bits<float, uint32_t>(p) : upper_bound_bits<double, uint64_t>(p);
 }
 
+double ste_lower_bound(DType dt, const FakeQuantParams& p) {
+  check_params(p, "ste_lower_bound");
+  QF_CHECK_DTYPE(dt == DType::f32 || dt == DType::f64) << "ste_lower_bound: f32 or f64, got " << dtype_name(dt);
+  // For x <= 0, x * inv = -((-x) * inv) and round half to even is odd, so
+  // round(x * inv) + z >= qmin is round((-x) * inv) <= z - qmin: the upper
+  // bound of the mirrored range (zero point 0, top z - qmin), negated.
+  FakeQuantParams m = p;
+  m.zero_point = 0;
+  m.qmin = 0;
+  m.qmax = p.zero_point - p.qmin;
+  return -(dt == DType::f32 ? upper_bound_bits<float, uint32_t>(m) : upper_bound_bits<double, uint64_t>(m));
+}
+
 }  // namespace detail
 
 Variable lsq_fake_quantize(const Variable& x, const Variable& scale, const Variable& zero_point, int64_t qmin,

@@ -162,6 +162,102 @@ QF_NORM_CLONES void row_dx_relu(const float* g, const float* x, const float* y, 
                                 float mg, float mean, float invstd_mgx, float ymax, float* d) {
   row_dx_relu<float>(g, x, y, n, k, m, mg, mean, invstd_mgx, ymax, d);
 }
+
+// The two-sided forms, for a fused fake quant without a ReLU: the STE passes
+// g where ylo <= y <= yhi (the band of ste_lower_bound, ste_upper_bound).
+
+/// o = r * a + b, widening [lo, hi] over the outputs; `bad` gets o - o added
+/// (0 while every output is finite, NaN after an inf or NaN).
+template <class T>
+[[gnu::always_inline]] inline void row_affine_range(const T* r, int64_t n, T a, T b, T* o, T& lo, T& hi, T& bad) {
+  typedef typename Lanes<T>::type V;
+  const V zero = {};
+  V l = zero + lo, h = zero + hi, bv = zero;
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    QF_LOAD_LANES(T, v, r + i);
+    const V y = v * a + b;
+    std::memcpy(o + i, &y, sizeof y);
+    l = y < l ? y : l;
+    h = y > h ? y : h;
+    bv += y - y;
+  }
+  for (; i < n; ++i) {
+    const T y = r[i] * a + b;
+    o[i] = y;
+    lo = y < lo ? y : lo;
+    hi = y > hi ? y : hi;
+    bad += y - y;
+  }
+  for (int k = 0; k < kLanes; ++k) {
+    lo = l[k] < lo ? l[k] : lo;
+    hi = h[k] > hi ? h[k] : hi;
+    bad += bv[k];
+  }
+}
+
+/// row_grad_sums with g' = g where ylo <= y <= yhi, else 0.
+template <class T>
+[[gnu::always_inline]] inline void row_grad_sums_band(const T* g, const T* x, const T* y, int64_t n, T mean,
+                                                      double& sg, double& sgx, T ylo, T yhi) {
+  typedef typename Lanes<T>::type V;
+  V a = {}, b = {};
+  const V zero = {}, top = zero + yhi, bot = zero + ylo, out = zero - std::numeric_limits<T>::infinity();
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    QF_LOAD_LANES(T, gv, g + i);
+    QF_LOAD_LANES(T, xv, x + i);
+    QF_LOAD_LANES(T, yv, y + i);
+    // Two selects, the first on y, as row_grad_sums does (see there). A NaN
+    // y fails the second comparison.
+    const V t = yv > top ? out : yv;
+    gv = t >= bot ? gv : zero;
+    a += gv;
+    b += gv * (xv - mean);
+  }
+  for (; i < n; ++i) {
+    const T gi = y[i] >= ylo && y[i] <= yhi ? g[i] : T(0);
+    sg += gi;
+    sgx += static_cast<double>(gi) * (x[i] - mean);
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    sg += a[l];
+    sgx += b[l];
+  }
+}
+
+/// row_dx with g' = g where ylo <= y <= yhi, else 0.
+template <class T>
+[[gnu::always_inline]] inline void row_dx_band(const T* g, const T* x, const T* y, int64_t n, T k, T m, T mg, T mean,
+                                               T invstd_mgx, T ylo, T yhi, T* d) {
+  for (int64_t i = 0; i < n; ++i)
+    d[i] = k * (m * ((y[i] >= ylo) & (y[i] <= yhi) ? g[i] : T(0)) - mg - (x[i] - mean) * invstd_mgx);
+}
+
+inline void row_affine_range(const double* r, int64_t n, double a, double b, double* o, double& lo, double& hi,
+                             double& bad) {
+  row_affine_range<double>(r, n, a, b, o, lo, hi, bad);
+}
+inline void row_grad_sums_band(const double* g, const double* x, const double* y, int64_t n, double mean, double& sg,
+                               double& sgx, double ylo, double yhi) {
+  row_grad_sums_band<double>(g, x, y, n, mean, sg, sgx, ylo, yhi);
+}
+inline void row_dx_band(const double* g, const double* x, const double* y, int64_t n, double k, double m, double mg,
+                        double mean, double invstd_mgx, double ylo, double yhi, double* d) {
+  row_dx_band<double>(g, x, y, n, k, m, mg, mean, invstd_mgx, ylo, yhi, d);
+}
+QF_NORM_CLONES void row_affine_range(const float* r, int64_t n, float a, float b, float* o, float& lo, float& hi,
+                                     float& bad) {
+  row_affine_range<float>(r, n, a, b, o, lo, hi, bad);
+}
+QF_NORM_CLONES void row_grad_sums_band(const float* g, const float* x, const float* y, int64_t n, float mean,
+                                       double& sg, double& sgx, float ylo, float yhi) {
+  row_grad_sums_band<float>(g, x, y, n, mean, sg, sgx, ylo, yhi);
+}
+QF_NORM_CLONES void row_dx_band(const float* g, const float* x, const float* y, int64_t n, float k, float m,
+                                float mg, float mean, float invstd_mgx, float ylo, float yhi, float* d) {
+  row_dx_band<float>(g, x, y, n, k, m, mg, mean, invstd_mgx, ylo, yhi, d);
+}
 #undef QF_NORM_CLONES
 #undef QF_LOAD_LANES
 
@@ -194,9 +290,10 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
   if (use_batch_stats)
     QF_CHECK_SHAPE(M > 1) << "batch_norm: training needs more than one value per channel, got " << xv.desc();
   const bool fq = static_cast<bool>(opt.output_fake_quant);
-  QF_CHECK(!fq || opt.relu) << "batch_norm: output_fake_quant needs relu (the fused op is batch norm, ReLU, fake quant)";
-  // Per-channel range of the ReLU output, when fake quant follows.
-  std::vector<double> ch_lo(fq ? C : 0), ch_hi(fq ? C : 0);
+  const bool band = fq && !opt.relu;  // fake quant without a ReLU: a two-sided STE mask
+  // Per-channel range of the (ReLU) output, when fake quant follows; ch_bad
+  // is nonzero for a channel with an inf or NaN output.
+  std::vector<double> ch_lo(fq ? C : 0), ch_hi(fq ? C : 0), ch_bad(band ? C : 0);
 
   Tensor y = Tensor::empty(xv.shape(), dt);
   Tensor mean_t = Tensor::empty({C}, dt), invstd_t = Tensor::empty({C}, dt);
@@ -238,11 +335,13 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
         pi[c] = invstd;
         const T a = pw ? pw[c] * invstd : invstd;
         const T b = (pb ? pb[c] : T(0)) - static_cast<T>(mean) * a;
-        T lo = std::numeric_limits<T>::infinity(), hi = -lo;
+        T lo = std::numeric_limits<T>::infinity(), hi = -lo, bad = 0;
         for (int64_t n = 0; n < N; ++n) {
           const T* r = px + (n * C + c) * S;
           T* o = py + (n * C + c) * S;
-          if (fq)
+          if (band)
+            row_affine_range(r, S, a, b, o, lo, hi, bad);
+          else if (fq)
             row_affine_relu_range(r, S, a, b, o, lo, hi);
           else
             row_affine(r, S, a, b, opt.relu, o);
@@ -251,6 +350,7 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
           ch_lo[c] = lo;
           ch_hi[c] = hi;
         }
+        if (band) ch_bad[c] = bad != T(0) ? 1.0 : 0.0;  // NaN != 0 too
       }
     });
   });
@@ -259,24 +359,32 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
   // the quantized values; the backward's ReLU mask also clips at the top of
   // the STE range.
   Tensor out_v = y;
-  double ymax = std::numeric_limits<double>::infinity();
+  double ymax = std::numeric_limits<double>::infinity(), ymin = -ymax;
   if (fq) {
     double lo = std::numeric_limits<double>::infinity(), hi = -lo;  // none: an empty output
     if (y.numel() > 0) {
       lo = *std::min_element(ch_lo.begin(), ch_lo.end());
       hi = *std::max_element(ch_hi.begin(), ch_hi.end());
+      if (band && std::any_of(ch_bad.begin(), ch_bad.end(), [](double b) { return b != 0; }))
+        lo = std::numeric_limits<double>::quiet_NaN();
     }
     const FakeQuantParams p = opt.output_fake_quant(lo, hi);
     out_v = detail::fake_quantize_values(y, p);
     ymax = detail::ste_upper_bound(dt, p);
+    if (band) ymin = detail::ste_lower_bound(dt, p);
   }
   if (!any_requires_grad({&x, &weight, &bias})) return Variable(out_v);
   Tensor wv = weight.defined() ? weight.value() : Tensor();
-  // With the fused ReLU, the (pre-quantization) output is the gradient's mask.
-  Tensor yv = opt.relu ? y : Tensor();
+  // With the fused ReLU or fake quant, the (pre-quantization) output is the
+  // gradient's mask.
+  Tensor yv = opt.relu || band ? y : Tensor();
+  const char* name = band       ? "batch_norm_fake_quant"
+                     : fq       ? "batch_norm_relu_fake_quant"
+                     : opt.relu ? "batch_norm_relu"
+                                : "batch_norm";
   return Variable::make(
-      out_v, {&x, &weight, &bias}, fq ? "batch_norm_relu_fake_quant" : opt.relu ? "batch_norm_relu" : "batch_norm",
-      [xv, wv, yv, mean_t, invstd_t, N, C, S, M, use_batch_stats, ymax](const Tensor& g, GradSink& out) {
+      out_v, {&x, &weight, &bias}, name,
+      [xv, wv, yv, mean_t, invstd_t, N, C, S, M, use_batch_stats, ymax, ymin, band](const Tensor& g, GradSink& out) {
         Tensor dx = out.needs(0) ? Tensor::empty(xv.shape(), xv.dtype()) : Tensor();
         Tensor dw = out.needs(1) ? Tensor::empty({C}, xv.dtype()) : Tensor();
         Tensor db = out.needs(2) ? Tensor::empty({C}, xv.dtype()) : Tensor();
@@ -288,14 +396,16 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
           const T* pm = mean_t.data<T>();
           const T* pi = invstd_t.data<T>();
           const T* py = yv.defined() ? yv.data<T>() : nullptr;  // the ReLU mask, when fused
-          const T top = static_cast<T>(ymax);  // exact: ymax is a T value or +inf
+          const T top = static_cast<T>(ymax), bot = static_cast<T>(ymin);  // exact: T values or infinities
           parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
             for (int64_t c = c0; c < c1; ++c) {
               const T mean = pm[c], invstd = pi[c];
               double sg = 0, sgx = 0;  // sum(g), sum(g * xhat)
               for (int64_t n = 0; n < N; ++n) {
                 const int64_t off = (n * C + c) * S;
-                if (py)
+                if (band)
+                  row_grad_sums_band(pg + off, px + off, py + off, S, mean, sg, sgx, bot, top);
+                else if (py)
                   row_grad_sums_relu(pg + off, px + off, py + off, S, mean, sg, sgx, top);
                 else
                   row_grad_sums(pg + off, px + off, S, mean, sg, sgx);
@@ -314,7 +424,10 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
                 const T invstd_mgx = invstd * mgx;
                 for (int64_t n = 0; n < N; ++n) {
                   const int64_t off = (n * C + c) * S;
-                  if (py)
+                  if (band)
+                    row_dx_band(pg + off, px + off, py + off, S, k, static_cast<T>(M), mg, mean, invstd_mgx, bot, top,
+                                pd + off);
+                  else if (py)
                     row_dx_relu(pg + off, px + off, py + off, S, k, static_cast<T>(M), mg, mean, invstd_mgx, top,
                                 pd + off);
                   else
@@ -326,7 +439,10 @@ Variable batch_norm(const Variable& x, Tensor running_mean, Tensor running_var, 
                   const int64_t off = (n * C + c) * S;
                   const T* gr = pg + off;
                   T* d = pd + off;
-                  if (py) {
+                  if (band) {
+                    for (int64_t i = 0; i < S; ++i)
+                      d[i] = k * (py[off + i] >= bot && py[off + i] <= top ? gr[i] : T(0));
+                  } else if (py) {
                     // k * 0 where only the STE clips, as the separate ops give (-0 for k < 0)
                     for (int64_t i = 0; i < S; ++i)
                       d[i] = py[off + i] > T(0) ? k * (py[off + i] <= top ? gr[i] : T(0)) : T(0);

@@ -144,11 +144,12 @@ std::vector<uint64_t> bits(const std::vector<double>& v) {
 
 TEST(Norm, FusedFakeQuantMatchesBatchNormReluThenFakeQuantize) {
   Generator g(76);
+  for (bool relu : {true, false})
   for (DType dt : {DType::f32, DType::f64})
     for (bool training : {true, false})
       for (float scale : {0.004f, 0.02f, 1.0f}) {
         SCOPED_TRACE(std::string(dtype_name(dt)) + " training " + std::to_string(training) + " scale " +
-                     std::to_string(scale));
+                     std::to_string(scale) + " relu " + std::to_string(relu));
         Tensor x = rand64({4, 5, 6, 7}, g, -2, 2).to(dt), w = rand64({5}, g, -1.5, 1.5).to(dt),
                b = rand64({5}, g, -0.5, 0.5).to(dt), gy = rand64({4, 5, 6, 7}, g, -1, 1).to(dt);
         FakeQuantParams p;
@@ -163,7 +164,7 @@ TEST(Norm, FusedFakeQuantMatchesBatchNormReluThenFakeQuantize) {
           Variable xv(x.clone(), true), wv(w.clone(), true), bv(b.clone(), true);
           BatchNormOptions o;
           o.training = training;
-          o.relu = true;
+          o.relu = relu;
           if (fused)
             o.output_fake_quant = [&](double lo, double hi) {
               seen_lo = lo;
@@ -174,6 +175,10 @@ TEST(Norm, FusedFakeQuantMatchesBatchNormReluThenFakeQuantize) {
           if (!fused) {
             const std::vector<double> v = y.value().to_vector();
             EXPECT_GT(*std::max_element(v.begin(), v.end()), 0.0);
+            // Without the ReLU, the small scales clip at the bottom too.
+            if (!relu && scale < 0.5f) {
+              EXPECT_LT(*std::min_element(v.begin(), v.end()), (p.qmin - p.zero_point) * static_cast<double>(scale));
+            }
             res[0].push_back({*std::min_element(v.begin(), v.end()), *std::max_element(v.begin(), v.end())});
             Tensor s = Tensor::full({1}, p.scale), z = Tensor::full({1}, p.zero_point, DType::i32);
             y = fake_quantize(y, s, z, p.qmin, p.qmax);
@@ -205,9 +210,22 @@ TEST(Norm, FusedFakeQuantMatchesBatchNormReluThenFakeQuantize) {
     EXPECT_EQ(y.value().numel(), 0);
     EXPECT_GT(lo, hi);
   }
-  BatchNormOptions o;
-  o.output_fake_quant = [](double, double) { return FakeQuantParams{}; };
-  EXPECT_THROW(batch_norm(Variable(Tensor::zeros({2, 3})), Tensor(), Tensor(), Variable(), Variable(), o), ValueError);
+  // Without the ReLU, an inf or NaN output reaches the hook as a NaN lo.
+  for (double bad : {std::numeric_limits<double>::infinity(), std::numeric_limits<double>::quiet_NaN()}) {
+    BatchNormOptions o;
+    o.training = false;
+    double lo = 0;
+    o.output_fake_quant = [&](double l, double) {
+      lo = l;
+      FakeQuantParams p;
+      p.scale = 0.1f;
+      return p;
+    };
+    Tensor x = Tensor::zeros({2, 3, 4, 5});
+    x.data<float>()[37] = static_cast<float>(bad);
+    batch_norm(Variable(x), Tensor::zeros({3}), Tensor::ones({3}), Variable(), Variable(), o);
+    EXPECT_TRUE(std::isnan(lo)) << bad;
+  }
 }
 
 // The STE's top threshold: the last value whose mask passes, the next one
@@ -237,4 +255,31 @@ TEST(Norm, SteUpperBoundIsTheLastPassingValue) {
   FakeQuantParams bad;
   bad.scale = 0;
   EXPECT_THROW(autograd::detail::ste_upper_bound(DType::f32, bad), ValueError);
+}
+
+// The STE's bottom threshold: the first passing value, the one before it
+// fails.
+TEST(Norm, SteLowerBoundIsTheFirstPassingValue) {
+  Generator g(78);
+  for (int t = 0; t < 200; ++t) {
+    FakeQuantParams p;
+    p.scale = static_cast<float>(std::exp(g.uniform() * 12 - 9));
+    p.qmin = t % 2 ? -128 : 0;
+    p.qmax = t % 2 ? 127 : 255;
+    p.zero_point = t % 7 == 0 ? p.qmin : static_cast<int32_t>(p.qmin + g.below(static_cast<uint64_t>(p.qmax - p.qmin + 1)));
+    {
+      const float b = static_cast<float>(autograd::detail::ste_lower_bound(DType::f32, p));
+      const float inv = 1.0f / p.scale, z = static_cast<float>(p.zero_point), lo = static_cast<float>(p.qmin);
+      EXPECT_LE(b, 0.0f);
+      EXPECT_GE(std::nearbyint(b * inv) + z, lo) << p.scale;
+      const float prev = std::nextafter(b, -std::numeric_limits<float>::infinity());
+      EXPECT_LT(std::nearbyint(prev * inv) + z, lo) << p.scale << " " << p.zero_point;
+    }
+    {
+      const double b = autograd::detail::ste_lower_bound(DType::f64, p);
+      const double inv = 1.0 / static_cast<double>(p.scale), z = p.zero_point, lo = static_cast<double>(p.qmin);
+      EXPECT_GE(std::nearbyint(b * inv) + z, lo) << p.scale;
+      EXPECT_LT(std::nearbyint(std::nextafter(b, -std::numeric_limits<double>::infinity()) * inv) + z, lo) << p.scale;
+    }
+  }
 }

@@ -362,11 +362,18 @@ std::vector<uint64_t> bits(const std::vector<double>& v) {
 
 TEST(QATModules, FusedOutputFakeQuantEqualsTheSeparatePasses) {
   FuseGuard guard;
+  // Conv-BN-ReLU (one-sided STE mask) and Conv-BN (two-sided).
+  for (bool relu : {true, false}) {
+  SCOPED_TRACE(relu ? "ConvBnReLU" : "ConvBn");
   std::vector<std::vector<double>> runs[2];
   for (int fused = 0; fused < 2; ++fused) {
     detail::set_fuse_output_fake_quant(fused == 1);
     ConvBn cb = make_conv_bn(false, 40);
-    auto q = std::make_shared<QATConvBnReLU2d>(*cb.conv, cb.bn, default_qconfig());
+    std::shared_ptr<QATLayer> q;
+    if (relu)
+      q = std::make_shared<QATConvBnReLU2d>(*cb.conv, cb.bn, default_qconfig());
+    else
+      q = std::make_shared<QATConvBn2d>(*cb.conv, cb.bn, default_qconfig());
     EXPECT_EQ(q->output_fake_quant().fusable(), fused == 1);
     nn::SGD opt(q->parameters(), nn::SGDOptions{.lr = 0.05, .momentum = 0.9});
     for (int step = 0; step < 4; ++step) {
@@ -374,7 +381,9 @@ TEST(QATModules, FusedOutputFakeQuantEqualsTheSeparatePasses) {
       const Variable x(randn({4, 3, 6, 6}, 41 + step));
       opt.zero_grad();
       const Variable y = (*q)(x);
-      EXPECT_STREQ(y.node()->name, fused ? "batch_norm_relu_fake_quant" : "fake_quantize");
+      EXPECT_STREQ(y.node()->name, !fused ? "fake_quantize"
+                                   : relu ? "batch_norm_relu_fake_quant"
+                                          : "batch_norm_fake_quant");
       autograd::sum(autograd::mul(y, Variable(randn({4, 4, 6, 6}, 51 + step)))).backward();
       opt.step();
       runs[fused].push_back(y.value().to_vector());
@@ -385,6 +394,7 @@ TEST(QATModules, FusedOutputFakeQuantEqualsTheSeparatePasses) {
   detail::set_fuse_output_fake_quant(true);
   ASSERT_EQ(runs[0].size(), runs[1].size());
   for (size_t i = 0; i < runs[0].size(); ++i) EXPECT_EQ(bits(runs[0][i]), bits(runs[1][i])) << "item " << i;
+  }
   // Fusable or not, by quantizer: fake quant off, LSQ, per channel, and a
   // histogram observer (fusable only while it does not record).
   ConvBn cb = make_conv_bn(false, 42);
