@@ -416,6 +416,22 @@ TEST(QATModules, FusedOutputFakeQuantEqualsTheSeparatePasses) {
   EXPECT_TRUE(h.fusable());
   h.set_calibrating(true);
   EXPECT_FALSE(h.fusable());
+  // A NaN in the fused Conv-BN's output is refused by the recording observer,
+  // as in the separate passes.
+  for (int fused = 0; fused < 2; ++fused) {
+    detail::set_fuse_output_fake_quant(fused == 1);
+    ConvBn nb = make_conv_bn(false, 43);
+    QATConvBn2d c(*nb.conv, nb.bn, default_qconfig());
+    Tensor x = randn({2, 3, 6, 6}, 44);
+    x.data<float>()[5] = std::numeric_limits<float>::quiet_NaN();
+    try {
+      c(Variable(x));
+      ADD_FAILURE() << "no error for a NaN output, fused " << fused;
+    } catch (const ValueError& e) {
+      EXPECT_NE(std::string(e.what()).find("inf/NaN"), std::string::npos) << e.what();
+    }
+  }
+  detail::set_fuse_output_fake_quant(true);
 }
 
 TEST(QATModules, GradientsReachTheSharedFloatParameters) {
