@@ -228,58 +228,40 @@ TEST(Norm, FusedFakeQuantMatchesBatchNormReluThenFakeQuantize) {
   }
 }
 
-// The STE's top threshold: the last value whose mask passes, the next one
-// fails, for float and double and a spread of scales and zero points.
-TEST(Norm, SteUpperBoundIsTheLastPassingValue) {
+// The STE's thresholds: the top one is the last value whose mask passes
+// (the next one fails), the bottom one the first (the one before fails), for
+// float and double and a spread of scales and zero points (zero points at
+// qmin included).
+namespace {
+template <class T>
+void check_ste_band(const FakeQuantParams& p, DType dt) {
+  const T top = static_cast<T>(autograd::detail::ste_upper_bound(dt, p));
+  const T bottom = static_cast<T>(autograd::detail::ste_lower_bound(dt, p));
+  const T inv = T(1) / static_cast<T>(p.scale), z = static_cast<T>(p.zero_point);
+  const T lo = static_cast<T>(p.qmin), hi = static_cast<T>(p.qmax), inf = std::numeric_limits<T>::infinity();
+  auto code = [&](T x) { return std::nearbyint(x * inv) + z; };
+  EXPECT_LE(code(top), hi) << p.scale;
+  EXPECT_GT(code(std::nextafter(top, inf)), hi) << p.scale;
+  EXPECT_LE(bottom, T(0));
+  EXPECT_GE(code(bottom), lo) << p.scale << " " << p.zero_point;
+  EXPECT_LT(code(std::nextafter(bottom, -inf)), lo) << p.scale << " " << p.zero_point;
+}
+}  // namespace
+
+TEST(Norm, SteBoundsAreTheLastAndFirstPassingValues) {
   Generator g(77);
-  for (int t = 0; t < 200; ++t) {
+  for (int t = 0; t < 300; ++t) {
     FakeQuantParams p;
     p.scale = static_cast<float>(std::exp(g.uniform() * 12 - 9));
     p.qmin = t % 2 ? -128 : 0;
     p.qmax = t % 2 ? 127 : 255;
-    p.zero_point = static_cast<int32_t>(p.qmin + g.below(static_cast<uint64_t>(p.qmax - p.qmin + 1)));
-    {
-      const float b = static_cast<float>(autograd::detail::ste_upper_bound(DType::f32, p));
-      const float inv = 1.0f / p.scale, z = static_cast<float>(p.zero_point), hi = static_cast<float>(p.qmax);
-      EXPECT_LE(std::nearbyint(b * inv) + z, hi) << p.scale;
-      const float next = std::nextafter(b, std::numeric_limits<float>::infinity());
-      EXPECT_GT(std::nearbyint(next * inv) + z, hi) << p.scale;
-    }
-    {
-      const double b = autograd::detail::ste_upper_bound(DType::f64, p);
-      const double inv = 1.0 / static_cast<double>(p.scale), z = p.zero_point, hi = static_cast<double>(p.qmax);
-      EXPECT_LE(std::nearbyint(b * inv) + z, hi) << p.scale;
-      EXPECT_GT(std::nearbyint(std::nextafter(b, std::numeric_limits<double>::infinity()) * inv) + z, hi) << p.scale;
-    }
+    p.zero_point = t % 7 == 0 ? p.qmin
+                              : static_cast<int32_t>(p.qmin + g.below(static_cast<uint64_t>(p.qmax - p.qmin + 1)));
+    check_ste_band<float>(p, DType::f32);
+    check_ste_band<double>(p, DType::f64);
   }
   FakeQuantParams bad;
   bad.scale = 0;
   EXPECT_THROW(autograd::detail::ste_upper_bound(DType::f32, bad), ValueError);
-}
-
-// The STE's bottom threshold: the first passing value, the one before it
-// fails.
-TEST(Norm, SteLowerBoundIsTheFirstPassingValue) {
-  Generator g(78);
-  for (int t = 0; t < 200; ++t) {
-    FakeQuantParams p;
-    p.scale = static_cast<float>(std::exp(g.uniform() * 12 - 9));
-    p.qmin = t % 2 ? -128 : 0;
-    p.qmax = t % 2 ? 127 : 255;
-    p.zero_point = t % 7 == 0 ? p.qmin : static_cast<int32_t>(p.qmin + g.below(static_cast<uint64_t>(p.qmax - p.qmin + 1)));
-    {
-      const float b = static_cast<float>(autograd::detail::ste_lower_bound(DType::f32, p));
-      const float inv = 1.0f / p.scale, z = static_cast<float>(p.zero_point), lo = static_cast<float>(p.qmin);
-      EXPECT_LE(b, 0.0f);
-      EXPECT_GE(std::nearbyint(b * inv) + z, lo) << p.scale;
-      const float prev = std::nextafter(b, -std::numeric_limits<float>::infinity());
-      EXPECT_LT(std::nearbyint(prev * inv) + z, lo) << p.scale << " " << p.zero_point;
-    }
-    {
-      const double b = autograd::detail::ste_lower_bound(DType::f64, p);
-      const double inv = 1.0 / static_cast<double>(p.scale), z = p.zero_point, lo = static_cast<double>(p.qmin);
-      EXPECT_GE(std::nearbyint(b * inv) + z, lo) << p.scale;
-      EXPECT_LT(std::nearbyint(std::nextafter(b, -std::numeric_limits<double>::infinity()) * inv) + z, lo) << p.scale;
-    }
-  }
+  EXPECT_THROW(autograd::detail::ste_lower_bound(DType::f32, bad), ValueError);
 }
