@@ -7,6 +7,9 @@
 
 #include "cli/commands.h"
 #include "cli/recipe.h"
+#include "nn/zoo.h"
+#include "quant/fake_quantize.h"
+#include "quant/prepare.h"
 
 namespace qforge::cli {
 namespace {
@@ -168,6 +171,40 @@ TEST(Recipe, QuantSectionBecomesTheQConfigMap) {
   const Recipe s = parse_recipe(kSource + "/recipes/mnist_qat_int8.yaml", {}, kSource);
   EXPECT_EQ(recipe_qconfig_map(s).resolve("x", "Conv2d")->weight.method, quant::FakeQuantMethod::ste);
   EXPECT_NE(error_of("quant: {lsq_init: max}\n").find("lsq_init"), std::string::npos);
+}
+
+// The LSQ ResNet-20 recipe's globs must keep matching the zoo model's module
+// names: 8 bits for the image, the stem, the classifier and its input (the
+// last add, which the pool keeps), and the residual adds' inputs (conv2 and
+// projection outputs); 4 bits everywhere else.
+TEST(Recipe, LsqResNetRecipeGivesEachQuantizerItsBits) {
+  const Recipe r = parse_recipe(kSource + "/recipes/cifar10_resnet20_lsq_w4a4.yaml", {}, kSource, false);
+  Generator g(1);
+  nn::ModulePtr m = nn::make_model("resnet20", {}, g);
+  quant::PrepareOptions po;
+  po.qconfig = recipe_qconfig_map(r);
+  quant::prepare_qat(*m, po);
+  auto ends_with = [](const std::string& s, const std::string& t) {
+    return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
+  };
+  int quantizers = 0, eight = 0;
+  for (const auto& [name, mod] : m->named_modules()) {
+    const auto* fq = dynamic_cast<const quant::FakeQuantize*>(mod);
+    if (!fq) continue;
+    ++quantizers;
+    const bool output = ends_with(name, ".output_fake_quant");
+    const bool want8 = name.rfind("quant.", 0) == 0 || name.rfind("conv.", 0) == 0 || name.rfind("fc.", 0) == 0 ||
+                       name == "layer3_2.add.output_fake_quant" ||
+                       (output && (ends_with(name, ".main.conv2.output_fake_quant") ||
+                                   ends_with(name, ".shortcut.conv.output_fake_quant")));
+    EXPECT_EQ(fq->config().spec.bits, want8 ? 8 : 4) << name;
+    EXPECT_EQ(fq->config().method, quant::FakeQuantMethod::lsq) << name;
+    eight += want8;
+  }
+  // quant, conv (2), fc (2), layer3_2.add, 9 conv2 outputs, 2 shortcut outputs.
+  EXPECT_EQ(eight, 1 + 2 + 2 + 1 + 9 + 2);
+  // 19 convs and fc with weight and output quantizers, 9 adds, the stub.
+  EXPECT_EQ(quantizers, 2 * 22 + 9 + 1);
 }
 
 TEST(Recipe, EditDistance) {
