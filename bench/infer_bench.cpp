@@ -9,7 +9,11 @@
 // reference does with --random-data). --latency-threads sets the thread
 // count of the batch-1 measurement (issue 7 states its batch-1 goal on 1
 // thread), for qforge and the reference alike.
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <map>
+#include <vector>
 #include <cstring>
 #include <cxxopts.hpp>
 #include <string>
@@ -23,6 +27,7 @@
 #include "quant/convert.h"
 #include "quant/kernels/kernels.h"
 #include "quant/prepare.h"
+#include "quant/runtime/model.h"
 
 using namespace qforge;
 using autograd::Variable;
@@ -37,6 +42,10 @@ int main(int argc, char** argv) {
       "data-dir", "MNIST or CIFAR-10 directory (default: the repo's MNIST, ../shared/data/cifar10)",
       cxxopts::value<std::string>())(
       "no-reference", "skip PyTorch")("int8-only", "measure only qforge int8 (for profiling)")(
+      "op-profile", "after the measurements, time each int8 op over this many batches (ops run one by one, "
+      "with no fused max pools, as with a per-op callback) and print them", cxxopts::value<int>()->default_value("0"))(
+      "ab-direct", "compare the dispatched int8 kernels with and without in-place tile loads of widened kernel rows "
+      "(KernelTable::direct_run), alternated in one process, whole model and per op")(
       "python", "interpreter with torch", cxxopts::value<std::string>()->default_value("/usr/bin/python3"))(
       "repeat", "rounds of qforge and PyTorch, alternated (the best of each is kept)",
       cxxopts::value<int>()->default_value("3"))("h,help", "show help");
@@ -61,8 +70,10 @@ int main(int argc, char** argv) {
   const int lat_threads = args.count("latency-threads") ? args["latency-threads"].as<int>() : threads;
   const double min_sec = args["min-sec"].as<double>();
   const int rounds = args["repeat"].as<int>();
-  if (threads < 1 || lat_threads < 1 || batch < 1 || rounds < 1) {
-    std::fprintf(stderr, "infer_bench: --threads, --latency-threads, --batch and --repeat must be >= 1\n");
+  const int op_profile = args["op-profile"].as<int>();
+  if (threads < 1 || lat_threads < 1 || batch < 1 || rounds < 1 || op_profile < 0) {
+    std::fprintf(stderr,
+                 "infer_bench: --threads, --latency-threads, --batch and --repeat must be >= 1, --op-profile >= 0\n");
     return 2;
   }
   set_num_threads(threads);
@@ -160,8 +171,10 @@ int main(int argc, char** argv) {
   };
   for (int round = 0; round < rounds; ++round) {
     measure_ours();
-    std::printf("round %d: qforge fp32 %.0f, int8 %.0f images/s (best so far)\n", round + 1, ours_fp32.tp,
-                ours_int8.tp);
+    if (int8_only) std::printf("round %d: qforge int8 %.0f images/s (best so far)\n", round + 1, ours_int8.tp);
+    else
+      std::printf("round %d: qforge fp32 %.0f, int8 %.0f images/s (best so far)\n", round + 1, ours_fp32.tp,
+                  ours_int8.tp);
     if (!reference) continue;
     for (const char* variant : {"fp32", "int8"}) {
       if (!measure_reference(variant, std::strcmp(variant, "int8") == 0 ? ref_int8 : ref_fp32)) {
@@ -173,12 +186,79 @@ int main(int argc, char** argv) {
     std::printf("round %d: pytorch fp32 %.0f, int8 %.0f images/s (best so far)\n", round + 1, ref_fp32.tp,
                 ref_int8.tp);
   }
-  std::printf("qforge fp32: batch 1 %.3f ms (%d threads), batch %d %.0f images/s (%d threads)\n", ours_fp32.lat,
-              lat_threads, batch, ours_fp32.tp, threads);
+  if (!int8_only)
+    std::printf("qforge fp32: batch 1 %.3f ms (%d threads), batch %d %.0f images/s (%d threads)\n", ours_fp32.lat,
+                lat_threads, batch, ours_fp32.tp, threads);
   std::printf("qforge int8: batch 1 %.3f ms (%d threads), batch %d %.0f images/s (%d threads)\n", ours_int8.lat,
               lat_threads, batch, ours_int8.tp, threads);
-  std::printf("qforge int8 vs its own fp32: %.2fx throughput, %.2fx latency\n", ours_int8.tp / ours_fp32.tp,
-              ours_fp32.lat / ours_int8.lat);
+  if (!int8_only)
+    std::printf("qforge int8 vs its own fp32: %.2fx throughput, %.2fx latency\n", ours_int8.tp / ours_fp32.tp,
+                ours_fp32.lat / ours_int8.lat);
+  if (args.count("ab-direct")) {
+    // The int8 model with the dispatched table against the same table with
+    // direct_run = 0 (kernel rows never widened for in-place tile loads: the
+    // gathered path), alternated in one process, best of 40 rounds each;
+    // then the same per op (one by one, as --op-profile runs them).
+    quant::kernels::KernelTable a = quant::kernels::kernels(), b = a;
+    b.direct_run = 0;
+    double ta = 1e9, tb = 1e9;
+    for (int r = 0; r < 40; ++r) {
+      for (int w = 0; w < 2; ++w) {
+        auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < 3; ++i) int8.run(xb, w ? &b : &a);
+        double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 3;
+        (w ? tb : ta) = std::min(w ? tb : ta, t);
+      }
+    }
+    std::printf("direct rows %.0f images/s, gathered rows %.0f images/s (%d threads, batch %d): %.3fx\n", batch / ta,
+                batch / tb, threads, batch, tb / ta);
+    std::vector<double> best[2];
+    for (int w = 0; w < 2; ++w) best[w].assign(int8.ops.size(), 1e9);
+    for (int r = 0; r < 30; ++r)
+      for (int w = 0; w < 2; ++w) {
+        std::vector<double> spent(int8.ops.size(), 0.0);
+        auto last = std::chrono::steady_clock::now();
+        int8.run(xb, w ? &b : &a, [&](size_t i, const Tensor&) {
+          const auto now = std::chrono::steady_clock::now();
+          spent[i] += std::chrono::duration<double>(now - last).count();
+          last = now;
+        });
+        for (size_t i = 0; i < spent.size(); ++i) best[w][i] = std::min(best[w][i], spent[i]);
+      }
+    for (size_t i = 0; i < int8.ops.size(); ++i)
+      std::printf("  %3zu %-24s direct %7.2f, gathered %7.2f us/image\n", i, int8.ops[i].name.c_str(),
+                  best[0][i] / batch * 1e6, best[1][i] / batch * 1e6);
+  }
+  if (op_profile > 0) {
+    // Per-op wall time: the callback runs after each op, so the time between
+    // two calls is the later op's.
+    std::vector<double> spent(int8.ops.size(), 0.0);
+    for (int rep = 0; rep < op_profile; ++rep) {
+      auto last = std::chrono::steady_clock::now();
+      int8.run(xb, nullptr, [&](size_t i, const Tensor&) {
+        const auto now = std::chrono::steady_clock::now();
+        spent[i] += std::chrono::duration<double>(now - last).count();
+        last = now;
+      });
+    }
+    double total = 0;
+    for (double t : spent) total += t;
+    std::vector<size_t> order(spent.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return spent[a] > spent[b]; });
+    std::printf("# int8 ops, batch %d, %d threads, %d batches: %.1f us per image in total\n", batch, threads,
+                op_profile, total / op_profile / batch * 1e6);
+    std::map<std::string, double> by_kind;
+    for (size_t i : order) {
+      const auto& op = int8.ops[i];
+      by_kind[quant::runtime::op_kind_name(op.kind)] += spent[i];
+      std::printf("  %3zu %-10s %-24s %8.2f us/image %5.1f%%\n", i, quant::runtime::op_kind_name(op.kind),
+                  op.name.c_str(), spent[i] / op_profile / batch * 1e6, 100 * spent[i] / total);
+    }
+    for (const auto& [kind, t] : by_kind)
+      std::printf("  kind %-10s %8.2f us/image %5.1f%%\n", kind.c_str(), t / op_profile / batch * 1e6,
+                  100 * t / total);
+  }
   if (!reference) return 0;
 
   const double lat_goal = mnist ? 0.10 : 0.35;  // issues 5 and 7

@@ -134,6 +134,10 @@ KernelTable kernels_for(Isa level) {
 #include "quant/kernels/kernel_list.inc"
 #undef QF_KERNEL
 #undef QF_PACKER
+#if defined(__x86_64__)
+  // The AMX GEMM loads 64-byte chunks of evenly spaced rows as tiles in place.
+  if (t.qgemm == &qu8s8_gemm_requant__amx_16x64) t.direct_run = 64;
+#endif
   return t;
 }
 

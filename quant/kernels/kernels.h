@@ -236,6 +236,13 @@ struct KernelTable {
   QDwFn qdwconv = nullptr;
   /// The quantized add (QAddParams).
   QAddFn qadd = nullptr;
+  /// Segmented rows this level's GEMM reads in place, without gathering
+  /// them: when > 0, runs (K / segments bytes) that are a multiple of
+  /// `direct_run` bytes, with every block of 16 rows (starting at a multiple
+  /// of 16) evenly spaced in memory. A convolution may widen its kernel rows
+  /// to such runs (the extra bytes meet zero weights) to take that path.
+  /// 0: no such path (the runs stay as short as the GEMM contract allows).
+  int64_t direct_run = 0;
 };
 /// The kernels in use: the best the CPU supports, or what QFORGE_KERNELS
 /// (ref|avx2|avx512vnni|amx|neon) forces. Chosen once, on first call; the table
@@ -266,7 +273,9 @@ void qu8s8_gemm_requant__avx512vnni_4x64(const QGemmParams& p);
 /// the channel sums). Compiled with AVX-512 flags: needs cpu_has(Isa::avx512vnni).
 std::vector<int32_t> qgemm_pack__avx512vnni_4x64(const int8_t* b, int64_t ldb, int64_t N, int64_t K);
 /// AMX-INT8 (x86 builds): 16-row blocks of A gathered into a zero-padded
-/// buffer, up to 4 C tiles of 16 x 16 at a time, the AVX-512
+/// buffer (or, for segmented runs of whole 64-byte chunks in evenly spaced
+/// blocks of 16 rows, loaded in place as tiles with the rows' spacing as
+/// their stride), up to 4 C tiles of 16 x 16 at a time, the AVX-512
 /// requantization. Packs B per call unless b_packed came from
 /// qgemm_pack__amx. Needs cpu_has(Isa::amx).
 void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p);

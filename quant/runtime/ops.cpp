@@ -379,8 +379,21 @@ Tensor qconv2d(const QLayer& L, const Tensor& x, const kernels::KernelTable* k, 
   // bytes: the extra bytes are the next input pixels, multiplied by zero
   // weights (QLayer::packed_weights' padded rows), and a few extra columns
   // of padding keep the last run inside the copy.
-  const int64_t run = (rowlen + 3) / 4 * 4;
+  //
+  // A level that reads evenly spaced rows in place (KernelTable::direct_run:
+  // AMX loads them as tiles, with no gather) gets runs widened to its
+  // multiple when each block of 16 rows is one output row's pixels (no
+  // fused pool, whose rows go window by window, and whole blocks of 16 per
+  // output row), when the widening adds at most half a row of zero weights
+  // (a 3-channel stem's 9 bytes or a 1x1 kernel's 16 would become 64: more
+  // work than the gather saves), and when the widened problem is large
+  // enough for the tiles (K > 64).
   const bool segmented = !pointwise && dense_rows;
+  int64_t run = (rowlen + 3) / 4 * 4;
+  if (table.direct_run > 0 && segmented && !pool && OW % 16 == 0 && rowlen % table.direct_run != 0) {
+    const int64_t wide = (rowlen + table.direct_run - 1) / table.direct_run * table.direct_run;
+    if (2 * wide <= 3 * rowlen && KH * wide > 64) run = wide;
+  }
   const int64_t extra_w = segmented ? (run - rowlen + IC - 1) / IC : 0;  // columns read past the window
   // Chunks of rows: im2col chunks of about 64 KB (written, then read back
   // while in cache); without im2col, large chunks (few GEMM calls, each with

@@ -69,38 +69,40 @@ void pack_amx(std::vector<int32_t>& out, const int8_t* b0, int64_t ldb, int64_t 
 }
 
 /// C tiles (RB row blocks x NV channel blocks, tile rb * NV + v; zeroed
-/// first) += the A rows in `abuf` (16 * RB rows of 64 * chunks bytes, stride
-/// astride) times NV blocks of packed B (block stride bstride int32s), over
-/// `chunks` chunks of 16 groups of K. RB * NV <= 4; several row blocks
-/// share each B chunk, so the products of one chunk are independent.
+/// first) += the A rows times NV blocks of packed B (block stride bstride
+/// int32s), over `chunks` chunks of 16 groups of K. Chunk c of row block rb
+/// is the 16 x 64-byte tile at arow[rb] + coff[c] with row stride astride:
+/// the gather buffer (coff[c] = 64 c) or, for rows loaded in place, the
+/// input itself. RB * NV <= 4; several row blocks share each B chunk, so the
+/// products of one chunk are independent.
 template <int RB, int NV>
-inline void tile_products(const uint8_t* abuf, int64_t astride, const int32_t* pk, int64_t bstride, int64_t chunks) {
+inline void tile_products(const uint8_t* const* arow, int64_t astride, const int64_t* coff, const int32_t* pk,
+                          int64_t bstride, int64_t chunks) {
   static_assert(RB * NV <= 4 && (RB == 1 || NV <= 2));
   _tile_zero(0);
   if constexpr (RB * NV > 1) _tile_zero(1);
   if constexpr (RB * NV > 2) _tile_zero(2);
   if constexpr (RB * NV > 3) _tile_zero(3);
-  const int64_t rstride = 16 * astride;  // one row block
   for (int64_t c = 0; c < chunks; ++c) {
-    const uint8_t* a = abuf + 64 * c;
+    const int64_t o = coff[c];
     const int32_t* b = pk + c * 256;  // 16 groups x 16 channels
     if constexpr (NV == 1 && RB > 1) {
       _tile_loadd(4, b, 64);
-      _tile_loadd(5, a, astride);
+      _tile_loadd(5, arow[0] + o, astride);
       _tile_dpbusd(0, 5, 4);
-      _tile_loadd(6, a + rstride, astride);
+      _tile_loadd(6, arow[1] + o, astride);
       _tile_dpbusd(1, 6, 4);
       if constexpr (RB > 2) {
-        _tile_loadd(7, a + 2 * rstride, astride);
+        _tile_loadd(7, arow[2] + o, astride);
         _tile_dpbusd(2, 7, 4);
       }
       if constexpr (RB > 3) {
-        _tile_loadd(5, a + 3 * rstride, astride);
+        _tile_loadd(5, arow[3] + o, astride);
         _tile_dpbusd(3, 5, 4);
       }
     } else if constexpr (NV == 2 && RB == 2) {
-      _tile_loadd(4, a, astride);
-      _tile_loadd(5, a + rstride, astride);
+      _tile_loadd(4, arow[0] + o, astride);
+      _tile_loadd(5, arow[1] + o, astride);
       _tile_loadd(6, b, 64);
       _tile_loadd(7, b + bstride, 64);
       _tile_dpbusd(0, 4, 6);
@@ -108,7 +110,7 @@ inline void tile_products(const uint8_t* abuf, int64_t astride, const int32_t* p
       _tile_dpbusd(2, 5, 6);
       _tile_dpbusd(3, 5, 7);
     } else {
-      _tile_loadd(4, a, astride);
+      _tile_loadd(4, arow[0] + o, astride);
       _tile_loadd(5, b, 64);
       _tile_dpbusd(0, 4, 5);
       if constexpr (NV > 1) {
@@ -142,8 +144,11 @@ inline void store_tiles(int32_t* cbuf) {
 
 namespace {
 
-/// The problems the VNNI kernel takes (see the top of the file).
-bool vnni_shape(int64_t N, int64_t K) { return K <= 64 || N <= 16; }
+/// The problems the VNNI kernel takes (see the top of the file). A single
+/// channel block stays on AMX when K is whole 64-byte chunks: a convolution
+/// widens its kernel rows to such runs (KernelTable::direct_run) to have
+/// them loaded in place, with no gather.
+bool vnni_shape(int64_t N, int64_t K) { return K <= 64 || (N <= 16 && K % 64 != 0); }
 
 }  // namespace
 
@@ -207,16 +212,21 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
   };
   const int64_t bstride = K4p * 16;
   // Issues the tile products of a job (the tiles compute in the background).
-  auto issue = [&](const Job& j) {
+  // Where the A tiles of the current pass are: per row block, its first
+  // row, the row stride and the offset of each chunk.
+  const uint8_t* arow[4] = {};
+  int64_t arow_stride = astride;
+  auto issue = [&](const Job& j, const int64_t* coff) {
     const int32_t* pk = base + j.nb * K4p * 16;
-    if (j.nv == 1 && j.rb == 4) tile_products<4, 1>(abuf, astride, pk, bstride, chunks);
-    else if (j.nv == 1 && j.rb == 3) tile_products<3, 1>(abuf, astride, pk, bstride, chunks);
-    else if (j.nv == 1 && j.rb == 2) tile_products<2, 1>(abuf, astride, pk, bstride, chunks);
-    else if (j.nv == 2 && j.rb == 2) tile_products<2, 2>(abuf, astride, pk, bstride, chunks);
-    else if (j.nv == 4) tile_products<1, 4>(abuf, astride, pk, bstride, chunks);
-    else if (j.nv == 3) tile_products<1, 3>(abuf, astride, pk, bstride, chunks);
-    else if (j.nv == 2) tile_products<1, 2>(abuf, astride, pk, bstride, chunks);
-    else tile_products<1, 1>(abuf, astride, pk, bstride, chunks);
+    const int64_t st = arow_stride;
+    if (j.nv == 1 && j.rb == 4) tile_products<4, 1>(arow, st, coff, pk, bstride, chunks);
+    else if (j.nv == 1 && j.rb == 3) tile_products<3, 1>(arow, st, coff, pk, bstride, chunks);
+    else if (j.nv == 1 && j.rb == 2) tile_products<2, 1>(arow, st, coff, pk, bstride, chunks);
+    else if (j.nv == 2 && j.rb == 2) tile_products<2, 2>(arow, st, coff, pk, bstride, chunks);
+    else if (j.nv == 4) tile_products<1, 4>(arow, st, coff, pk, bstride, chunks);
+    else if (j.nv == 3) tile_products<1, 3>(arow, st, coff, pk, bstride, chunks);
+    else if (j.nv == 2) tile_products<1, 2>(arow, st, coff, pk, bstride, chunks);
+    else tile_products<1, 1>(arow, st, coff, pk, bstride, chunks);
   };
   auto store = [&](const Job& j, int32_t* cbuf) {
     if (j.nv == 1 && j.rb == 4) store_tiles<4, 1>(cbuf);
@@ -229,21 +239,39 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
     else store_tiles<1, 1>(cbuf);
   };
   // Requantizes (or, in int32 mode, finishes) a job's stored sums.
-  auto finish = [&](const Job& j, const int32_t* cbuf) {
+  // The output in locals: the byte stores below may alias p's fields, and
+  // reading them through p would reload them on every row.
+  uint8_t* const c_out = p.c;
+  int32_t* const c32_out = p.c32;
+  const int64_t ldc = p.ldc, pool = p.pool, N = p.N;
+  auto finish = [&, zp32, lo_zp, hi_zp](const Job& j, const int32_t* cbuf) {
     for (int64_t v = 0; v < j.nv; ++v) {
       const Requant16& q = rq[static_cast<size_t>(j.nb + v)];
-      const int64_t n0 = (j.nb + v) * 16, nn = std::min<int64_t>(16, p.N - n0);
+      const int64_t n0 = (j.nb + v) * 16, nn = std::min<int64_t>(16, N - n0);
       const __mmask16 store_mask = static_cast<__mmask16>((1u << nn) - 1);
+      const int32_t* col = cbuf + v * 16;
+      if (pool == 1 && !c32_out) {
+        // The common case, the narrow test hoisted out of the rows.
+        uint8_t* out = c_out + j.m0 * ldc + n0;
+        if (q.narrow) {
+          for (int64_t r = 0; r < j.rows; ++r, out += ldc)
+            _mm_mask_storeu_epi8(out, store_mask, requant16_narrow(_mm512_load_si512(col + r * 64), q, zp32, lo_zp, hi_zp));
+        } else {
+          for (int64_t r = 0; r < j.rows; ++r, out += ldc)
+            _mm_mask_storeu_epi8(out, store_mask, requant16(_mm512_load_si512(col + r * 64), q, zp32, lo_zp, hi_zp));
+        }
+        continue;
+      }
       // With pooling, groups of pool rows: the max of the raw sums (their map
       // to the output never decreases), one output row per group.
-      for (int64_t r = 0; r < j.rows; r += p.pool) {
-        __m512i raw = _mm512_load_si512(cbuf + r * 64 + v * 16);
-        for (int64_t i = 1; i < p.pool; ++i) raw = _mm512_max_epi32(raw, _mm512_load_si512(cbuf + (r + i) * 64 + v * 16));
-        const int64_t m = (j.m0 + r) / p.pool;
-        if (p.c32) {
-          _mm512_mask_storeu_epi32(p.c32 + m * p.ldc + n0, store_mask, acc16(raw, q));
+      for (int64_t r = 0; r < j.rows; r += pool) {
+        __m512i raw = _mm512_load_si512(col + r * 64);
+        for (int64_t i = 1; i < pool; ++i) raw = _mm512_max_epi32(raw, _mm512_load_si512(col + (r + i) * 64));
+        const int64_t m = (j.m0 + r) / pool;
+        if (c32_out) {
+          _mm512_mask_storeu_epi32(c32_out + m * ldc + n0, store_mask, acc16(raw, q));
         } else {
-          _mm_mask_storeu_epi8(p.c + m * p.ldc + n0, store_mask, requant16(raw, q, zp32, lo_zp, hi_zp));
+          _mm_mask_storeu_epi8(c_out + m * ldc + n0, store_mask, requant16(raw, q, zp32, lo_zp, hi_zp));
         }
       }
     }
@@ -263,8 +291,43 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
   const int64_t* const a_offsets = p.a_offsets;
   const int64_t K = p.K, lda = p.lda, segments = p.segments, len = a_offsets ? K / segments : K;
   const int64_t seg_stride = p.segment_stride;
+  // Chunk offsets: within the gathered rows, 64 bytes apart; in place, each
+  // chunk lies in its run (runs of whole chunks, one run per kernel row).
+  thread_local std::vector<int64_t> coff_storage;
+  coff_storage.resize(static_cast<size_t>(2 * chunks));
+  int64_t* const gather_coff = coff_storage.data();
+  int64_t* const direct_coff = gather_coff + chunks;
+  const bool may_direct = a_offsets && seg_stride > 0 && len % 64 == 0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    gather_coff[c] = 64 * c;
+    if (may_direct) direct_coff[c] = (64 * c / len) * seg_stride + (64 * c) % len;
+  }
   for (int64_t m0 = 0; m0 < p.M; m0 += rows_per_pass) {
     const int64_t rows = std::min<int64_t>(rows_per_pass, p.M - m0), rb = (rows + 15) / 16;
+    // Rows read in place: whole blocks of 16 rows, each block's rows evenly
+    // spaced, by one spacing across the pass (a convolution's output pixels
+    // along one output row). The tiles then read exactly the rows' runs.
+    bool direct = may_direct && rows % 16 == 0;
+    const int64_t* const row_off = a_offsets ? a_offsets + m0 : nullptr;
+    const int64_t spacing = direct ? row_off[1] - row_off[0] : 0;
+    for (int64_t r = 1; direct && r < rows; ++r) direct = row_off[r] - row_off[r - 1] == spacing || r % 16 == 0;
+    if (direct) {
+      for (int64_t b = 0; b < rb; ++b) arow[b] = a + row_off[16 * b];
+      arow_stride = spacing;
+      for (int64_t nb = 0; nb < NB; nb += 4) {
+        const Job j{m0, rows, rb, nb, std::min<int64_t>(4, NB - nb)};
+        issue(j, direct_coff);
+        if (have_prev) finish(prev, cbufs[1 - buf]);
+        store(j, cbufs[buf]);
+        asm volatile("" ::: "memory");
+        prev = j;
+        have_prev = true;
+        buf ^= 1;
+      }
+      continue;
+    }
+    for (int64_t b = 0; b < 4; ++b) arow[b] = abuf + 16 * b * astride;
+    arow_stride = astride;
     // Gather the rows with inline 64-byte moves (the runs are short: a
     // library call each would cost more than the copy). The previous job's
     // tile loads are done: its sums were stored.
@@ -283,7 +346,7 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
     asm volatile("" ::: "memory");
     for (int64_t nb = 0; nb < NB; nb += 4) {
       const Job j{m0, rows, rb, nb, std::min<int64_t>(4, NB - nb)};
-      issue(j);
+      issue(j, gather_coff);
       if (have_prev) finish(prev, cbufs[1 - buf]);
       store(j, cbufs[buf]);
       asm volatile("" ::: "memory");

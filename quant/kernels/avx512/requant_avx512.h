@@ -122,20 +122,23 @@ inline __m512i round_low_dwords(__m512i acc, __m512i mult, __m512i half_m1, __m5
   return _mm512_srav_epi64(_mm512_mask_add_epi64(w, odd, w, _mm512_set1_epi64(1)), shift);
 }
 
+/// requant16 when r.narrow holds: |acc| <= 2^31 and multipliers below 2^31
+/// with shifts >= 31, so every rounded value lies in (-2^31, 2^31), the low
+/// dword of each int64 result is exact, and the odd lanes' results shift
+/// back up into place. For loops that test r.narrow once, outside.
+__attribute__((always_inline)) inline __m128i requant16_narrow(__m512i raw, const Requant16& r, __m512i zp32,
+                                                               __m512i lo_zp, __m512i hi_zp) {
+  const __m512i acc = _mm512_add_epi32(raw, r.offset32);
+  const __m512i even = round_low_dwords(acc, r.mult_even, r.half_m1_even, r.bit_even, r.shift_even);
+  const __m512i odd = round_low_dwords(_mm512_srli_epi64(acc, 32), r.mult_odd, r.half_m1_odd, r.bit_odd, r.shift_odd);
+  __m512i q = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  q = _mm512_min_epi32(_mm512_max_epi32(q, lo_zp), hi_zp);
+  return _mm512_cvtepi32_epi8(_mm512_add_epi32(q, zp32));
+}
+
 __attribute__((always_inline)) inline __m128i requant16(__m512i raw, const Requant16& r, __m512i zp32, __m512i lo_zp,
                                                         __m512i hi_zp) {
-  if (r.narrow) {
-    // |acc| <= 2^31 and multipliers below 2^31 with shifts >= 31: every
-    // rounded value lies in (-2^31, 2^31), so the low dword of each int64
-    // result is exact, and the odd lanes' results shift back up into place.
-    const __m512i acc = _mm512_add_epi32(raw, r.offset32);
-    const __m512i even = round_low_dwords(acc, r.mult_even, r.half_m1_even, r.bit_even, r.shift_even);
-    const __m512i odd =
-        round_low_dwords(_mm512_srli_epi64(acc, 32), r.mult_odd, r.half_m1_odd, r.bit_odd, r.shift_odd);
-    __m512i q = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-    q = _mm512_min_epi32(_mm512_max_epi32(q, lo_zp), hi_zp);
-    return _mm512_cvtepi32_epi8(_mm512_add_epi32(q, zp32));
-  }
+  if (r.narrow) return requant16_narrow(raw, r, zp32, lo_zp, hi_zp);
   __m512i a0, a1;
   if (r.exact32) {
     const __m512i acc = _mm512_add_epi32(raw, r.offset32);

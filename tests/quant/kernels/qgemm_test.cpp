@@ -281,6 +281,67 @@ TEST(QGemm, SegmentedRowsEqualTheContiguousProblem) {
   }
 }
 
+TEST(QGemm, EvenlySpacedRowsOfWholeChunksEqualTheContiguousProblem) {
+  // A convolution's rows with kernel rows widened to whole 64-byte chunks
+  // (KernelTable::direct_run): blocks of 16 rows evenly spaced, which the
+  // AMX kernel loads in place as tiles, mixed with blocks that are not (one
+  // row moved), partial blocks, fused pools and the int32 mode. Every kernel
+  // must give what the reference gives on the same rows laid out
+  // contiguously.
+  const std::vector<int64_t> ms = {16, 48, 64, 80, 128, 132}, ns = {10, 16, 32, 40, 64, 70};
+  for (const auto& [isa, t] : runnable_tables()) {
+    std::mt19937 rng(31);
+    for (int iter = 0; iter < 48; ++iter) {
+      const int64_t M = ms[rng() % ms.size()], N = ns[rng() % ns.size()];
+      const int64_t S = 1 + rng() % 3, len = 64 * (1 + rng() % 3), K = S * len;
+      const int64_t spacing = std::vector<int64_t>{3, 16, 32, 48, 64}[rng() % 5];
+      const int64_t stride = len + 16 * static_cast<int64_t>(rng() % 40);
+      Problem pr = make_problem(M, N, K, rng);
+      std::vector<uint8_t> pool(static_cast<size_t>(16 * spacing + (S - 1) * stride + len + 4096));
+      for (auto& v : pool) v = static_cast<uint8_t>(rng());
+      std::vector<int64_t> offsets(static_cast<size_t>(M));
+      const int64_t room = static_cast<int64_t>(pool.size()) - 15 * spacing - (S - 1) * stride - len;
+      for (int64_t b = 0; 16 * b < M; ++b) {
+        const int64_t base = static_cast<int64_t>(rng() % static_cast<uint64_t>(room + 1));
+        for (int64_t r = 0; r < 16 && 16 * b + r < M; ++r) offsets[16 * b + r] = base + r * spacing;
+        if (rng() % 4 == 0) offsets[16 * b + rng() % std::min<int64_t>(16, M - 16 * b)] = rng() % (room + 1);
+      }
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t s = 0; s < S; ++s)
+          for (int64_t k = 0; k < len; ++k) pr.a[m * pr.p.lda + s * len + k] = pool[offsets[m] + s * stride + k];
+      QGemmParams seg = pr.p;
+      seg.a = pool.data();
+      seg.lda = 0;
+      seg.a_offsets = offsets.data();
+      seg.segments = S;
+      seg.segment_stride = stride;
+      std::vector<int32_t> packed;
+      if (t.qgemm_pack && iter % 2) {
+        packed = t.qgemm_pack(pr.p.b, pr.p.ldb, N, K);
+        seg.b_packed = packed.data();
+      }
+      ASSERT_EQ(run(t.qgemm, seg), run(&qu8s8_gemm_requant__ref, pr.p))
+          << isa_name(isa) << " M=" << M << " N=" << N << " K=" << K << " S=" << S << " spacing=" << spacing;
+      if (iter % 3 == 0) {
+        ASSERT_EQ(run32(t.qgemm, seg), run32(&qu8s8_gemm_requant__ref, pr.p))
+            << isa_name(isa) << " int32, M=" << M << " N=" << N << " K=" << K << " S=" << S;
+      }
+      if (iter % 4 == 1) {
+        QGemmParams pooled = seg, want = pr.p;
+        pooled.pool = want.pool = 4;
+        pooled.ldc = want.ldc = N;
+        std::vector<uint8_t> got(static_cast<size_t>(M / 4 * N)), exp(got.size());
+        pooled.c = got.data();
+        want.c = exp.data();
+        t.qgemm(pooled);
+        qu8s8_gemm_requant__ref(want);
+        ASSERT_EQ(got, exp) << isa_name(isa) << " pool 4, M=" << M << " N=" << N << " K=" << K;
+      }
+    }
+    std::printf("# %s: evenly spaced rows of whole chunks checked on 48 problems\n", isa_name(isa));
+  }
+}
+
 TEST(QGemm, ChecksTheContract) {
   std::mt19937 rng(3);
   Problem pr = make_problem(4, 4, 8, rng);

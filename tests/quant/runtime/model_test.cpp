@@ -138,7 +138,12 @@ TEST(QConv, MatchesADirectIntegerConvolution) {
                         // shortcut, kernel rows of 12 bytes, and 1024 rows in several chunks that
                         // cross image boundaries
                         {3, 16, 32, 9, 9, 3, 2, 1, 1, 1}, {2, 16, 8, 8, 8, 1, 2, 0, 1, 1},
-                        {2, 4, 8, 12, 12, 3, 1, 1, 1, 1}, {4, 16, 16, 16, 16, 3, 1, 1, 1, 1}};
+                        {2, 4, 8, 12, 12, 3, 1, 1, 1, 1}, {4, 16, 16, 16, 16, 3, 1, 1, 1, 1},
+                        // output rows of 16 and 32 pixels: on AMX, kernel rows widened to whole
+                        // 64-byte chunks and loaded in place (an RGB stem, 16 channels, a strided
+                        // 32-channel conv, 40 outputs, 64 channels with no widening)
+                        {2, 3, 16, 32, 32, 3, 1, 1, 1, 1}, {1, 16, 40, 16, 16, 3, 1, 1, 1, 1},
+                        {2, 32, 32, 32, 32, 3, 2, 1, 1, 1}, {1, 64, 16, 16, 16, 3, 1, 1, 1, 1}};
   std::mt19937 rng(9);
   int pooled_checks = 0;
   for (const Case& c : cases) {
