@@ -475,6 +475,8 @@ TEST(QGemm, DispatchTable) {
       ++lacking;
     }
   EXPECT_GE(lacking, 1);  // no CPU is both x86 and Arm
+  // Only the AMX GEMM reads widened kernel rows in place (64-byte chunks).
+  for (const auto& [isa, t] : runnable_tables()) EXPECT_EQ(t.direct_run, isa == Isa::amx ? 64 : 0) << isa_name(isa);
 }
 
 }  // namespace
