@@ -316,39 +316,29 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
     if (direct) {
       for (int64_t b = 0; b < rb; ++b) arow[b] = a + row_off[16 * b];
       arow_stride = spacing;
-      for (int64_t nb = 0; nb < NB; nb += NVJ) {
-        const Job j{m0, rows, rb, nb, std::min<int64_t>(NVJ, NB - nb)};
-        issue(j, direct_coff);
-        if (have_prev) finish(prev, cbufs[1 - buf]);
-        store(j, cbufs[buf]);
-        asm volatile("" ::: "memory");
-        prev = j;
-        have_prev = true;
-        buf ^= 1;
+    } else {
+      for (int64_t b = 0; b < 4; ++b) arow[b] = abuf + 16 * b * astride;
+      arow_stride = astride;
+      // Gather the rows with inline 64-byte moves (the runs are short: a
+      // library call each would cost more than the copy). The previous job's
+      // tile loads are done: its sums were stored.
+      for (int64_t r = 0; r < rows; ++r) {
+        uint8_t* dst = abuf + r * astride;
+        if (a_offsets && seg_stride > 0) {
+          const uint8_t* src = a + a_offsets[m0 + r];
+          for (int64_t s = 0; s < segments; ++s) copy_run(dst + s * len, src + s * seg_stride, len);
+        } else if (a_offsets) {
+          const int64_t* off = a_offsets + (m0 + r) * segments;
+          for (int64_t s = 0; s < segments; ++s) copy_run(dst + s * len, a + off[s], len);
+        } else {
+          copy_run(dst, a + (m0 + r) * lda, K);
+        }
       }
-      continue;
+      asm volatile("" ::: "memory");
     }
-    for (int64_t b = 0; b < 4; ++b) arow[b] = abuf + 16 * b * astride;
-    arow_stride = astride;
-    // Gather the rows with inline 64-byte moves (the runs are short: a
-    // library call each would cost more than the copy). The previous job's
-    // tile loads are done: its sums were stored.
-    for (int64_t r = 0; r < rows; ++r) {
-      uint8_t* dst = abuf + r * astride;
-      if (a_offsets && seg_stride > 0) {
-        const uint8_t* src = a + a_offsets[m0 + r];
-        for (int64_t s = 0; s < segments; ++s) copy_run(dst + s * len, src + s * seg_stride, len);
-      } else if (a_offsets) {
-        const int64_t* off = a_offsets + (m0 + r) * segments;
-        for (int64_t s = 0; s < segments; ++s) copy_run(dst + s * len, a + off[s], len);
-      } else {
-        copy_run(dst, a + (m0 + r) * lda, K);
-      }
-    }
-    asm volatile("" ::: "memory");
     for (int64_t nb = 0; nb < NB; nb += NVJ) {
       const Job j{m0, rows, rb, nb, std::min<int64_t>(NVJ, NB - nb)};
-      issue(j, gather_coff);
+      issue(j, direct ? direct_coff : gather_coff);
       if (have_prev) finish(prev, cbufs[1 - buf]);
       store(j, cbufs[buf]);
       asm volatile("" ::: "memory");

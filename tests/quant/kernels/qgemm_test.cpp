@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -230,6 +231,43 @@ TEST(QGemm, PrePackedWeightsGiveTheSameResult) {
   }
 }
 
+/// p with A's rows as S runs of `pool` at `offsets` (see QGemmParams::a_offsets).
+QGemmParams segmented(const QGemmParams& p, const std::vector<uint8_t>& pool, const std::vector<int64_t>& offsets,
+                      int64_t S, int64_t stride) {
+  QGemmParams seg = p;
+  seg.a = pool.data();
+  seg.lda = 0;
+  seg.a_offsets = offsets.data();
+  seg.segments = S;
+  seg.segment_stride = stride;
+  return seg;
+}
+
+/// The problem with A's rows as S runs of `pool` (one offset per row and run,
+/// or per row with segment_stride), on t's GEMM (with t's packed weights
+/// when `packed`; the int32 mode too when `int32`), against the reference on
+/// pr's contiguous rows.
+void expect_segmented_equal(Isa isa, const KernelTable& t, const Problem& pr, const std::vector<uint8_t>& pool,
+                            const std::vector<int64_t>& offsets, int64_t S, int64_t stride, bool packed, bool int32) {
+  QGemmParams seg = segmented(pr.p, pool, offsets, S, stride);
+  std::vector<int32_t> pk;
+  if (t.qgemm_pack && packed) {
+    pk = t.qgemm_pack(pr.p.b, pr.p.ldb, pr.p.N, pr.p.K);
+    seg.b_packed = pk.data();
+  }
+  std::vector<uint8_t> c(static_cast<size_t>(pr.p.M * pr.p.ldc));
+  seg.c = c.data();
+  check(seg);
+  const auto where = [&] {
+    return std::string(isa_name(isa)) + " M=" + std::to_string(pr.p.M) + " N=" + std::to_string(pr.p.N) +
+           " K=" + std::to_string(pr.p.K) + " S=" + std::to_string(S) + (seg.b_packed ? " packed" : "");
+  };
+  ASSERT_EQ(run(t.qgemm, seg), run(&qu8s8_gemm_requant__ref, pr.p)) << where();
+  if (int32) {
+    ASSERT_EQ(run32(t.qgemm, seg), run32(&qu8s8_gemm_requant__ref, pr.p)) << "int32, " << where();
+  }
+}
+
 TEST(QGemm, SegmentedRowsEqualTheContiguousProblem) {
   // Rows of A as S runs scattered over a buffer (as a convolution reads a
   // padded image); each kernel must give what the reference gives on the
@@ -256,26 +294,7 @@ TEST(QGemm, SegmentedRowsEqualTheContiguousProblem) {
           for (int64_t k = 0; k < len; ++k) pr.a[m * pr.p.lda + s * len + k] = pool[off + k];
         }
       }
-      QGemmParams seg = pr.p;
-      seg.a = pool.data();
-      seg.lda = 0;
-      seg.a_offsets = offsets.data();
-      seg.segments = S;
-      seg.segment_stride = stride;
-      std::vector<int32_t> packed;
-      if (t.qgemm_pack && iter % 2) {
-        packed = t.qgemm_pack(pr.p.b, pr.p.ldb, N, K);
-        seg.b_packed = packed.data();
-      }
-      std::vector<uint8_t> c(static_cast<size_t>(M * pr.p.ldc));
-      seg.c = c.data();
-      check(seg);
-      ASSERT_EQ(run(t.qgemm, seg), run(&qu8s8_gemm_requant__ref, pr.p))
-          << isa_name(isa) << " M=" << M << " N=" << N << " K=" << K << " S=" << S;
-      if (iter % 3 == 0) {
-        ASSERT_EQ(run32(t.qgemm, seg), run32(&qu8s8_gemm_requant__ref, pr.p))
-            << isa_name(isa) << " int32, M=" << M << " N=" << N << " K=" << K << " S=" << S;
-      }
+      ASSERT_NO_FATAL_FAILURE(expect_segmented_equal(isa, t, pr, pool, offsets, S, stride, iter % 2, iter % 3 == 0));
     }
     std::printf("# %s: segmented rows checked on 60 problems\n", isa_name(isa));
   }
@@ -309,25 +328,10 @@ TEST(QGemm, EvenlySpacedRowsOfWholeChunksEqualTheContiguousProblem) {
       for (int64_t m = 0; m < M; ++m)
         for (int64_t s = 0; s < S; ++s)
           for (int64_t k = 0; k < len; ++k) pr.a[m * pr.p.lda + s * len + k] = pool[offsets[m] + s * stride + k];
-      QGemmParams seg = pr.p;
-      seg.a = pool.data();
-      seg.lda = 0;
-      seg.a_offsets = offsets.data();
-      seg.segments = S;
-      seg.segment_stride = stride;
-      std::vector<int32_t> packed;
-      if (t.qgemm_pack && iter % 2) {
-        packed = t.qgemm_pack(pr.p.b, pr.p.ldb, N, K);
-        seg.b_packed = packed.data();
-      }
-      ASSERT_EQ(run(t.qgemm, seg), run(&qu8s8_gemm_requant__ref, pr.p))
-          << isa_name(isa) << " M=" << M << " N=" << N << " K=" << K << " S=" << S << " spacing=" << spacing;
-      if (iter % 3 == 0) {
-        ASSERT_EQ(run32(t.qgemm, seg), run32(&qu8s8_gemm_requant__ref, pr.p))
-            << isa_name(isa) << " int32, M=" << M << " N=" << N << " K=" << K << " S=" << S;
-      }
+      ASSERT_NO_FATAL_FAILURE(expect_segmented_equal(isa, t, pr, pool, offsets, S, stride, iter % 2, iter % 3 == 0))
+          << "spacing " << spacing;
       if (iter % 4 == 1) {
-        QGemmParams pooled = seg, want = pr.p;
+        QGemmParams pooled = segmented(pr.p, pool, offsets, S, stride), want = pr.p;
         pooled.pool = want.pool = 4;
         pooled.ldc = want.ldc = N;
         std::vector<uint8_t> got(static_cast<size_t>(M / 4 * N)), exp(got.size());
