@@ -180,9 +180,16 @@ inline void tile(const QGemmParams& p, const int32_t* packed, int64_t block_stri
                                  acc16(_mm512_load_si512(sums[r][v]), rq[v]));
       continue;
     }
-    for (int r = 0; r < R; ++r) {
-      const __m128i bytes = requant16(_mm512_load_si512(sums[r][v]), rq[v], zp32, lo_zp, hi_zp);
-      _mm_mask_storeu_epi8(p.c + (m0 + r) * p.ldc + n0 + 16 * v, store_mask, bytes);
+    // The output in locals (the byte stores may alias p), and the narrow
+    // test once per block rather than per row.
+    const int64_t ldc = p.ldc;
+    uint8_t* out = p.c + m0 * ldc + n0 + 16 * v;
+    if (rq[v].narrow) {
+      for (int r = 0; r < R; ++r, out += ldc)
+        _mm_mask_storeu_epi8(out, store_mask, requant16_narrow(_mm512_load_si512(sums[r][v]), rq[v], zp32, lo_zp, hi_zp));
+    } else {
+      for (int r = 0; r < R; ++r, out += ldc)
+        _mm_mask_storeu_epi8(out, store_mask, requant16(_mm512_load_si512(sums[r][v]), rq[v], zp32, lo_zp, hi_zp));
     }
   }
 }
