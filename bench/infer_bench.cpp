@@ -12,11 +12,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <map>
-#include <vector>
 #include <cstring>
 #include <cxxopts.hpp>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "autograd/ops.h"
 #include "bench/bench_util.h"
@@ -194,6 +194,18 @@ int main(int argc, char** argv) {
   if (!int8_only)
     std::printf("qforge int8 vs its own fp32: %.2fx throughput, %.2fx latency\n", ours_int8.tp / ours_fp32.tp,
                 ours_fp32.lat / ours_int8.lat);
+  // Seconds per int8 op over one batch: the callback runs after each op, so
+  // the time between two calls is the later op's.
+  auto op_seconds = [&](const quant::kernels::KernelTable* table) {
+    std::vector<double> spent(int8.ops.size(), 0.0);
+    auto last = std::chrono::steady_clock::now();
+    int8.run(xb, table, [&](size_t i, const Tensor&) {
+      const auto now = std::chrono::steady_clock::now();
+      spent[i] += std::chrono::duration<double>(now - last).count();
+      last = now;
+    });
+    return spent;
+  };
   if (args.count("ab-direct")) {
     // The int8 model with the dispatched table against the same table with
     // direct_run = 0 (kernel rows never widened for in-place tile loads: the
@@ -216,13 +228,7 @@ int main(int argc, char** argv) {
     for (int w = 0; w < 2; ++w) best[w].assign(int8.ops.size(), 1e9);
     for (int r = 0; r < 30; ++r)
       for (int w = 0; w < 2; ++w) {
-        std::vector<double> spent(int8.ops.size(), 0.0);
-        auto last = std::chrono::steady_clock::now();
-        int8.run(xb, w ? &b : &a, [&](size_t i, const Tensor&) {
-          const auto now = std::chrono::steady_clock::now();
-          spent[i] += std::chrono::duration<double>(now - last).count();
-          last = now;
-        });
+        const std::vector<double> spent = op_seconds(w ? &b : &a);
         for (size_t i = 0; i < spent.size(); ++i) best[w][i] = std::min(best[w][i], spent[i]);
       }
     for (size_t i = 0; i < int8.ops.size(); ++i)
@@ -230,16 +236,10 @@ int main(int argc, char** argv) {
                   best[0][i] / batch * 1e6, best[1][i] / batch * 1e6);
   }
   if (op_profile > 0) {
-    // Per-op wall time: the callback runs after each op, so the time between
-    // two calls is the later op's.
     std::vector<double> spent(int8.ops.size(), 0.0);
     for (int rep = 0; rep < op_profile; ++rep) {
-      auto last = std::chrono::steady_clock::now();
-      int8.run(xb, nullptr, [&](size_t i, const Tensor&) {
-        const auto now = std::chrono::steady_clock::now();
-        spent[i] += std::chrono::duration<double>(now - last).count();
-        last = now;
-      });
+      const std::vector<double> once = op_seconds(nullptr);
+      for (size_t i = 0; i < spent.size(); ++i) spent[i] += once[i];
     }
     double total = 0;
     for (double t : spent) total += t;

@@ -73,12 +73,12 @@ void pack_amx(std::vector<int32_t>& out, const int8_t* b0, int64_t ldb, int64_t 
 /// int32s), over `chunks` chunks of 16 groups of K. Chunk c of row block rb
 /// is the 16 x 64-byte tile at arow[rb] + coff[c] with row stride astride:
 /// the gather buffer (coff[c] = 64 c) or, for rows loaded in place, the
-/// input itself. RB * NV <= 4; several row blocks share each B chunk, so the
-/// products of one chunk are independent.
+/// input itself. RB * NV <= 4 and NV <= 2; several row blocks share each B
+/// chunk, so the products of one chunk are independent.
 template <int RB, int NV>
 inline void tile_products(const uint8_t* const* arow, int64_t astride, const int64_t* coff, const int32_t* pk,
                           int64_t bstride, int64_t chunks) {
-  static_assert(RB * NV <= 4 && (RB == 1 || NV <= 2));
+  static_assert(RB * NV <= 4 && NV <= 2);
   _tile_zero(0);
   if constexpr (RB * NV > 1) _tile_zero(1);
   if constexpr (RB * NV > 2) _tile_zero(2);
@@ -117,14 +117,6 @@ inline void tile_products(const uint8_t* const* arow, int64_t astride, const int
         _tile_loadd(6, b + bstride, 64);
         _tile_dpbusd(1, 4, 6);
       }
-      if constexpr (NV > 2) {
-        _tile_loadd(7, b + 2 * bstride, 64);
-        _tile_dpbusd(2, 4, 7);
-      }
-      if constexpr (NV > 3) {
-        _tile_loadd(5, b + 3 * bstride, 64);
-        _tile_dpbusd(3, 4, 5);
-      }
     }
   }
 }
@@ -136,8 +128,8 @@ inline void store_tiles(int32_t* cbuf) {
   constexpr int64_t kRow = 16 * 64;  // int32s per row block
   _tile_stored(0, cbuf, 256);
   if constexpr (RB * NV > 1) _tile_stored(1, cbuf + (NV == 1 ? kRow : 16), 256);
-  if constexpr (RB * NV > 2) _tile_stored(2, cbuf + (NV == 1 ? 2 * kRow : NV == 2 ? kRow : 32), 256);
-  if constexpr (RB * NV > 3) _tile_stored(3, cbuf + (NV == 1 ? 3 * kRow : NV == 2 ? kRow + 16 : 48), 256);
+  if constexpr (RB * NV > 2) _tile_stored(2, cbuf + (NV == 1 ? 2 * kRow : kRow), 256);
+  if constexpr (RB * NV > 3) _tile_stored(3, cbuf + (NV == 1 ? 3 * kRow : kRow + 16), 256);
 }
 
 }  // namespace
@@ -217,11 +209,11 @@ void qu8s8_gemm_requant__amx_16x64(const QGemmParams& p) {
     int64_t m0 = 0, rows = 0, rb = 1, nb = 0, nv = 0;
   };
   const int64_t bstride = K4p * 16;
-  // Issues the tile products of a job (the tiles compute in the background).
   // Where the A tiles of the current pass are: per row block, its first
-  // row, the row stride and the offset of each chunk.
+  // row, and the row stride (the offset of each chunk goes to issue()).
   const uint8_t* arow[4] = {};
   int64_t arow_stride = astride;
+  // Issues the tile products of a job (the tiles compute in the background).
   auto issue = [&](const Job& j, const int64_t* coff) {
     const int32_t* pk = base + j.nb * K4p * 16;
     const int64_t st = arow_stride;
