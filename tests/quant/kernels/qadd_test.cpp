@@ -58,10 +58,10 @@ TEST(QAdd, EveryKernelEqualsTheReference) {
       }
       ++kernels_run;
       std::mt19937 rng(29);
-      bool shifts_seen[2] = {false, false};
+      bool shifts_seen[4] = {false, false, false, false};
       std::uniform_int_distribution<int> u8(0, 255);
       std::uniform_real_distribution<double> ratio(-6, 4);
-      for (int iter = 0; iter < 400; ++iter) {
+      for (int iter = 0; iter < 600; ++iter) {
         const std::vector<int64_t> lengths = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 1000};
         QAddParams p;
         p.n = lengths[rng() % lengths.size()];
@@ -72,20 +72,35 @@ TEST(QAdd, EveryKernelEqualsTheReference) {
         p.b = b.data();
         p.a_zero_point = u8(rng);
         p.b_zero_point = u8(rng);
-        // Scale ratios from 2^-6 to 2^4, exact powers of two now and then
-        // (ties), and the full output range or a fused-ReLU-like clamp.
-        // Every 10th problem has ratios near 2^20-2^24, so that the shift
-        // falls below 10 and the kernels take their wide (int64) path.
-        const double big = iter % 10 == 9 ? 20 + static_cast<double>(rng() % 5) : 0;
-        const float sa =
-            static_cast<float>(std::exp2(big + (iter % 5 == 0 ? std::round(ratio(rng)) : ratio(rng)) / (big ? 8 : 1)));
-        const float sb =
-            static_cast<float>(std::exp2(big + (iter % 5 == 1 ? std::round(ratio(rng)) : ratio(rng)) / (big ? 8 : 1)));
+        // Scale ratios (output scale 1) by problem:
+        // - most: 2^-6 to 2^4, exact powers of two now and then;
+        // - every 10th: near 2^20-2^24, so that the shift falls below 10 and
+        //   the kernels take their wide (int64) path;
+        // - every 10th (8): 2^-14 to 2^-7 or 2^14 to 2^21 (shifts 38-45 and
+        //   10-16, outside the AVX-512 kernel's split form);
+        // - every 10th (7): both powers of two, or 3 times one, from 2^-9 to
+        //   2^3 (many ties);
+        // - every 10th (6): a mantissa just below 1 (a multiplier within 2^15
+        //   of 2^31, whose high 16 bits do not fit int16).
+        const int kind = iter % 10;
+        auto pick = [&](bool round) -> float {
+          switch (kind) {
+            case 9: return static_cast<float>(std::exp2(20 + static_cast<double>(rng() % 5) + ratio(rng) / 8));
+            case 8: return static_cast<float>(std::exp2((rng() % 2 ? -10.5 : 17.5) + ratio(rng) * 0.35));
+            case 7: return static_cast<float>(std::ldexp(rng() % 2 ? 1.0 : 3.0, static_cast<int>(rng() % 13) - 9));
+            case 6: return static_cast<float>(std::ldexp(1.0 - std::ldexp(1.0, -20 + static_cast<int>(rng() % 5)),
+                                                         static_cast<int>(rng() % 8) - 4));
+            default: return static_cast<float>(std::exp2(round ? std::round(ratio(rng)) : ratio(rng)));
+          }
+        };
+        const float sa = pick(iter % 5 == 0), sb = pick(iter % 5 == 1);
         p.m = add_multipliers(sa, sb, 1.0f);
         p.out_zero_point = u8(rng);
         p.out_lo = iter % 3 == 0 ? p.out_zero_point : 0;
         p.out_hi = iter % 4 == 0 ? std::max(p.out_lo, 200) : 255;
-        shifts_seen[p.m.shift < 10] = true;
+        const int64_t top = (int64_t{1} << 31) - (int64_t{1} << 15);
+        shifts_seen[p.m.shift < 10 ? 0 : p.m.shift < 17 || p.m.shift > 37 ? 1 : 2] = true;
+        shifts_seen[3] = shifts_seen[3] || std::max(p.m.a, p.m.b) >= top;
         const std::vector<uint8_t> want = run_add(&qu8_add__ref, p);
         ASSERT_EQ(run_add(fn, p), want) << name << " n=" << p.n << " m=" << p.m.a << "," << p.m.b << " shift "
                                         << p.m.shift;
@@ -97,8 +112,9 @@ TEST(QAdd, EveryKernelEqualsTheReference) {
         fn(q);
         ASSERT_EQ(inplace, want) << name << " in place, n=" << p.n;
       }
-      EXPECT_TRUE(shifts_seen[0] && shifts_seen[1]) << "both the narrow (shift >= 10) and the wide path";
-      std::printf("# %s: 400 random problems equal the reference\n", name);
+      EXPECT_TRUE(shifts_seen[0] && shifts_seen[1] && shifts_seen[2] && shifts_seen[3])
+          << "shifts below 10, 10-16 and above 37, 17-37, and a multiplier within 2^15 of 2^31";
+      std::printf("# %s: 600 random problems equal the reference\n", name);
     }
   };
 #define QF_KERNEL(op, isa, fn) check_add(&fn, Isa::isa, #fn);
