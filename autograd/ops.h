@@ -200,6 +200,13 @@ Variable log_softmax(const Variable& x, int axis = -1);
 /// [0, C)). With label_smoothing = e in [0, 1), the target of each row is
 /// (1 - e) on its class plus e/C on every class (PyTorch's definition).
 Variable cross_entropy(const Variable& logits, const Tensor& targets, double label_smoothing = 0);
+/// Knowledge distillation: T^2 times the batch mean of KL(q || p), where
+/// p = softmax(logits / T) and q = softmax(teacher_logits / T) row by row
+/// (Hinton et al.; the T^2 keeps the gradient's scale, T (p - q) / N, comparable
+/// across temperatures). teacher_logits is a constant of the logits' shape
+/// (any float dtype); ShapeError otherwise, ValueError for a temperature that
+/// is not finite and > 0 or a teacher logit that is not finite.
+Variable distillation_kl(const Variable& logits, const Tensor& teacher_logits, double temperature = 1);
 
 // ---- norm.cpp ---------------------------------------------------------------
 

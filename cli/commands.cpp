@@ -182,6 +182,21 @@ int run_train(const Recipe& r, const TrainArgs& args) {
     }
     std::printf("== FP32 weights from %s\n", r.pretrained.c_str());
   }
+  // A teacher for distillation: the recipe's model with the teacher's FP32
+  // weights, in eval mode, run without gradients on every training batch.
+  nn::ModulePtr teacher;
+  if (!r.distill_teacher.empty()) {
+    Generator tg(r.seed);
+    teacher = make_recipe_model(r, tg);
+    try {
+      trainers::load_model_from_checkpoint(r.distill_teacher, *teacher);
+    } catch (const Error& e) {
+      throw RecipeError(std::string("distill.teacher: ") + e.what());
+    }
+    teacher->eval();
+    std::printf("== distillation from %s: loss (1 - %g) * cross-entropy + %g * T^2 KL at T = %g\n",
+                r.distill_teacher.c_str(), r.distill_alpha, r.distill_alpha, r.distill_temperature);
+  }
   const int64_t per_epoch = r.max_steps_per_epoch > 0 ? std::min(r.max_steps_per_epoch, l.train->batches_per_epoch())
                                                       : l.train->batches_per_epoch();
   const bool qat = r.quant && r.quant_mode == "qat";
@@ -203,6 +218,18 @@ int run_train(const Recipe& r, const TrainArgs& args) {
     if (r.label_smoothing > 0)
       t.set_loss([ls = r.label_smoothing](const autograd::Variable& logits, const Tensor& y) {
         return autograd::cross_entropy(logits, y, ls);
+      });
+    if (teacher)
+      t.set_train_loss([&teacher, &r](const autograd::Variable& logits, const Tensor& x, const Tensor& y) {
+        Tensor soft;
+        {
+          autograd::NoGradGuard ng;
+          soft = (*teacher)(autograd::Variable(x)).value();
+        }
+        const autograd::Variable kd = autograd::distillation_kl(logits, soft, r.distill_temperature);
+        if (r.distill_alpha >= 1) return kd;
+        return autograd::scale(autograd::cross_entropy(logits, y, r.label_smoothing), 1 - r.distill_alpha) +
+               autograd::scale(kd, r.distill_alpha);
       });
     if (setup) setup(t);
     const auto results = t.fit();

@@ -105,7 +105,8 @@ const Field& schema() {
                          map("schedule", {number("fake_quant_from", 0, 1), number("freeze_bn", 0, 1),
                                           number("freeze_observers", 0, 1)}),
                          integer("calibration_images", 1, 1e7)}),
-           map("export", {boolean("enabled"), string("path"), boolean("validate")}), string("pretrained")});
+           map("export", {boolean("enabled"), string("path"), boolean("validate")}), string("pretrained"),
+           map("distill", {string("teacher"), number("alpha", 0, 1), number("temperature", 0, 100, true)})});
   return root;
 }
 
@@ -389,6 +390,13 @@ Recipe build(const YAML::Node& root, const Checker& c, const std::string& name, 
   r.pretrained = get<std::string>(root, "pretrained", "");
   if (c.check_files && !r.pretrained.empty() && !fs::is_regular_file(r.pretrained))
     c.fail(root["pretrained"], "pretrained", "no such file '" + r.pretrained + "'");
+  r.distill_teacher = get<std::string>(root, "distill.teacher", "");
+  r.distill_alpha = get<double>(root, "distill.alpha", r.distill_alpha);
+  r.distill_temperature = get<double>(root, "distill.temperature", r.distill_temperature);
+  if (root["distill"] && !root["distill"].IsNull() && r.distill_teacher.empty())
+    c.fail(root["distill"], "distill", "distillation needs a 'teacher' checkpoint");
+  if (c.check_files && !r.distill_teacher.empty() && !fs::is_regular_file(r.distill_teacher))
+    c.fail(root["distill"]["teacher"], "distill.teacher", "no such file '" + r.distill_teacher + "'");
   return r;
 }
 
@@ -489,6 +497,10 @@ std::string to_yaml(const Recipe& r) {
     << YAML::Key << "path" << YAML::Value << r.export_path << YAML::Key << "validate" << YAML::Value
     << r.validate_export << YAML::EndMap;
   if (!r.pretrained.empty()) e << YAML::Key << "pretrained" << YAML::Value << r.pretrained;
+  if (!r.distill_teacher.empty())
+    e << YAML::Key << "distill" << YAML::Value << YAML::BeginMap << YAML::Key << "teacher" << YAML::Value
+      << r.distill_teacher << YAML::Key << "alpha" << YAML::Value << r.distill_alpha << YAML::Key << "temperature"
+      << YAML::Value << r.distill_temperature << YAML::EndMap;
   e << YAML::EndMap;
   return std::string(e.c_str()) + "\n";
 }

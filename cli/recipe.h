@@ -6,7 +6,7 @@
 //   - unknown keys, with a "did you mean" among the keys allowed there;
 //   - wrong types (a list where a number belongs, "abc" for an integer);
 //   - out-of-range values (bits 1 to 8, lr > 0, ...) and unknown choices;
-//   - missing files (data directory, pretrained checkpoint).
+//   - missing files (data directory, pretrained and teacher checkpoints).
 // `--set key.path=value` overrides are applied to the YAML tree before the
 // checks, so they get the same checks (their errors name the --set).
 //
@@ -86,6 +86,14 @@ struct Recipe {
   bool validate_export = true;
   // start from
   std::string pretrained;
+  // distillation: every training step's loss is (1 - alpha) * the
+  // cross-entropy (label-smoothed as above) + alpha * T^2 KL(teacher || model)
+  // at temperature T (autograd::distillation_kl); the teacher is an FP32
+  // checkpoint of the recipe's model, run in eval mode. The test loss stays
+  // the cross-entropy.
+  std::string distill_teacher;  // "" : no distillation
+  double distill_alpha = 0.5;
+  double distill_temperature = 4;
 };
 
 /// Reads, overrides and checks a recipe. `sets` are "key.path=value" texts.

@@ -224,7 +224,7 @@ std::vector<EpochResult> Trainer::fit() {
 
       opt_->zero_grad();
       Variable logits = model_->forward(Variable(batch.x));
-      Variable loss = loss_(logits, batch.y);
+      Variable loss = train_loss_ ? train_loss_(logits, batch.x, batch.y) : loss_(logits, batch.y);
       info.loss = loss.value().item();
       // Checked before the update, so that the weights stay those of the
       // last good step.

@@ -117,6 +117,10 @@ class Trainer {
  public:
   /// Loss of a batch: logits and i32 targets -> a scalar Variable.
   using LossFn = std::function<autograd::Variable(const autograd::Variable& logits, const Tensor& targets)>;
+  /// Loss of a training step that also sees the batch's inputs (for
+  /// distillation: a teacher's logits of the same images).
+  using TrainLossFn = std::function<autograd::Variable(const autograd::Variable& logits, const Tensor& inputs,
+                                                       const Tensor& targets)>;
   /// Called with the trainer and the step (see on_step_begin / on_step_end).
   using StepHook = std::function<void(Trainer&, const StepInfo&)>;
   /// Called with the trainer and the 0-based epoch (see on_epoch_begin / on_epoch_end).
@@ -139,6 +143,9 @@ class Trainer {
   /// autograd::cross_entropy (the batch mean). It must return a one-element
   /// Variable; results are per-sample means only if it is a batch mean.
   void set_loss(LossFn fn) { loss_ = std::move(fn); }
+  /// Replaces the loss of fit()'s training steps only (evaluate() keeps the
+  /// loss of set_loss()); an empty function restores it.
+  void set_train_loss(TrainLossFn fn) { train_loss_ = std::move(fn); }
   /// Adds a hook run before each training step, after its lr is set on the
   /// optimizer; info.loss is NaN.
   void on_step_begin(StepHook h) { step_begin_.push_back(std::move(h)); }
@@ -185,6 +192,7 @@ class Trainer {
   std::shared_ptr<data::DataLoader> train_, test_;
   TrainerOptions opt_cfg_;
   LossFn loss_;
+  TrainLossFn train_loss_;
   std::vector<StepHook> step_begin_, step_end_;
   std::vector<EpochHook> epoch_begin_, epoch_end_;
   std::map<std::string, Tensor> extra_;

@@ -142,4 +142,52 @@ Variable cross_entropy(const Variable& logits, const Tensor& targets, double lab
   });
 }
 
+Variable distillation_kl(const Variable& logits, const Tensor& teacher_logits, double temperature) {
+  const Tensor& xv = logits.value();
+  detail::common_float_dtype({&xv}, "distillation_kl");
+  QF_CHECK_SHAPE(xv.ndim() == 2 && xv.size(0) >= 1 && xv.size(1) >= 1)
+      << "distillation_kl: logits must be [N, C], got " << xv.desc();
+  QF_CHECK_SHAPE(teacher_logits.defined() && teacher_logits.shape() == xv.shape())
+      << "distillation_kl: teacher logits " << teacher_logits.desc() << " do not match the logits " << xv.desc();
+  QF_CHECK(std::isfinite(temperature) && temperature > 0)
+      << "distillation_kl: temperature must be finite and > 0, got " << temperature;
+  const int64_t N = xv.size(0), C = xv.size(1);
+  const Tensor t = teacher_logits.to(xv.dtype());
+  // log p_s and log p_t of the logits divided by the temperature.
+  Tensor logp = Tensor::empty(xv.shape(), xv.dtype()), logq = Tensor::empty(xv.shape(), xv.dtype());
+  Tensor loss = Tensor::empty({}, xv.dtype());
+  detail::with_float(xv, "distillation_kl", [&](auto tag) {
+    using T = decltype(tag);
+    const T inv = static_cast<T>(1 / temperature);
+    const T* px = xv.data<T>();
+    const T* pt = t.data<T>();
+    T* lp = logp.data<T>();
+    T* lq = logq.data<T>();
+    for (int64_t i = 0; i < N * C; ++i) {
+      QF_CHECK(std::isfinite(pt[i])) << "distillation_kl: teacher logit " << i << " is " << pt[i];
+      lp[i] = px[i] * inv;
+      lq[i] = pt[i] * inv;
+    }
+    softmax_kernel<T>(lp, lp, AxisView{N, C, 1}, true);
+    softmax_kernel<T>(lq, lq, AxisView{N, C, 1}, true);
+    double acc = 0;
+    for (int64_t i = 0; i < N * C; ++i) acc += std::exp(static_cast<double>(lq[i])) * (lq[i] - lp[i]);
+    loss.data<T>()[0] = static_cast<T>(acc * temperature * temperature / static_cast<double>(N));
+  });
+  if (!any_requires_grad({&logits})) return Variable(loss);
+  return Variable::make(loss, {&logits}, "distillation_kl", [logp, logq, N, temperature](const Tensor& g, GradSink& out) {
+    Tensor dx = Tensor::empty(logp.shape(), logp.dtype());
+    detail::with_float(logp, "distillation_kl backward", [&](auto tag) {
+      using T = decltype(tag);
+      // d/dx of T^2 KL(q || softmax(x / T)) is T (p - q).
+      const T s = g.data<T>()[0] * static_cast<T>(temperature / static_cast<double>(N));
+      const T* lp = logp.data<T>();
+      const T* lq = logq.data<T>();
+      T* pd = dx.data<T>();
+      for (int64_t i = 0; i < logp.numel(); ++i) pd[i] = (std::exp(lp[i]) - std::exp(lq[i])) * s;
+    });
+    out.add(0, dx);
+  });
+}
+
 }  // namespace qforge::autograd

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "tests/autograd/gradcheck.h"
 
 using namespace qforge;
@@ -30,6 +32,48 @@ TEST(LossGrad, CrossEntropy) {
   for (double e : {0.1, 0.5, 0.95})
     expect_jacobian([t, e](const std::vector<Variable>& v) { return cross_entropy(v[0], t, e); },
                     {rand64({5, 5}, g, -3, 3)});
+}
+
+TEST(LossGrad, DistillationKl) {
+  Generator g(64);
+  for (double temp : {1.0, 4.0, 0.5}) {
+    const Tensor teacher = rand64({4, 6}, g, -3, 3);
+    expect_jacobian([teacher, temp](const std::vector<Variable>& v) { return distillation_kl(v[0], teacher, temp); },
+                    {rand64({4, 6}, g, -3, 3)});
+  }
+}
+
+TEST(Loss, DistillationKlValue) {
+  // T^2 / N * sum_i sum_c q_ic (log q_ic - log p_ic), written out by hand.
+  Tensor x = Tensor::from_vector<float>({1, 2, 3, 0.5f, -1, 2}, {2, 3});
+  Tensor t = Tensor::from_vector<float>({0, 2, 1, 3, 3, -2}, {2, 3});
+  for (double temp : {1.0, 3.0}) {
+    double expect = 0;
+    for (int i = 0; i < 2; ++i) {
+      double zx = 0, zt = 0;
+      for (int c = 0; c < 3; ++c) {
+        zx += std::exp(x.item(i * 3 + c) / temp);
+        zt += std::exp(t.item(i * 3 + c) / temp);
+      }
+      for (int c = 0; c < 3; ++c) {
+        const double q = std::exp(t.item(i * 3 + c) / temp) / zt, p = std::exp(x.item(i * 3 + c) / temp) / zx;
+        expect += q * (std::log(q) - std::log(p));
+      }
+    }
+    EXPECT_NEAR(distillation_kl(Variable(x), t, temp).value().item(), expect * temp * temp / 2, 1e-5);
+  }
+  // Equal logits: no loss and no gradient.
+  Variable same(x.clone(), true);
+  Variable l = distillation_kl(same, x, 2.0);
+  EXPECT_NEAR(l.value().item(), 0, 1e-6);
+  l.backward();
+  for (int64_t i = 0; i < 6; ++i) EXPECT_NEAR(same.grad().item(i), 0, 1e-7);
+  EXPECT_THROW(distillation_kl(Variable(x), Tensor::zeros({2, 4}), 1), ShapeError);
+  EXPECT_THROW(distillation_kl(Variable(x), t, 0), ValueError);
+  EXPECT_THROW(distillation_kl(Variable(x), t, -1), ValueError);
+  Tensor bad = t.clone();
+  bad.data<float>()[4] = NAN;
+  EXPECT_THROW(distillation_kl(Variable(x), bad, 1), ValueError);
 }
 
 TEST(Loss, LabelSmoothingValue) {

@@ -220,6 +220,30 @@ TEST_F(Cli, PtqAndLsqRecipesRun) {
   EXPECT_EQ(field(l.json, "int8_accuracy"), field(l.json, "test_accuracy"));
 }
 
+TEST_F(Cli, QatDistillsFromAnFp32TeacherAndAMismatchedTeacherIsABadInput) {
+  const CliRun fp32 = run("train " + kSource +
+                          "/recipes/mnist_fp32.yaml --set training.epochs=1 --set training.max_steps_per_epoch=30 "
+                          "--out " + path("teacher"));
+  ASSERT_EQ(fp32.code, 0) << fp32.out;
+  const std::string teacher = path("teacher") + "/fp32/ckpt/epoch_0001.h5";
+  // QAT from that model with the distillation term alone (alpha 1): the
+  // student sees no label and keeps the teacher's accuracy. (That a student
+  // learns from a teacher alone: TrainerTest's distillation test.)
+  const CliRun q = run("train " + kSource +
+                       "/recipes/mnist_qat_int8.yaml --set training.epochs=0 --set pretrained=" + teacher +
+                       " --set quant.epochs=1 --set training.max_steps_per_epoch=12 --set distill.teacher=" + teacher +
+                       " --set distill.alpha=1 --set distill.temperature=2 --out " + path("kd"));
+  ASSERT_EQ(q.code, 0) << q.out;
+  EXPECT_NE(q.out.find("== distillation from " + teacher), std::string::npos) << q.out;
+  EXPECT_GT(std::stod(field(q.json, "test_accuracy")), 80.0) << q.out;
+  EXPECT_EQ(field(q.json, "int8_mismatches"), "0");
+  // A teacher whose weights do not fit the recipe's model.
+  const CliRun bad = run("train " + kSource + "/recipes/mnist_fp32.yaml --set model.name=lenet5 --set distill.teacher=" +
+                         teacher + " --out " + path("bad"));
+  EXPECT_EQ(bad.code, 2) << bad.out;
+  EXPECT_NE(bad.json.find("distill.teacher: "), std::string::npos) << bad.json;
+}
+
 TEST_F(Cli, LstmRecipeExportsTheIntegerLstm) {
   const CliRun t = run("train " + kSource +
                        "/recipes/mnist_lstm_qat_int8.yaml --set training.epochs=1 --set training.max_steps_per_epoch=8 "

@@ -85,7 +85,7 @@ TEST(Recipe, EveryBadInputGetsOneMessageWithLineAndColumn) {
   // unknown key, with a suggestion
   EXPECT_EQ(error_of("model:\n  name: mnist_cnn\ntraning:\n  epochs: 2\n"),
             "r.yaml:3:1: traning: unknown key 'traning'; did you mean 'training'? (known here: model, data, "
-            "training, quant, export, pretrained)");
+            "training, quant, export, pretrained, distill)");
   EXPECT_NE(error_of("training:\n  optimiser: {name: sgd}\n").find("r.yaml:2:3: training.optimiser: unknown key "
                                                                     "'optimiser'; did you mean 'optimizer'?"),
             std::string::npos);
@@ -119,6 +119,11 @@ TEST(Recipe, EveryBadInputGetsOneMessageWithLineAndColumn) {
   // missing files
   EXPECT_EQ(error_of("data:\n  dir: /no/such/dir\n"), "r.yaml:2:8: data.dir: no such directory '/no/such/dir'");
   EXPECT_EQ(error_of("pretrained: /no/such.h5\n"), "r.yaml:1:13: pretrained: no such file '/no/such.h5'");
+  EXPECT_EQ(error_of("distill:\n  teacher: /no/such.h5\n"),
+            "r.yaml:2:12: distill.teacher: no such file '/no/such.h5'");
+  EXPECT_EQ(error_of("distill: {alpha: 0.5}\n"), "r.yaml:1:10: distill: distillation needs a 'teacher' checkpoint");
+  EXPECT_EQ(error_of("distill: {alpha: 1.5}\n"), "r.yaml:1:18: distill.alpha: must be in [0, 1], got 1.5");
+  EXPECT_EQ(error_of("distill: {temperature: 0}\n"), "r.yaml:1:24: distill.temperature: must be in (0, 100], got 0");
   // syntax
   EXPECT_NE(error_of("a: [\n").find("r.yaml:2:1: YAML syntax error"), std::string::npos);
   EXPECT_THROW(parse_recipe("/no/such/recipe.yaml"), RecipeError);
@@ -128,8 +133,11 @@ TEST(Recipe, ResolvedYamlParsesBackToTheSameRecipe) {
   const Recipe a = parse_recipe(kSource + "/recipes/mnist_lsq_w4a4.yaml",
                                 {"quant.overrides=[{match: fc, weight_bits: 8}]", "training.optimizer.name=sgd",
                                  "training.optimizer.nesterov=true", "training.label_smoothing=0.05",
-                                 "training.optimizer.decay_vectors=false", "quant.lsq_init=data"},
+                                 "training.optimizer.decay_vectors=false", "quant.lsq_init=data",
+                                 "distill.teacher=" + kSource + "/recipes/mnist_fp32.yaml", "distill.temperature=2"},
                                 kSource);
+  EXPECT_DOUBLE_EQ(a.distill_alpha, 0.5);
+  EXPECT_DOUBLE_EQ(a.distill_temperature, 2);
   EXPECT_FALSE(a.decay_vectors);
   EXPECT_EQ(a.lsq_init, "data");
   const Recipe b = parse_recipe_text(to_yaml(a), "resolved.yaml", {}, kSource);
@@ -141,6 +149,8 @@ TEST(Recipe, ResolvedYamlParsesBackToTheSameRecipe) {
   EXPECT_EQ(b.overrides[0].weight_bits, 8);
   EXPECT_TRUE(b.nesterov);
   EXPECT_DOUBLE_EQ(b.label_smoothing, 0.05);
+  EXPECT_EQ(b.distill_teacher, a.distill_teacher);
+  EXPECT_DOUBLE_EQ(b.distill_temperature, 2);
 }
 
 TEST(Recipe, QuantSectionBecomesTheQConfigMap) {

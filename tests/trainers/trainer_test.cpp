@@ -283,6 +283,37 @@ TEST_F(TrainerTest, AFreshRunClearsAnEarlierRunsCheckpoints) {
   EXPECT_FALSE(fs::exists(sub("o/ckpt/epoch_0003.h5")));
 }
 
+TEST_F(TrainerTest, ATrainLossSeesTheInputsAndDistillsATeacherWithoutLabels) {
+  // A teacher trained on the labels.
+  manual_seed(11);
+  TrainRun t = make_run(sub("teacher"), 3, false, 5);
+  ASSERT_GT(t.trainer->fit().back().test.accuracy, 90.0);
+  t.model->eval();
+  // A student from another initialization whose training loss is the
+  // distillation term alone: it never sees a label, so its accuracy comes
+  // from the teacher. The test loss stays set_loss()'s.
+  TrainRun s = make_run(sub("student"), 3, false, 6);
+  int train_calls = 0, eval_calls = 0;
+  s.trainer->set_loss([&](const autograd::Variable& logits, const Tensor& y) {
+    ++eval_calls;
+    return autograd::cross_entropy(logits, y);
+  });
+  s.trainer->set_train_loss([&](const autograd::Variable& logits, const Tensor& x, const Tensor& y) {
+    ++train_calls;
+    EXPECT_EQ(x.shape(), (Shape{y.numel(), 1, 8, 8}));
+    Tensor soft;
+    {
+      autograd::NoGradGuard ng;
+      soft = (*t.model)(autograd::Variable(x)).value();
+    }
+    return autograd::distillation_kl(logits, soft, 2.0);
+  });
+  const auto res = s.trainer->fit();
+  EXPECT_EQ(train_calls, 30);
+  EXPECT_EQ(eval_calls, 3 * 4);  // 64 test images in batches of 16, after each epoch
+  EXPECT_GT(res.back().test.accuracy, 90.0);
+}
+
 TEST(CountCorrect, ArgmaxAgainstTargets) {
   Tensor logits = Tensor::from_vector<float>({0.1f, 0.9f, 2.0f, -1.0f, 0.0f, 0.5f}, {3, 2});
   Tensor y = Tensor::from_vector<int32_t>({1, 0, 0}, {3});
