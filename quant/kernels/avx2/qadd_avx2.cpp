@@ -1,6 +1,9 @@
-// AVX2 quantized add: qmath's add rule on 4 int64 lanes at a time, 16 codes
-// per step. The products of the zero-point offsets and the multipliers are
-// exact (vpmuldq). AVX2 has no 64-bit arithmetic shift, so the floor of
+// AVX2 quantized add: qmath's add rule, exactly.
+// - Shifts 17 to 37 (every practical scale ratio, 2^-7 to 2^14): 32 codes per
+//   step in 32-bit lanes, the multipliers split at bit 16 into vpmaddwd
+//   (add_split.h).
+// - Other shifts: 4 int64 lanes at a time, 16 codes per step. The products of
+//   the zero-point offsets and the multipliers are exact (vpmuldq). AVX2 has no 64-bit arithmetic shift, so the floor of
 // v / 2^shift is built from the logical one: for v < 0, ~v >= 0 and
 // ~(~v >> s) = floor(v / 2^s). The remainder then decides the rounding, ties
 // to even, as in rounding_shift(). A tail goes through zero-padded copies.
@@ -8,6 +11,7 @@
 
 #include <cstring>
 
+#include "quant/kernels/add_split.h"
 #include "quant/kernels/kernels.h"
 
 namespace qforge::quant::kernels {
@@ -55,9 +59,73 @@ inline __m128i add16(__m128i a, __m128i b, const AddConsts& c) {
   return _mm_packus_epi16(_mm_packs_epi32(d0, d1), _mm_packs_epi32(d2, d3));
 }
 
+/// The split form (add_split.h) in registers.
+struct SplitConsts {
+  __m256i m_lo, m_hi, l0, h0, bit, parity_ref, lo, hi;
+  __m128i u;
+};
+
+/// 8 output codes (dwords, unclamped) of 8 (a, b) int16 pairs. odd is a
+/// 0 / -1 mask: bit u of t compared with the value that means odd.
+inline __m256i split8(__m256i pairs, const SplitConsts& c) {
+  const __m256i l = _mm256_add_epi32(c.l0, _mm256_madd_epi16(pairs, c.m_lo));
+  const __m256i h = _mm256_add_epi32(c.h0, _mm256_madd_epi16(pairs, c.m_hi));
+  const __m256i t = _mm256_add_epi32(h, _mm256_srai_epi32(l, 16));
+  const __m256i odd = _mm256_cmpeq_epi32(_mm256_and_si256(t, c.bit), c.parity_ref);
+  return _mm256_sra_epi32(_mm256_add_epi32(h, _mm256_srai_epi32(_mm256_sub_epi32(l, odd), 16)), c.u);
+}
+
+/// 32 codes: the unpacks interleave a and b as int16 pairs, in the lane
+/// order that vpackssdw and vpackuswb undo; the packs saturate to [0, 255],
+/// then the clamp to [lo, hi] runs on bytes.
+inline __m256i add32_split(__m256i a, __m256i b, const SplitConsts& c) {
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i ab0 = _mm256_unpacklo_epi8(a, b), ab1 = _mm256_unpackhi_epi8(a, b);
+  const __m256i r0 = split8(_mm256_unpacklo_epi8(ab0, zero), c);
+  const __m256i r1 = split8(_mm256_unpackhi_epi8(ab0, zero), c);
+  const __m256i r2 = split8(_mm256_unpacklo_epi8(ab1, zero), c);
+  const __m256i r3 = split8(_mm256_unpackhi_epi8(ab1, zero), c);
+  const __m256i y = _mm256_packus_epi16(_mm256_packs_epi32(r0, r1), _mm256_packs_epi32(r2, r3));
+  return _mm256_min_epu8(_mm256_max_epu8(y, c.lo), c.hi);
+}
+
+void add_blocks_split(const QAddParams& p, const AddSplit& s) {
+  SplitConsts c;
+  c.m_lo = _mm256_set1_epi32(s.m_lo);
+  c.m_hi = _mm256_set1_epi32(s.m_hi);
+  c.l0 = _mm256_set1_epi32(s.l0);
+  c.h0 = _mm256_set1_epi32(s.h0);
+  c.bit = _mm256_set1_epi32(s.bit);
+  c.parity_ref = _mm256_set1_epi32(s.zp_odd ? 0 : s.bit);
+  c.lo = _mm256_set1_epi8(static_cast<char>(p.out_lo));
+  c.hi = _mm256_set1_epi8(static_cast<char>(p.out_hi));
+  c.u = _mm_cvtsi32_si128(s.u);
+  int64_t i = 0;
+  for (; i + 32 <= p.n; i += 32) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.a + i));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.b + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p.y + i), add32_split(a, b, c));
+  }
+  if (i < p.n) {
+    const size_t rest = static_cast<size_t>(p.n - i);
+    alignas(32) uint8_t ta[32] = {}, tb[32] = {}, ty[32];
+    std::memcpy(ta, p.a + i, rest);
+    std::memcpy(tb, p.b + i, rest);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(ty),
+                       add32_split(_mm256_load_si256(reinterpret_cast<const __m256i*>(ta)),
+                                   _mm256_load_si256(reinterpret_cast<const __m256i*>(tb)), c));
+    std::memcpy(p.y + i, ty, rest);
+  }
+}
+
 }  // namespace
 
 void qu8_add__avx2_4l(const QAddParams& p) {
+  AddSplit split;
+  if (add_split(p, &split)) {
+    add_blocks_split(p, split);
+    return;
+  }
   AddConsts c;
   c.zpa = _mm256_set1_epi64x(p.a_zero_point);
   c.zpb = _mm256_set1_epi64x(p.b_zero_point);

@@ -2,13 +2,15 @@
 // the shift s of the multipliers (the rule needs 40-bit sums: offsets from
 // the zero points of 9 bits signed times multipliers below 2^31).
 // - 17 <= s <= 37 (every practical scale ratio, 2^-7 to 2^14): 64 codes per
-//   step in 32-bit lanes, the multipliers split at bit 16 (add64_split).
+//   step in 32-bit lanes, the multipliers split at bit 16 into vpdpwssd
+//   (add_split.h).
 // - Other shifts of 10 and more: 16 codes per step, exact 64-bit products
 //   (vpmuldq) in the even and odd dword lanes (add16_narrow).
 // - Shifts below 10: 8 int64 lanes at a time (add16).
 // Tails use masked loads and stores.
 #include <immintrin.h>
 
+#include "quant/kernels/add_split.h"
 #include "quant/kernels/kernels.h"
 
 namespace qforge::quant::kernels {
@@ -72,55 +74,22 @@ inline __m128i add16_narrow(__m128i a, __m128i b, const NarrowConsts& c) {
   return _mm512_cvtepi32_epi8(q);
 }
 
-/// The rule on 64 codes in 32-bit lanes, for 17 <= s <= 37. Each multiplier
-/// splits as m = mh * 2^16 + ml with ml in [-2^15, 2^15) and mh < 2^15, so
-/// that the codes interleaved as int16 pairs (a, b) meet them in vpdpwssd:
-///   L = a * ml_a + b * ml_b - (zp_a * ml_a + zp_b * ml_b)   (|L| < 2^25)
-///   H = the same with mh                                      (|H| < 2^25)
-/// and the exact sum is v = H * 2^16 + L. With u = s - 16, Kh = 2^(u-1) - 1
-/// and K = 2^(s-1) - 1 = Kh * 2^16 + 0xFFFF, the half-to-even rounding
-///   floor((v + K + odd) / 2^s) = floor((H + Kh + floor((L + 0xFFFF + odd) / 2^16)) / 2^u)
-/// (nested floors), odd being the parity of floor(v / 2^s). That parity only
-/// matters on a tie, v = (2q + 1) * 2^(s-1), where L is a multiple of 2^16,
-/// so (L + 0xFFFF) >> 16 is exact there and bit u of
-///   T = H + Kh + zp_out * 2^u + ((L + 0xFFFF) >> 16) = (q + zp_out) * 2^u + 2^u - 1
-/// is the parity of q + zp_out. Elsewhere any odd gives the same result. The
-/// accumulators start at the constant terms (0xFFFF in L; Kh and
-/// zp_out * 2^u in H, below 2^30 as u <= 21), so a code is
-/// (H + ((L + odd) >> 16)) >> u. vpackssdw and vpackuswb saturate to
-/// [0, 255], then the clamp to [lo, hi] runs on bytes; the packs undo the
-/// lane order of the unpacks.
+/// The split form (add_split.h) in registers.
 struct SplitConsts {
   __m512i m_lo, m_hi, l0, h0, bit, lo, hi;
   __m128i u;
 };
 
-/// The split form applies: the shift is in range and both high halves fit
-/// int16.
-bool split_applies(const AddMultipliers& m) {
-  const auto high = [](int64_t v) { return (v - ((v + 0x8000) % 0x10000 - 0x8000)) >> 16; };
-  return m.shift >= 17 && m.shift <= 37 && high(m.a) < 0x8000 && high(m.b) < 0x8000;
-}
-
-SplitConsts split_consts(const QAddParams& p) {
-  const auto low = [](int64_t v) { return (v + 0x8000) % 0x10000 - 0x8000; };
-  const int64_t la = low(p.m.a), lb = low(p.m.b), ha = (p.m.a - la) >> 16, hb = (p.m.b - lb) >> 16;
-  const int32_t u = p.m.shift - 16;
-  const auto pair = [](int64_t x, int64_t y) {
-    return static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint16_t>(x)) |
-                                (static_cast<uint32_t>(static_cast<uint16_t>(y)) << 16));
-  };
+SplitConsts split_consts(const AddSplit& a, const QAddParams& p) {
   SplitConsts c;
-  c.m_lo = _mm512_set1_epi32(pair(la, lb));
-  c.m_hi = _mm512_set1_epi32(pair(ha, hb));
-  c.l0 = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF - p.a_zero_point * la - p.b_zero_point * lb));
-  c.h0 = _mm512_set1_epi32(static_cast<int32_t>(-p.a_zero_point * ha - p.b_zero_point * hb +
-                                                ((int64_t{1} << (u - 1)) - 1) +
-                                                (static_cast<int64_t>(p.out_zero_point) << u)));
-  c.bit = _mm512_set1_epi32(int32_t{1} << u);
+  c.m_lo = _mm512_set1_epi32(a.m_lo);
+  c.m_hi = _mm512_set1_epi32(a.m_hi);
+  c.l0 = _mm512_set1_epi32(a.l0);
+  c.h0 = _mm512_set1_epi32(a.h0);
+  c.bit = _mm512_set1_epi32(a.bit);
   c.lo = _mm512_set1_epi8(static_cast<char>(p.out_lo));
   c.hi = _mm512_set1_epi8(static_cast<char>(p.out_hi));
-  c.u = _mm_cvtsi32_si128(u);
+  c.u = _mm_cvtsi32_si128(a.u);
   return c;
 }
 
@@ -135,6 +104,9 @@ inline __m512i split16(__m512i pairs, const SplitConsts& c) {
   return _mm512_sra_epi32(_mm512_add_epi32(h, _mm512_srai_epi32(l_odd, 16)), c.u);
 }
 
+/// 64 codes: the unpacks interleave a and b as int16 pairs, in the lane
+/// order that vpackssdw and vpackuswb undo; the packs saturate to [0, 255],
+/// then the clamp to [lo, hi] runs on bytes.
 template <bool ZpOdd>
 inline __m512i add64_split(__m512i a, __m512i b, const SplitConsts& c) {
   const __m512i zero = _mm512_setzero_si512();
@@ -149,8 +121,8 @@ inline __m512i add64_split(__m512i a, __m512i b, const SplitConsts& c) {
 }
 
 template <bool ZpOdd>
-void add_split(const QAddParams& p) {
-  const SplitConsts c = split_consts(p);
+void add_blocks_split(const QAddParams& p, const AddSplit& split) {
+  const SplitConsts c = split_consts(split, p);
   int64_t i = 0;
   for (; i + 64 <= p.n; i += 64) {
     const __m512i a = _mm512_loadu_si512(p.a + i), b = _mm512_loadu_si512(p.b + i);
@@ -184,11 +156,12 @@ inline void add_blocks(const QAddParams& p, Add16 add16) {
 }  // namespace
 
 void qu8_add__avx512_16(const QAddParams& p) {
-  if (split_applies(p.m)) {
-    if (p.out_zero_point & 1)
-      add_split<true>(p);
+  AddSplit split;
+  if (add_split(p, &split)) {
+    if (split.zp_odd)
+      add_blocks_split<true>(p, split);
     else
-      add_split<false>(p);
+      add_blocks_split<false>(p, split);
     return;
   }
   if (p.m.shift >= 10) {
