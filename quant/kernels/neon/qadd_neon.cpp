@@ -1,5 +1,9 @@
-// NEON quantized add: qmath's add rule on 2 int64 lanes per vector, 8 codes
-// per step. The zero-point offsets (int16) times the multipliers (< 2^31) are
+// NEON quantized add: qmath's add rule, exactly, 8 codes per step.
+// - Shifts 17 to 37 (every practical scale ratio, 2^-7 to 2^14): 32-bit
+//   lanes, the multipliers split at bit 16 into widening multiply-adds
+//   (vmlal_n_s16; add_split.h).
+// - Other shifts: 2 int64 lanes per vector. The zero-point offsets (int16)
+//   times the multipliers (< 2^31) are
 // exact widening products (vmull_s32); the sum is shifted right
 // arithmetically (vshlq_s64 by -shift, a floor), and the remainder against
 // half of 2^shift adds the half-to-even correction, as in rounding_shift().
@@ -8,6 +12,7 @@
 
 #include <cstring>
 
+#include "quant/kernels/add_split.h"
 #include "quant/kernels/kernels.h"
 
 namespace qforge::quant::kernels {
@@ -50,9 +55,65 @@ inline uint8x8_t add8(uint8x8_t a, uint8x8_t b, const AddConsts& c) {
   return vmovn_u16(vreinterpretq_u16_s16(vcombine_s16(vmovn_s32(lo32), vmovn_s32(hi32))));
 }
 
+/// The split form (add_split.h) in registers.
+struct SplitConsts {
+  int16_t ml_a, ml_b, mh_a, mh_b;
+  int32x4_t l0, h0, bit, neg_u;
+  uint32x4_t flip;  // all ones when the output zero point is odd
+  uint8x8_t lo, hi;
+};
+
+/// 4 output codes (unclamped) of 4 codes each of a and b (as int16).
+inline int32x4_t split4(int16x4_t a, int16x4_t b, const SplitConsts& c) {
+  int32x4_t l = vmlal_n_s16(vmlal_n_s16(c.l0, a, c.ml_a), b, c.ml_b);
+  const int32x4_t h = vmlal_n_s16(vmlal_n_s16(c.h0, a, c.mh_a), b, c.mh_b);
+  const uint32x4_t odd = veorq_u32(vtstq_s32(vsraq_n_s32(h, l, 16), c.bit), c.flip);  // -1 where odd
+  l = vsubq_s32(l, vreinterpretq_s32_u32(odd));
+  return vshlq_s32(vsraq_n_s32(h, l, 16), c.neg_u);
+}
+
+/// 8 codes: saturating narrows to [0, 255], then the clamp to [lo, hi].
+inline uint8x8_t add8_split(uint8x8_t a, uint8x8_t b, const SplitConsts& c) {
+  const int16x8_t a16 = vreinterpretq_s16_u16(vmovl_u8(a)), b16 = vreinterpretq_s16_u16(vmovl_u8(b));
+  const int32x4_t r0 = split4(vget_low_s16(a16), vget_low_s16(b16), c);
+  const int32x4_t r1 = split4(vget_high_s16(a16), vget_high_s16(b16), c);
+  const uint8x8_t y = vqmovun_s16(vcombine_s16(vqmovn_s32(r0), vqmovn_s32(r1)));
+  return vmin_u8(vmax_u8(y, c.lo), c.hi);
+}
+
+void add_blocks_split(const QAddParams& p, const AddSplit& s) {
+  SplitConsts c;
+  c.ml_a = static_cast<int16_t>(s.m_lo & 0xFFFF);
+  c.ml_b = static_cast<int16_t>(static_cast<uint32_t>(s.m_lo) >> 16);
+  c.mh_a = static_cast<int16_t>(s.m_hi & 0xFFFF);
+  c.mh_b = static_cast<int16_t>(static_cast<uint32_t>(s.m_hi) >> 16);
+  c.l0 = vdupq_n_s32(s.l0);
+  c.h0 = vdupq_n_s32(s.h0);
+  c.bit = vdupq_n_s32(s.bit);
+  c.neg_u = vdupq_n_s32(-s.u);
+  c.flip = vdupq_n_u32(s.zp_odd ? ~0u : 0u);
+  c.lo = vdup_n_u8(static_cast<uint8_t>(p.out_lo));
+  c.hi = vdup_n_u8(static_cast<uint8_t>(p.out_hi));
+  int64_t i = 0;
+  for (; i + 8 <= p.n; i += 8) vst1_u8(p.y + i, add8_split(vld1_u8(p.a + i), vld1_u8(p.b + i), c));
+  if (i < p.n) {
+    const size_t rest = static_cast<size_t>(p.n - i);
+    uint8_t ta[8] = {}, tb[8] = {}, ty[8];
+    std::memcpy(ta, p.a + i, rest);
+    std::memcpy(tb, p.b + i, rest);
+    vst1_u8(ty, add8_split(vld1_u8(ta), vld1_u8(tb), c));
+    std::memcpy(p.y + i, ty, rest);
+  }
+}
+
 }  // namespace
 
 void qu8_add__neon_8(const QAddParams& p) {
+  AddSplit split;
+  if (add_split(p, &split)) {
+    add_blocks_split(p, split);
+    return;
+  }
   AddConsts c;
   c.ma = vdup_n_s32(static_cast<int32_t>(p.m.a));
   c.mb = vdup_n_s32(static_cast<int32_t>(p.m.b));
