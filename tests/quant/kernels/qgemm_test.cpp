@@ -231,6 +231,26 @@ TEST(QGemm, PrePackedWeightsGiveTheSameResult) {
   }
 }
 
+TEST(QGemm, BytesLeftByAnEarlierCallAddNothing) {
+  // Kernels keep per-thread buffers of gathered rows (AMX: one pass of up to
+  // 64 rows, each K rounded up to a 64-byte chunk), not cleared between
+  // calls. A call whose rows were all 255 fills them; the next calls' K
+  // ends mid-chunk (and M mid-block), so their rows' tails hold those bytes.
+  for (const auto& [isa, t] : runnable_tables()) {
+    std::mt19937 rng(12);
+    for (const auto& [k0, k1] : std::vector<std::pair<int64_t, int64_t>>{{128, 100}, {256, 65}, {192, 129}, {320, 259}}) {
+      for (const int64_t n : {16, 40}) {
+        Problem fill = make_problem(64, n, k0, rng);
+        std::fill(fill.a.begin(), fill.a.end(), uint8_t{255});
+        run(t.qgemm, fill.p);
+        Problem pr = make_problem(37, n, k1, rng);
+        ASSERT_EQ(run(t.qgemm, pr.p), run(&qu8s8_gemm_requant__ref, pr.p)) << isa_name(isa) << " K " << k0 << " then " << k1
+                                                                          << ", N " << n;
+      }
+    }
+  }
+}
+
 /// p with A's rows as S runs of `pool` at `offsets` (see QGemmParams::a_offsets).
 QGemmParams segmented(const QGemmParams& p, const std::vector<uint8_t>& pool, const std::vector<int64_t>& offsets,
                       int64_t S, int64_t stride) {
