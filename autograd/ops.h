@@ -205,7 +205,7 @@ Variable cross_entropy(const Variable& logits, const Tensor& targets, double lab
 /// (Hinton et al.; the T^2 keeps the gradient's scale, T (p - q) / N, comparable
 /// across temperatures). teacher_logits is a constant of the logits' shape
 /// (any float dtype); ShapeError otherwise, ValueError for a temperature that
-/// is not finite and > 0 or a teacher logit that is not finite.
+/// is not finite and >= 1e-6 or a teacher logit that is not finite.
 Variable distillation_kl(const Variable& logits, const Tensor& teacher_logits, double temperature = 1);
 
 // ---- norm.cpp ---------------------------------------------------------------

@@ -194,8 +194,8 @@ int run_train(const Recipe& r, const TrainArgs& args) {
       throw RecipeError(std::string("distill.teacher: ") + e.what());
     }
     teacher->eval();
-    std::printf("== distillation from %s: loss (1 - %g) * cross-entropy + %g * T^2 KL at T = %g\n",
-                r.distill_teacher.c_str(), r.distill_alpha, r.distill_alpha, r.distill_temperature);
+    std::printf("== distillation from %s: loss %g * cross-entropy + %g * T^2 KL(teacher || model) at T = %g\n",
+                r.distill_teacher.c_str(), 1 - r.distill_alpha, r.distill_alpha, r.distill_temperature);
   }
   const int64_t per_epoch = r.max_steps_per_epoch > 0 ? std::min(r.max_steps_per_epoch, l.train->batches_per_epoch())
                                                       : l.train->batches_per_epoch();

@@ -106,7 +106,7 @@ const Field& schema() {
                                           number("freeze_observers", 0, 1)}),
                          integer("calibration_images", 1, 1e7)}),
            map("export", {boolean("enabled"), string("path"), boolean("validate")}), string("pretrained"),
-           map("distill", {string("teacher"), number("alpha", 0, 1), number("temperature", 0, 100, true)})});
+           map("distill", {string("teacher"), number("alpha", 0, 1, true), number("temperature", 0, 100, true)})});
   return root;
 }
 
@@ -395,6 +395,8 @@ Recipe build(const YAML::Node& root, const Checker& c, const std::string& name, 
   r.distill_temperature = get<double>(root, "distill.temperature", r.distill_temperature);
   if (root["distill"] && !root["distill"].IsNull() && r.distill_teacher.empty())
     c.fail(root["distill"], "distill", "distillation needs a 'teacher' checkpoint");
+  if (!r.distill_teacher.empty() && r.epochs == 0 && !(r.quant && r.quant_mode == "qat"))
+    c.fail(root["distill"], "distill", "no training step runs to distill into (training.epochs is 0 and no QAT stage)");
   if (c.check_files && !r.distill_teacher.empty() && !fs::is_regular_file(r.distill_teacher))
     c.fail(root["distill"]["teacher"], "distill.teacher", "no such file '" + r.distill_teacher + "'");
   return r;

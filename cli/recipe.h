@@ -86,7 +86,7 @@ struct Recipe {
   bool validate_export = true;
   // start from
   std::string pretrained;
-  // distillation: every training step's loss is (1 - alpha) * the
+  // distillation (alpha in (0, 1]): every training step's loss is (1 - alpha) * the
   // cross-entropy (label-smoothed as above) + alpha * T^2 KL(teacher || model)
   // at temperature T (autograd::distillation_kl); the teacher is an FP32
   // checkpoint of the recipe's model, run in eval mode. The test loss stays

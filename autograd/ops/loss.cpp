@@ -149,8 +149,8 @@ Variable distillation_kl(const Variable& logits, const Tensor& teacher_logits, d
       << "distillation_kl: logits must be [N, C], got " << xv.desc();
   QF_CHECK_SHAPE(teacher_logits.defined() && teacher_logits.shape() == xv.shape())
       << "distillation_kl: teacher logits " << teacher_logits.desc() << " do not match the logits " << xv.desc();
-  QF_CHECK(std::isfinite(temperature) && temperature > 0)
-      << "distillation_kl: temperature must be finite and > 0, got " << temperature;
+  QF_CHECK(std::isfinite(temperature) && temperature >= 1e-6)
+      << "distillation_kl: temperature must be finite and >= 1e-6, got " << temperature;
   const int64_t N = xv.size(0), C = xv.size(1);
   const Tensor t = teacher_logits.to(xv.dtype());
   // log p_s and log p_t of the logits divided by the temperature.

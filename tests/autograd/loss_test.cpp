@@ -71,6 +71,7 @@ TEST(Loss, DistillationKlValue) {
   EXPECT_THROW(distillation_kl(Variable(x), Tensor::zeros({2, 4}), 1), ShapeError);
   EXPECT_THROW(distillation_kl(Variable(x), t, 0), ValueError);
   EXPECT_THROW(distillation_kl(Variable(x), t, -1), ValueError);
+  EXPECT_THROW(distillation_kl(Variable(x), t, 1e-9), ValueError);  // 1 / T would overflow float
   Tensor bad = t.clone();
   bad.data<float>()[4] = NAN;
   EXPECT_THROW(distillation_kl(Variable(x), bad, 1), ValueError);

@@ -122,7 +122,9 @@ TEST(Recipe, EveryBadInputGetsOneMessageWithLineAndColumn) {
   EXPECT_EQ(error_of("distill:\n  teacher: /no/such.h5\n"),
             "r.yaml:2:12: distill.teacher: no such file '/no/such.h5'");
   EXPECT_EQ(error_of("distill: {alpha: 0.5}\n"), "r.yaml:1:10: distill: distillation needs a 'teacher' checkpoint");
-  EXPECT_EQ(error_of("distill: {alpha: 1.5}\n"), "r.yaml:1:18: distill.alpha: must be in [0, 1], got 1.5");
+  EXPECT_EQ(error_of("distill: {alpha: 1.5}\n"), "r.yaml:1:18: distill.alpha: must be in (0, 1], got 1.5");
+  EXPECT_EQ(error_of("training: {epochs: 0}\ndistill: {teacher: " + kSource + "/recipes/mnist_fp32.yaml}\n"),
+            "r.yaml:2:10: distill: no training step runs to distill into (training.epochs is 0 and no QAT stage)");
   EXPECT_EQ(error_of("distill: {temperature: 0}\n"), "r.yaml:1:24: distill.temperature: must be in (0, 100], got 0");
   // syntax
   EXPECT_NE(error_of("a: [\n").find("r.yaml:2:1: YAML syntax error"), std::string::npos);

@@ -76,8 +76,9 @@ TEST(QAdd, EveryKernelEqualsTheReference) {
         // - most: 2^-6 to 2^4, exact powers of two now and then;
         // - every 10th: near 2^20-2^24, so that the shift falls below 10 and
         //   the kernels take their wide (int64) path;
-        // - every 10th (8): 2^-14 to 2^-7 or 2^14 to 2^21 (shifts 38-45 and
-        //   10-16, outside the AVX-512 kernel's split form);
+        // - every 10th (8): about 2^-12 to 2^-9 or 2^16 to 2^19 (shifts 40-43
+        //   and 12-15, outside the SIMD kernels' split form);
+        // - every 10th (5): 2^5 to 2^15 (shifts 16-26);
         // - every 10th (7): both powers of two, or 3 times one, from 2^-9 to
         //   2^3 (many ties);
         // - every 10th (6): a mantissa just below 1 (a multiplier within 2^15
@@ -88,6 +89,7 @@ TEST(QAdd, EveryKernelEqualsTheReference) {
             case 9: return static_cast<float>(std::exp2(20 + static_cast<double>(rng() % 5) + ratio(rng) / 8));
             case 8: return static_cast<float>(std::exp2((rng() % 2 ? -10.5 : 17.5) + ratio(rng) * 0.35));
             case 7: return static_cast<float>(std::ldexp(rng() % 2 ? 1.0 : 3.0, static_cast<int>(rng() % 13) - 9));
+            case 5: return static_cast<float>(std::exp2(10 + ratio(rng)));
             case 6: return static_cast<float>(std::ldexp(1.0 - std::ldexp(1.0, -20 + static_cast<int>(rng() % 5)),
                                                          static_cast<int>(rng() % 8) - 4));
             default: return static_cast<float>(std::exp2(round ? std::round(ratio(rng)) : ratio(rng)));
@@ -123,6 +125,57 @@ TEST(QAdd, EveryKernelEqualsTheReference) {
 #undef QF_KERNEL
 #undef QF_PACKER
   EXPECT_GE(kernels_run, 2);  // the reference and this machine's SIMD level
+}
+
+TEST(QAdd, EveryKernelEqualsTheReferenceOnEveryPairOfCodesAtTheFormBoundaries) {
+  // All 65,536 pairs (a, b), with multipliers set directly: shifts on both
+  // sides of the SIMD kernels' split form (16 | 17 ... 37 | 38), powers of
+  // two and 3 * 2^k (ties), the largest multiplier whose high half fits
+  // int16 (2^31 - 2^15 - 1) and the smallest that does not (2^31 - 2^15),
+  // odd and even output zero points, a full and a narrow clamp.
+  std::vector<uint8_t> a(65536), b(65536);
+  for (int i = 0; i < 65536; ++i) a[i] = static_cast<uint8_t>(i & 255), b[i] = static_cast<uint8_t>(i >> 8);
+  const int64_t top = (int64_t{1} << 31) - (int64_t{1} << 15);
+  const std::vector<std::pair<int64_t, int64_t>> mults = {
+      {int64_t{1} << 30, int64_t{1} << 30}, {3 * (int64_t{1} << 29), int64_t{1} << 28}, {top - 1, 1234567891},
+      {top, int64_t{1} << 30}, {1518500250, top - 1}, {0, 2147483647}};
+  struct Zp {
+    int32_t a, b, out, lo, hi;
+  };
+  const std::vector<Zp> zps = {{0, 0, 0, 0, 255}, {255, 1, 254, 254, 255}, {128, 77, 1, 0, 200}, {3, 250, 129, 129, 255}};
+  int kernels_run = 0;
+  auto check_add = [&](auto fn, Isa isa, const char* name) {
+    if constexpr (std::is_same_v<decltype(fn), QAddFn>) {
+      if (!cpu_has(isa)) return;
+      ++kernels_run;
+      for (const int32_t shift : {16, 17, 18, 31, 37, 38})
+        for (const auto& [ma, mb] : mults)
+          for (const Zp& z : zps) {
+            QAddParams p;
+            p.n = 65536;
+            p.a = a.data();
+            p.b = b.data();
+            p.a_zero_point = z.a;
+            p.b_zero_point = z.b;
+            p.m.a = ma;
+            p.m.b = mb;
+            p.m.shift = shift;
+            p.out_zero_point = z.out;
+            p.out_lo = z.lo;
+            p.out_hi = z.hi;
+            ASSERT_EQ(run_add(fn, p), run_add(&qu8_add__ref, p))
+                << name << " shift " << shift << " m " << ma << ", " << mb << " zero points " << z.a << ", " << z.b
+                << " -> " << z.out;
+          }
+      std::printf("# %s: every pair of codes at 6 shifts x 6 multiplier pairs x 4 zero-point sets\n", name);
+    }
+  };
+#define QF_KERNEL(op, isa, fn) check_add(&fn, Isa::isa, #fn);
+#define QF_PACKER(isa, fn)
+#include "quant/kernels/kernel_list.inc"
+#undef QF_KERNEL
+#undef QF_PACKER
+  EXPECT_GE(kernels_run, 2);
 }
 
 TEST(QAdd, ChecksTheContract) {

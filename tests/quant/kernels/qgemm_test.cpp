@@ -239,7 +239,7 @@ TEST(QGemm, BytesLeftByAnEarlierCallAddNothing) {
   for (const auto& [isa, t] : runnable_tables()) {
     std::mt19937 rng(12);
     for (const auto& [k0, k1] : std::vector<std::pair<int64_t, int64_t>>{{128, 100}, {256, 65}, {192, 129}, {320, 259}}) {
-      for (const int64_t n : {16, 40}) {
+      for (const int64_t n : {40, 64}) {  // N > 16: on the AMX level, its own kernel
         Problem fill = make_problem(64, n, k0, rng);
         std::fill(fill.a.begin(), fill.a.end(), uint8_t{255});
         run(t.qgemm, fill.p);
