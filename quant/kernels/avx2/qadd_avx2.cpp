@@ -59,6 +59,22 @@ inline __m128i add16(__m128i a, __m128i b, const AddConsts& c) {
   return _mm_packus_epi16(_mm_packs_epi32(d0, d1), _mm_packs_epi32(d2, d3));
 }
 
+/// Runs block(a, b, y) over the codes W at a time (block reads and writes
+/// W codes at the given pointers), the tail through zero-padded copies.
+template <int W, typename Block>
+void add_blocks(const QAddParams& p, Block block) {
+  int64_t i = 0;
+  for (; i + W <= p.n; i += W) block(p.a + i, p.b + i, p.y + i);
+  if (i < p.n) {
+    const size_t rest = static_cast<size_t>(p.n - i);
+    alignas(32) uint8_t ta[W] = {}, tb[W] = {}, ty[W];
+    std::memcpy(ta, p.a + i, rest);
+    std::memcpy(tb, p.b + i, rest);
+    block(ta, tb, ty);
+    std::memcpy(p.y + i, ty, rest);
+  }
+}
+
 /// The split form (add_split.h) in registers.
 struct SplitConsts {
   __m256i m_lo, m_hi, l0, h0, bit, parity_ref, lo, hi;
@@ -100,22 +116,11 @@ void add_blocks_split(const QAddParams& p, const AddSplit& s) {
   c.lo = _mm256_set1_epi8(static_cast<char>(p.out_lo));
   c.hi = _mm256_set1_epi8(static_cast<char>(p.out_hi));
   c.u = _mm_cvtsi32_si128(s.u);
-  int64_t i = 0;
-  for (; i + 32 <= p.n; i += 32) {
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.a + i));
-    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.b + i));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p.y + i), add32_split(a, b, c));
-  }
-  if (i < p.n) {
-    const size_t rest = static_cast<size_t>(p.n - i);
-    alignas(32) uint8_t ta[32] = {}, tb[32] = {}, ty[32];
-    std::memcpy(ta, p.a + i, rest);
-    std::memcpy(tb, p.b + i, rest);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(ty),
-                       add32_split(_mm256_load_si256(reinterpret_cast<const __m256i*>(ta)),
-                                   _mm256_load_si256(reinterpret_cast<const __m256i*>(tb)), c));
-    std::memcpy(p.y + i, ty, rest);
-  }
+  add_blocks<32>(p, [&c](const uint8_t* a, const uint8_t* b, uint8_t* y) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y),
+                        add32_split(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)),
+                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), c));
+  });
 }
 
 }  // namespace
@@ -137,22 +142,10 @@ void qu8_add__avx2_4l(const QAddParams& p) {
   c.lo = _mm256_set1_epi64x(p.out_lo);
   c.hi = _mm256_set1_epi64x(p.out_hi);
   c.shift = _mm_cvtsi32_si128(p.m.shift);
-  int64_t i = 0;
-  for (; i + 16 <= p.n; i += 16) {
-    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.a + i));
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.b + i));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p.y + i), add16(a, b, c));
-  }
-  if (i < p.n) {
-    const size_t rest = static_cast<size_t>(p.n - i);
-    alignas(16) uint8_t ta[16] = {}, tb[16] = {}, ty[16];
-    std::memcpy(ta, p.a + i, rest);
-    std::memcpy(tb, p.b + i, rest);
-    _mm_store_si128(reinterpret_cast<__m128i*>(ty),
-                    add16(_mm_load_si128(reinterpret_cast<const __m128i*>(ta)),
-                          _mm_load_si128(reinterpret_cast<const __m128i*>(tb)), c));
-    std::memcpy(p.y + i, ty, rest);
-  }
+  add_blocks<16>(p, [&c](const uint8_t* a, const uint8_t* b, uint8_t* y) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y), add16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a)),
+                                                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(b)), c));
+  });
 }
 
 }  // namespace qforge::quant::kernels

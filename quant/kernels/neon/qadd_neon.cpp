@@ -55,6 +55,22 @@ inline uint8x8_t add8(uint8x8_t a, uint8x8_t b, const AddConsts& c) {
   return vmovn_u16(vreinterpretq_u16_s16(vcombine_s16(vmovn_s32(lo32), vmovn_s32(hi32))));
 }
 
+/// Runs block(a, b, y) over the codes 8 at a time, the tail through
+/// zero-padded copies.
+template <typename Block>
+void add_blocks(const QAddParams& p, Block block) {
+  int64_t i = 0;
+  for (; i + 8 <= p.n; i += 8) vst1_u8(p.y + i, block(vld1_u8(p.a + i), vld1_u8(p.b + i)));
+  if (i < p.n) {
+    const size_t rest = static_cast<size_t>(p.n - i);
+    uint8_t ta[8] = {}, tb[8] = {}, ty[8];
+    std::memcpy(ta, p.a + i, rest);
+    std::memcpy(tb, p.b + i, rest);
+    vst1_u8(ty, block(vld1_u8(ta), vld1_u8(tb)));
+    std::memcpy(p.y + i, ty, rest);
+  }
+}
+
 /// The split form (add_split.h) in registers.
 struct SplitConsts {
   int16_t ml_a, ml_b, mh_a, mh_b;
@@ -94,16 +110,7 @@ void add_blocks_split(const QAddParams& p, const AddSplit& s) {
   c.flip = vdupq_n_u32(s.zp_odd ? ~0u : 0u);
   c.lo = vdup_n_u8(static_cast<uint8_t>(p.out_lo));
   c.hi = vdup_n_u8(static_cast<uint8_t>(p.out_hi));
-  int64_t i = 0;
-  for (; i + 8 <= p.n; i += 8) vst1_u8(p.y + i, add8_split(vld1_u8(p.a + i), vld1_u8(p.b + i), c));
-  if (i < p.n) {
-    const size_t rest = static_cast<size_t>(p.n - i);
-    uint8_t ta[8] = {}, tb[8] = {}, ty[8];
-    std::memcpy(ta, p.a + i, rest);
-    std::memcpy(tb, p.b + i, rest);
-    vst1_u8(ty, add8_split(vld1_u8(ta), vld1_u8(tb), c));
-    std::memcpy(p.y + i, ty, rest);
-  }
+  add_blocks(p, [&c](uint8x8_t a, uint8x8_t b) { return add8_split(a, b, c); });
 }
 
 }  // namespace
@@ -126,16 +133,7 @@ void qu8_add__neon_8(const QAddParams& p) {
   c.hi = vdupq_n_s64(p.out_hi);
   c.zpa = vdupq_n_s16(static_cast<int16_t>(p.a_zero_point));
   c.zpb = vdupq_n_s16(static_cast<int16_t>(p.b_zero_point));
-  int64_t i = 0;
-  for (; i + 8 <= p.n; i += 8) vst1_u8(p.y + i, add8(vld1_u8(p.a + i), vld1_u8(p.b + i), c));
-  if (i < p.n) {
-    const size_t rest = static_cast<size_t>(p.n - i);
-    uint8_t ta[8] = {}, tb[8] = {}, ty[8];
-    std::memcpy(ta, p.a + i, rest);
-    std::memcpy(tb, p.b + i, rest);
-    vst1_u8(ty, add8(vld1_u8(ta), vld1_u8(tb), c));
-    std::memcpy(p.y + i, ty, rest);
-  }
+  add_blocks(p, [&c](uint8x8_t a, uint8x8_t b) { return add8(a, b, c); });
 }
 
 }  // namespace qforge::quant::kernels
