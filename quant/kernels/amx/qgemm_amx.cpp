@@ -94,11 +94,12 @@ inline void tile_products(const uint8_t* const* arow, int64_t astride, const int
         _tile_dpbusd(3, 5, 4);
       }
     } else if constexpr (NV == 2 && RB == 2) {
-      // Each load as early as the products that read its register allow
-      // (tile registers are not renamed): A0 is free once the previous
-      // chunk's second product ran, B0 after its third, B1 and A1 after its
-      // fourth; loading all four first held the first product back until
-      // the last one of the previous chunk had finished.
+      // Each load right before its first product: A0 is free once the
+      // previous chunk's second product has read it, B0 after its third,
+      // B1 and A1 after its fourth. My reading, not verified: tile
+      // registers are not renamed, so four loads first held this chunk's
+      // first product back until the previous chunk's last had run. This
+      // order measured +4% at 1024^3 on one thread (alternated pairs).
       _tile_loadd(4, arow[0] + o, astride);
       _tile_loadd(6, b, 64);
       _tile_dpbusd(0, 4, 6);
