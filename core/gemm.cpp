@@ -98,6 +98,14 @@ void blas_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const
   }
 }
 
+// Whether each element's sum runs in an order fixed by K alone (qforge's
+// kernels and the reference), so that any split of M or N gives the same bits.
+template <class T>
+bool order_fixed_per_element() {
+  if constexpr (std::is_same_v<T, float>) return backend().fn != sgemm_openblas;
+  return false;
+}
+
 template <class T>
 void gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
                const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
@@ -110,6 +118,23 @@ void gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const
   }
   const double flops = 2.0 * M * N * K;
   const int nt = num_threads();
+  if (!order_fixed_per_element<T>()) {
+    // OpenBLAS's sums depend on the panel it is handed (its edge kernels and
+    // blocking follow the panel's shape), so the panels must depend on the
+    // shape alone: fixed widths, the same for any thread count and for
+    // nested calls.
+    if (flops < 4e6) return blas_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    const bool cols = N >= M;
+    const int64_t extent = cols ? N : M, width = cols ? 128 : 64;
+    parallel_chunks((extent + width - 1) / width, [&](int64_t c) {
+      const int64_t b = c * width, n = std::min(width, extent - b);
+      if (cols)
+        blas_gemm(ta, tb, M, n, K, alpha, A, lda, tb ? B + b * ldb : B + b, ldb, beta, C + b, ldc);
+      else
+        blas_gemm(ta, tb, n, N, K, alpha, ta ? A + b : A + b * lda, lda, B, ldb, beta, C + b * ldc, ldc);
+    });
+    return;
+  }
   if (nt == 1 || flops < 4e6 || in_parallel_region()) {
     blas_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;

@@ -1,8 +1,10 @@
+#include "core/gemm.h"
+
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 
-#include "core/gemm.h"
 #include "core/parallel.h"
 #include "core/rng.h"
 #include "core/sgemm_kernels.h"
@@ -20,8 +22,7 @@ std::vector<Dims> gemm_sizes() {
   std::vector<Dims> d;
   for (int64_t m : {1, 3, 7, 8, 9, 10})
     for (int64_t n : {1, 5, 16, 31, 32, 33})
-      for (int64_t k : {1, 2, 15, 17, 64})
-        d.push_back({m, n, k});
+      for (int64_t k : {1, 2, 15, 17, 64}) d.push_back({m, n, k});
   d.push_back({63, 65, 255});
   d.push_back({129, 97, 257});
   d.push_back({64, 576, 288});
@@ -54,8 +55,7 @@ void check_kernel(void (*kernel)(bool, bool, int64_t, int64_t, int64_t, float, c
                   << " at " << i << "," << j;
           // Padding columns of C stay untouched.
           for (int64_t i = 0; i < d.M; ++i)
-            for (int64_t j = d.N; j < ldc; ++j)
-              ASSERT_EQ(C.data<float>()[i * ldc + j], R.data<float>()[i * ldc + j]);
+            for (int64_t j = d.N; j < ldc; ++j) ASSERT_EQ(C.data<float>()[i * ldc + j], R.data<float>()[i * ldc + j]);
         }
 }
 
@@ -67,22 +67,26 @@ TEST(Sgemm, Avx512MatchesReference) {
 }
 
 TEST(Sgemm, ThreadedGemmMatchesReferenceAndIsThreadCountInvariant) {
-  Generator g(2);
-  const int64_t M = 96, N = 700, K = 300;
-  Tensor A = Tensor::empty({M, K}), B = Tensor::empty({K, N});
-  uniform_(A, -1, 1, g);
-  uniform_(B, -1, 1, g);
-  Tensor R = Tensor::empty({M, N});
-  detail::sgemm_reference(false, false, M, N, K, 1.0f, A.data<float>(), K, B.data<float>(), N, 0.0f,
-                          R.data<float>(), N);
-  std::vector<double> first;
-  for (int t : {1, 2, 3}) {
-    set_num_threads(t);
-    Tensor C = Tensor::empty({M, N});
-    gemm(false, false, M, N, K, 1.0f, A.data<float>(), K, B.data<float>(), N, 0.0f, C.data<float>(), N);
-    for (int64_t i = 0; i < M * N; ++i) ASSERT_NEAR(C.data<float>()[i], R.data<float>()[i], 1e-3);
-    if (first.empty()) first = C.to_vector();
-    else EXPECT_EQ(C.to_vector(), first) << "threads " << t;
+  // Wide (split into column panels) and tall (row panels).
+  for (const auto [M, N, K] : {std::array<int64_t, 3>{96, 700, 300}, std::array<int64_t, 3>{700, 96, 300}}) {
+    Generator g(2);
+    Tensor A = Tensor::empty({M, K}), B = Tensor::empty({K, N});
+    uniform_(A, -1, 1, g);
+    uniform_(B, -1, 1, g);
+    Tensor R = Tensor::empty({M, N});
+    detail::sgemm_reference(false, false, M, N, K, 1.0f, A.data<float>(), K, B.data<float>(), N, 0.0f, R.data<float>(),
+                            N);
+    std::vector<double> first;
+    for (int t : {1, 2, 3}) {
+      set_num_threads(t);
+      Tensor C = Tensor::empty({M, N});
+      gemm(false, false, M, N, K, 1.0f, A.data<float>(), K, B.data<float>(), N, 0.0f, C.data<float>(), N);
+      for (int64_t i = 0; i < M * N; ++i) ASSERT_NEAR(C.data<float>()[i], R.data<float>()[i], 1e-3);
+      if (first.empty())
+        first = C.to_vector();
+      else
+        EXPECT_EQ(C.to_vector(), first) << "threads " << t << ", M " << M << ", N " << N;
+    }
   }
   set_num_threads(2);
 }
@@ -158,38 +162,38 @@ TEST(Sgemm, SegmentFormMatchesReference) {
     for (int64_t K : {1, 5, 6, 7, 12, 13, 25, 288})
       for (int64_t N : {1, 3, 16, 20, 32, 47, 48, 64, 80, 130})
         for (int64_t seglen : {1, 8, 13})
-        for (int64_t step : {1, 2, 3}) {
-          const int64_t nseg = seglen == 1 ? 40 : 7, gap = 3, ldg = N + 5, ldc = N + 2;
-          // Segment s starts at s * (seglen * step + gap) and reads every
-          // step-th float; row k starts k floats in, so rows overlap, and the
-          // buffer ends where the last row's last read is (an over-read shows
-          // under ASan).
-          const int64_t seg_span = (seglen - 1) * step + 1;
-          const int64_t span = (nseg - 1) * (seglen * step + gap) + seg_span;
-          Tensor buf = Tensor::empty({K - 1 + span});
-          uniform_(buf, -1, 1, g);
-          std::vector<const float*> rows(static_cast<size_t>(K));
-          for (int64_t k = 0; k < K; ++k) rows[k] = buf.data<float>() + k;
-          std::vector<int64_t> off(static_cast<size_t>(nseg));
-          for (int64_t s = 0; s < nseg; ++s) off[s] = s * (seglen * step + gap);
-          Tensor G = Tensor::empty({nseg * seglen * ldg}), C = Tensor::empty({K * ldc});
-          uniform_(G, -1, 1, g);
-          uniform_(C, -1, 1, g);
-          Tensor R = C.clone();
-          gemm_rows_segments(K, N, nseg, seglen, rows.data(), off.data(), G.data<float>(), ldg, C.data<float>(), ldc,
-                             step);
-          detail::sgemm_segments_reference(K, N, nseg, seglen, rows.data(), off.data(), G.data<float>(), ldg,
-                                           R.data<float>(), ldc, step);
-          for (int64_t k = 0; k < K; ++k)
-            for (int64_t j = 0; j < ldc; ++j) {
-              const float want = R.data<float>()[k * ldc + j];
-              if (j < N)
-                ASSERT_NEAR(C.data<float>()[k * ldc + j], want, 2e-5f * (nseg * seglen + 4))
-                    << "K=" << K << " N=" << N << " seglen=" << seglen << " step=" << step << " threads=" << threads;
-              else
-                ASSERT_EQ(C.data<float>()[k * ldc + j], want) << "padding column written";
-            }
-        }
+          for (int64_t step : {1, 2, 3}) {
+            const int64_t nseg = seglen == 1 ? 40 : 7, gap = 3, ldg = N + 5, ldc = N + 2;
+            // Segment s starts at s * (seglen * step + gap) and reads every
+            // step-th float; row k starts k floats in, so rows overlap, and the
+            // buffer ends where the last row's last read is (an over-read shows
+            // under ASan).
+            const int64_t seg_span = (seglen - 1) * step + 1;
+            const int64_t span = (nseg - 1) * (seglen * step + gap) + seg_span;
+            Tensor buf = Tensor::empty({K - 1 + span});
+            uniform_(buf, -1, 1, g);
+            std::vector<const float*> rows(static_cast<size_t>(K));
+            for (int64_t k = 0; k < K; ++k) rows[k] = buf.data<float>() + k;
+            std::vector<int64_t> off(static_cast<size_t>(nseg));
+            for (int64_t s = 0; s < nseg; ++s) off[s] = s * (seglen * step + gap);
+            Tensor G = Tensor::empty({nseg * seglen * ldg}), C = Tensor::empty({K * ldc});
+            uniform_(G, -1, 1, g);
+            uniform_(C, -1, 1, g);
+            Tensor R = C.clone();
+            gemm_rows_segments(K, N, nseg, seglen, rows.data(), off.data(), G.data<float>(), ldg, C.data<float>(), ldc,
+                               step);
+            detail::sgemm_segments_reference(K, N, nseg, seglen, rows.data(), off.data(), G.data<float>(), ldg,
+                                             R.data<float>(), ldc, step);
+            for (int64_t k = 0; k < K; ++k)
+              for (int64_t j = 0; j < ldc; ++j) {
+                const float want = R.data<float>()[k * ldc + j];
+                if (j < N)
+                  ASSERT_NEAR(C.data<float>()[k * ldc + j], want, 2e-5f * (nseg * seglen + 4))
+                      << "K=" << K << " N=" << N << " seglen=" << seglen << " step=" << step << " threads=" << threads;
+                else
+                  ASSERT_EQ(C.data<float>()[k * ldc + j], want) << "padding column written";
+              }
+          }
   }
   set_num_threads(2);
 }
@@ -266,4 +270,3 @@ TEST(Transpose, MatchesNaiveOnBlocksAndEdges) {
               << rows << "x" << cols << " at " << i << "," << j;
     }
 }
-
