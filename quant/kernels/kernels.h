@@ -259,12 +259,15 @@ KernelTable kernels_for(Isa isa);
 /// Scalar reference, any CPU, no tiling: the oracle every SIMD kernel must
 /// equal bit for bit. Ignores b_packed.
 void qu8s8_gemm_requant__ref(const QGemmParams& p);
-/// AVX2 + FMA (x86 builds), 4 rows x 16 channels: packs B per call unless
-/// b_packed came from qgemm_pack__avx2_4x16. Needs cpu_has(Isa::avx2).
-void qu8s8_gemm_requant__avx2_4x16(const QGemmParams& p);
+/// AVX2 (x86 builds), 6 rows x 16 channels on int16 pairs (vpmaddwd), A
+/// widened with its zero point subtracted per block of 48 rows, the
+/// requantization vectorized when a block's multipliers are below 1: packs B
+/// per call unless b_packed came from qgemm_pack__avx2_6x16. Needs
+/// cpu_has(Isa::avx2).
+void qu8s8_gemm_requant__avx2_6x16(const QGemmParams& p);
 /// Packs B for the AVX2 kernel ([N/16][K/2][16][2 x int16], zero-padded, then
 /// the channel sums). Compiled with AVX2 flags: needs cpu_has(Isa::avx2).
-std::vector<int32_t> qgemm_pack__avx2_4x16(const int8_t* b, int64_t ldb, int64_t N, int64_t K);
+std::vector<int32_t> qgemm_pack__avx2_6x16(const int8_t* b, int64_t ldb, int64_t N, int64_t K);
 /// AVX-512 F/BW/VL + VNNI (x86 builds): tiles of 16 accumulators (16 rows x
 /// 16 channels, 8 x 32 or 4 x 64 by the panel width): packs B per call unless b_packed came from
 /// qgemm_pack__avx512vnni_4x64. Needs cpu_has(Isa::avx512vnni).

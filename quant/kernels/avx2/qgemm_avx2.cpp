@@ -1,13 +1,25 @@
-// AVX2 requantizing u8 x s8 GEMM, exact: vpmaddubsw would add two u8 x s8
+// AVX2 requantizing u8 x s8 GEMM, exact. vpmaddubsw would add two u8 x s8
 // products into a saturating int16 (255 * 127 * 2 overflows it), so both
-// operands are widened to int16 instead and multiplied with vpmaddwd, whose
-// pair sums land in int32 exactly. Tiles of 4 rows x 16 output channels (two
-// ymm accumulators per row), K in pairs. B is packed into
-// [N/16][K/2][16 channels][2 x int16] (zero-padded); the input zero point goes
-// through per-channel weight sums as in the VNNI kernel, and the result
-// through qmath's requantize(). qgemm_pack__avx2_4x16 packs once.
+// operands are widened to int16 and multiplied with vpmaddwd, whose pair sums
+// land in int32 exactly. Two multiplies per 32 products, as many as
+// vpmaddubsw plus its widening vpmaddwd would take.
+//
+// - B is packed once into [N/16][K/2][16 channels][2 x int16] (zero-padded),
+//   then the channel sums (kept for the packed layout's sake; unused here).
+// - A is packed per block of up to 48 rows into int16 pairs with the zero
+//   point already subtracted (a - zp lies in [-255, 255]), so the sums are the
+//   exact dot products and a pair is one broadcast dword. Segmented rows (an
+//   implicit im2col) are read run by run while packing.
+// - Tiles of 6 rows x 16 channels: 12 accumulators, two B vectors and one
+//   broadcast.
+// - The requantization is vectorized when every channel of a block has a
+//   multiplier below 1 (shift >= 31) and its sums plus bias provably fit
+//   int32: then each rounded value fits int32, and the 64-bit products are
+//   taken on the even and odd dword lanes in place. Otherwise the block goes
+//   through qmath's requantize() element by element.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "quant/kernels/kernels.h"
@@ -16,47 +28,8 @@ namespace qforge::quant::kernels {
 
 namespace {
 
-/// a[k] and a[k + 1] (0 past K) as two int16 in one int32.
-inline int32_t load2(const uint8_t* a, int64_t k, int64_t K) {
-  const uint32_t lo = a[k];
-  const uint32_t hi = k + 1 < K ? a[k + 1] : 0;
-  return static_cast<int32_t>(lo | (hi << 16));
-}
-
-template <int R>
-inline void tile(const QGemmParams& p, const int32_t* packed, const int32_t* bsum, int64_t K2, int64_t m0, int64_t n0) {
-  __m256i acc[R][2];
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
-  const uint8_t* rows[R];
-  for (int r = 0; r < R; ++r) rows[r] = p.a + (m0 + r) * p.lda;
-  const int64_t full = p.K / 2;
-  for (int64_t k2 = 0; k2 < K2; ++k2) {
-    // 16 words = 16 channels x 2 int16 (vector loads may alias any type).
-    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + k2 * 16));
-    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + k2 * 16 + 8));
-    for (int r = 0; r < R; ++r) {
-      const int32_t a2 = k2 < full ? static_cast<int32_t>(rows[r][2 * k2] | (uint32_t{rows[r][2 * k2 + 1]} << 16))
-                                   : load2(rows[r], 2 * k2, p.K);
-      const __m256i av = _mm256_set1_epi32(a2);
-      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(av, b0));
-      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(av, b1));
-    }
-  }
-  const int64_t nn = std::min<int64_t>(16, p.N - n0);
-  alignas(32) int32_t dot[16];
-  for (int r = 0; r < R; ++r) {
-    _mm256_store_si256(reinterpret_cast<__m256i*>(dot), acc[r][0]);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(dot + 8), acc[r][1]);
-    for (int64_t j = 0; j < nn; ++j) {
-      const int64_t n = n0 + j;
-      store_output(p, m0 + r, n, static_cast<int64_t>(dot[j]) - static_cast<int64_t>(p.a_zero_point) * bsum[j]);
-    }
-  }
-}
-
-}  // namespace
-
-namespace {
+constexpr int kRows = 6;
+constexpr int64_t kBlockRows = 48;
 
 /// int16 pairs [NB][K2][16 channels][2] (zero-padded; written with memcpy into
 /// int32 words and read with vector loads), then the NB * 16 channel sums.
@@ -77,19 +50,188 @@ void pack_into(std::vector<int32_t>& out, const int8_t* b0, int64_t ldb, int64_t
   }
 }
 
+/// len bytes of u8 codes as int16 (code - zp) at dst.
+inline void widen_run(const uint8_t* src, int64_t len, __m256i zp16, int16_t* dst) {
+  int64_t k = 0;
+  for (; k + 16 <= len; k += 16) {
+    const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), _mm256_sub_epi16(w, zp16));
+  }
+  const int16_t zp = static_cast<int16_t>(_mm256_extract_epi16(zp16, 0));
+  for (; k < len; ++k) dst[k] = static_cast<int16_t>(src[k] - zp);
+}
+
+/// Rows [m0, m0 + rows) of A as int16 (a - zp), K2 pairs per row (a zero
+/// after an odd K).
+void pack_rows(const QGemmParams& p, int64_t m0, int64_t rows, int64_t K2, int16_t* dst) {
+  const __m256i zp16 = _mm256_set1_epi16(static_cast<int16_t>(p.a_zero_point));
+  const int64_t len = p.K / p.segments;
+  for (int64_t r = 0; r < rows; ++r) {
+    int16_t* d = dst + r * 2 * K2;
+    const int64_t m = m0 + r;
+    if (!p.a_offsets) widen_run(p.a + m * p.lda, p.K, zp16, d);
+    else
+      for (int64_t s = 0; s < p.segments; ++s) widen_run(p.a + segment_offset(p, m, s), len, zp16, d + s * len);
+    if (p.K % 2) d[p.K] = 0;
+  }
+}
+
+/// One block of 16 channels' requantization constants, for the vector path:
+/// bias (int32 lanes, per half) and, per half, the multipliers, shifts and
+/// 2^(shift-1) - 1 of the even and odd channels in int64 lanes.
+struct Block {
+  bool vector = false;  // every channel: shift >= 31, |sum| + |bias| fits int32
+  __m256i bias[2];
+  __m256i mult_e[2], mult_o[2], shift_e[2], shift_o[2], half_e[2], half_o[2];
+};
+
+Block make_block(const QGemmParams& p, int64_t n0) {
+  Block blk;
+  alignas(32) int32_t bias[16];
+  alignas(32) int64_t mult[16], shift[16], half[16];
+  const int64_t max_dot = p.K * 255 * 128;
+  bool vec = true;
+  for (int j = 0; j < 16; ++j) {
+    const int64_t n = n0 + j;
+    const bool valid = n < p.N;
+    const int64_t b = valid && p.bias ? p.bias[n] : 0;
+    bias[j] = static_cast<int32_t>(b);
+    vec = vec && max_dot + (b < 0 ? -b : b) <= INT32_MAX;
+    const bool rq = valid && !p.c32;
+    mult[j] = rq ? p.requant[n].multiplier : (1 << 30);
+    shift[j] = rq ? p.requant[n].shift : 31;
+    vec = vec && shift[j] >= 31;
+    half[j] = (int64_t{1} << (shift[j] - 1)) - 1;
+  }
+  blk.vector = vec;
+  for (int h = 0; h < 2; ++h) {
+    blk.bias[h] = _mm256_load_si256(reinterpret_cast<const __m256i*>(bias + 8 * h));
+    auto pick = [&](const int64_t* v, int odd) {
+      const int64_t* q = v + 8 * h + odd;
+      return _mm256_set_epi64x(q[6], q[4], q[2], q[0]);
+    };
+    blk.mult_e[h] = pick(mult, 0), blk.mult_o[h] = pick(mult, 1);
+    blk.shift_e[h] = pick(shift, 0), blk.shift_o[h] = pick(shift, 1);
+    blk.half_e[h] = pick(half, 0), blk.half_o[h] = pick(half, 1);
+  }
+  return blk;
+}
+
+/// round_half_even(acc * mult / 2^shift) of the low dwords of 4 int64 lanes,
+/// known to fit int32: q = floor(v / 2^s) with v = prod + 2^(s-1) - 1 + odd,
+/// odd the parity of floor(prod / 2^s) (qmath's rounding in one step). AVX2
+/// has no arithmetic 64-bit shift: floor(v / 2^s) = ~(~v >>> s) for v < 0.
+inline __m256i round4(__m256i acc, __m256i mult, __m256i shift, __m256i half) {
+  const __m256i prod = _mm256_mul_epi32(acc, mult);
+  const __m256i odd = _mm256_and_si256(_mm256_srlv_epi64(prod, shift), _mm256_set1_epi64x(1));
+  const __m256i v = _mm256_add_epi64(_mm256_add_epi64(prod, half), odd);
+  const __m256i neg = _mm256_cmpgt_epi64(_mm256_setzero_si256(), v);
+  return _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(v, neg), shift), neg);
+}
+
+/// The clamped output codes (int32 lanes) of 8 exact sums of half h.
+inline __m256i requant8(__m256i sum, const Block& b, int h, __m256i lo_zp, __m256i hi_zp, __m256i zp) {
+  const __m256i acc = _mm256_add_epi32(sum, b.bias[h]);
+  const __m256i e = round4(acc, b.mult_e[h], b.shift_e[h], b.half_e[h]);
+  const __m256i o = round4(_mm256_srli_epi64(acc, 32), b.mult_o[h], b.shift_o[h], b.half_o[h]);
+  __m256i q = _mm256_blend_epi32(e, _mm256_slli_epi64(o, 32), 0xAA);
+  q = _mm256_min_epi32(_mm256_max_epi32(q, lo_zp), hi_zp);
+  return _mm256_add_epi32(q, zp);
+}
+
+/// acc0 += a * b0, acc1 += a * b1 (int16 pairs, a one broadcast dword). One
+/// asm statement per row, on named locals: GCC 12 otherwise hoists all the
+/// products ahead of the sums, or keeps an accumulator array in memory, and
+/// spills.
+#define QF_AVX2_ROW(r, c0, c1)                                          \
+  if constexpr (R > r) {                                                \
+    __m256i av, t;                                                      \
+    __asm__("vpbroadcastd %[a], %[av]\n\t"                              \
+            "vpmaddwd %[b0], %[av], %[t]\n\t"                           \
+            "vpaddd %[t], %[x0], %[x0]\n\t"                             \
+            "vpmaddwd %[b1], %[av], %[t]\n\t"                           \
+            "vpaddd %[t], %[x1], %[x1]"                                 \
+            : [x0] "+x"(c0), [x1] "+x"(c1), [av] "=&x"(av), [t] "=&x"(t) \
+            : [a] "m"(a32[r * K2 + k2]), [b0] "x"(b0), [b1] "x"(b1));   \
+  }
+
+/// The exact sums of R rows x 16 channels (a - zp already in the rows).
+template <int R>
+__attribute__((noinline)) void dot_tile(const int32_t* packed, const int32_t* a32, int64_t K2, __m256i* out) {
+  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
+          c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (int64_t k2 = 0; k2 < K2; ++k2) {
+    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + k2 * 16));
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + k2 * 16 + 8));
+    QF_AVX2_ROW(0, c00, c01)
+    QF_AVX2_ROW(1, c10, c11)
+    QF_AVX2_ROW(2, c20, c21)
+    QF_AVX2_ROW(3, c30, c31)
+    QF_AVX2_ROW(4, c40, c41)
+    QF_AVX2_ROW(5, c50, c51)
+  }
+  const __m256i all[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
+  for (int i = 0; i < 2 * R; ++i) out[i] = all[i];
+}
+#undef QF_AVX2_ROW
+
+template <int R>
+void tile(const QGemmParams& p, const int32_t* packed, const Block& blk, const int16_t* arows, int64_t K2, int64_t m0,
+          int64_t n0) {
+  __m256i acc[R][2];
+  dot_tile<R>(packed, reinterpret_cast<const int32_t*>(arows), K2, &acc[0][0]);
+  const int64_t nn = std::min<int64_t>(16, p.N - n0);
+  if (blk.vector) {
+    if (p.c32) {
+      for (int r = 0; r < R; ++r) {
+        alignas(32) int32_t out[16];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(out), _mm256_add_epi32(acc[r][0], blk.bias[0]));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(out + 8), _mm256_add_epi32(acc[r][1], blk.bias[1]));
+        std::copy(out, out + nn, p.c32 + (m0 + r) * p.ldc + n0);
+      }
+      return;
+    }
+    const __m256i zp = _mm256_set1_epi32(p.out_zero_point);
+    const __m256i lo_zp = _mm256_set1_epi32(p.out_lo - p.out_zero_point);
+    const __m256i hi_zp = _mm256_set1_epi32(p.out_hi - p.out_zero_point);
+    for (int r = 0; r < R; ++r) {
+      const __m256i q0 = requant8(acc[r][0], blk, 0, lo_zp, hi_zp, zp);
+      const __m256i q1 = requant8(acc[r][1], blk, 1, lo_zp, hi_zp, zp);
+      // packs interleaves the 128-bit halves; the permute restores channel order.
+      const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);
+      const __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+      uint8_t* out = p.c + (m0 + r) * p.ldc + n0;
+      if (nn == 16) _mm_storeu_si128(reinterpret_cast<__m128i*>(out), bytes);
+      else {
+        alignas(16) uint8_t tmp[16];
+        _mm_store_si128(reinterpret_cast<__m128i*>(tmp), bytes);
+        std::copy(tmp, tmp + nn, out);
+      }
+    }
+    return;
+  }
+  alignas(32) int32_t dot[16];
+  for (int r = 0; r < R; ++r) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(dot), acc[r][0]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(dot + 8), acc[r][1]);
+    for (int64_t j = 0; j < nn; ++j) store_output(p, m0 + r, n0 + j, dot[j]);
+  }
+}
+
+using TileFn = void (*)(const QGemmParams&, const int32_t*, const Block&, const int16_t*, int64_t, int64_t, int64_t);
+constexpr TileFn kTail[kRows] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>};
+
 }  // namespace
 
-std::vector<int32_t> qgemm_pack__avx2_4x16(const int8_t* b, int64_t ldb, int64_t N, int64_t K) {
+std::vector<int32_t> qgemm_pack__avx2_6x16(const int8_t* b, int64_t ldb, int64_t N, int64_t K) {
   std::vector<int32_t> out;
   pack_into(out, b, ldb, N, K);
   return out;
 }
 
-void qu8s8_gemm_requant__avx2_4x16(const QGemmParams& p0) {
-  if (p0.M == 0 || p0.N == 0) return;
-  if (p0.pool > 1) return gemm_pooled_via_c32(&qu8s8_gemm_requant__avx2_4x16, p0);
-  thread_local std::vector<uint8_t> rows;
-  const QGemmParams p = gather_segmented_rows(p0, rows);
+void qu8s8_gemm_requant__avx2_6x16(const QGemmParams& p) {
+  if (p.M == 0 || p.N == 0) return;
+  if (p.pool > 1) return gemm_pooled_via_c32(&qu8s8_gemm_requant__avx2_6x16, p);
   const int64_t K2 = (p.K + 1) / 2, NB = (p.N + 15) / 16;
   const int32_t* base = p.b_packed;
   if (!base) {
@@ -97,13 +239,21 @@ void qu8s8_gemm_requant__avx2_4x16(const QGemmParams& p0) {
     pack_into(tl, p.b, p.ldb, p.N, p.K);
     base = tl.data();
   }
-  const int32_t* bsum_all = base + NB * K2 * 16;
-  for (int64_t nb = 0; nb < NB; ++nb) {
-    const int32_t* pk = base + nb * K2 * 16;
-    const int32_t* bs = bsum_all + nb * 16;
-    int64_t m = 0;
-    for (; m + 4 <= p.M; m += 4) tile<4>(p, pk, bs, K2, m, nb * 16);
-    for (; m < p.M; ++m) tile<1>(p, pk, bs, K2, m, nb * 16);
+  thread_local std::vector<Block> blocks;
+  blocks.resize(static_cast<size_t>(NB));
+  for (int64_t nb = 0; nb < NB; ++nb) blocks[nb] = make_block(p, nb * 16);
+  thread_local std::vector<int16_t> apack;
+  apack.resize(static_cast<size_t>(std::min(p.M, kBlockRows) * 2 * K2));
+  for (int64_t mb = 0; mb < p.M; mb += kBlockRows) {
+    const int64_t rows = std::min(kBlockRows, p.M - mb);
+    pack_rows(p, mb, rows, K2, apack.data());
+    for (int64_t nb = 0; nb < NB; ++nb) {
+      const int32_t* pk = base + nb * K2 * 16;
+      int64_t r = 0;
+      for (; r + kRows <= rows; r += kRows)
+        tile<kRows>(p, pk, blocks[nb], apack.data() + r * 2 * K2, K2, mb + r, nb * 16);
+      if (r < rows) kTail[rows - r](p, pk, blocks[nb], apack.data() + r * 2 * K2, K2, mb + r, nb * 16);
+    }
   }
 }
 
