@@ -13,10 +13,10 @@
 // - Tiles of 6 rows x 16 channels: 12 accumulators, two B vectors and one
 //   broadcast.
 // - The requantization is vectorized when every channel of a block has a
-//   multiplier below 1 (shift >= 31) and its sums plus bias provably fit
-//   int32: then each rounded value fits int32, and the 64-bit products are
-//   taken on the even and odd dword lanes in place. Otherwise the block goes
-//   through qmath's requantize() element by element.
+//   multiplier in [2^-23, 1) (shift in [31, 54]) and its sums plus bias
+//   provably fit int32: then each rounded value fits int32, and the 64-bit
+//   products are taken on the even and odd dword lanes in place. Otherwise
+//   the block goes through qmath's requantize() element by element.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -57,6 +57,19 @@ inline void widen_run(const uint8_t* src, int64_t len, __m256i zp16, int16_t* ds
     const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k)));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), _mm256_sub_epi16(w, zp16));
   }
+  // Runs are whole groups of 4 bytes (the segmented-row contract); a
+  // contiguous row's last 1-3 bytes go one by one.
+  const __m128i zp8 = _mm256_castsi256_si128(zp16);
+  for (; k + 8 <= len; k += 8) {
+    const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + k)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k), _mm_sub_epi16(w, zp8));
+  }
+  for (; k + 4 <= len; k += 4) {
+    int32_t four;
+    __builtin_memcpy(&four, src + k, 4);
+    const __m128i w = _mm_cvtepu8_epi16(_mm_cvtsi32_si128(four));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(dst + k), _mm_sub_epi16(w, zp8));
+  }
   const int16_t zp = static_cast<int16_t>(_mm256_extract_epi16(zp16, 0));
   for (; k < len; ++k) dst[k] = static_cast<int16_t>(src[k] - zp);
 }
@@ -76,19 +89,25 @@ void pack_rows(const QGemmParams& p, int64_t m0, int64_t rows, int64_t K2, int16
   }
 }
 
-/// One block of 16 channels' requantization constants, for the vector path:
-/// bias (int32 lanes, per half) and, per half, the multipliers, shifts and
-/// 2^(shift-1) - 1 of the even and odd channels in int64 lanes.
+/// One block of 16 channels' requantization constants for the vector path.
+/// The rounding works on v + 2^62 (see round4), so the outputs come out
+/// offset by D = 2^(62 - shift) per channel, and the clamp and zero point
+/// absorb that offset.
 struct Block {
-  bool vector = false;  // every channel: shift >= 31, |sum| + |bias| fits int32
-  __m256i bias[2];
-  __m256i mult_e[2], mult_o[2], shift_e[2], shift_o[2], half_e[2], half_o[2];
+  /// Every channel: shift in [31, 54] and |sum| + |bias| fits int32.
+  bool vector = false;
+  /// Per half of 8 channels, int32 lanes: the bias, the clamp bounds plus D
+  /// (compared unsigned) and zero point minus D.
+  __m256i bias[2], lo_d[2], hi_d[2], zp_d[2];
+  /// Per half, int64 lanes of the even and odd channels: multiplier, shift
+  /// and 2^(shift - 1) - 1 + 2^62.
+  __m256i mult_e[2], mult_o[2], shift_e[2], shift_o[2], add_e[2], add_o[2];
 };
 
 Block make_block(const QGemmParams& p, int64_t n0) {
   Block blk;
-  alignas(32) int32_t bias[16];
-  alignas(32) int64_t mult[16], shift[16], half[16];
+  alignas(32) int32_t bias[16], lo_d[16], hi_d[16], zp_d[16];
+  alignas(32) int64_t mult[16], shift[16], add[16];
   const int64_t max_dot = p.K * 255 * 128;
   bool vec = true;
   for (int j = 0; j < 16; ++j) {
@@ -100,43 +119,50 @@ Block make_block(const QGemmParams& p, int64_t n0) {
     const bool rq = valid && !p.c32;
     mult[j] = rq ? p.requant[n].multiplier : (1 << 30);
     shift[j] = rq ? p.requant[n].shift : 31;
-    vec = vec && shift[j] >= 31;
-    half[j] = (int64_t{1} << (shift[j] - 1)) - 1;
+    vec = vec && shift[j] >= 31 && shift[j] <= 54;
+    const int64_t s = std::clamp<int64_t>(shift[j], 31, 54);
+    add[j] = (int64_t{1} << (s - 1)) - 1 + (int64_t{1} << 62);
+    const int64_t d = int64_t{1} << (62 - s);
+    lo_d[j] = static_cast<int32_t>(static_cast<uint32_t>(p.out_lo - p.out_zero_point + d));
+    hi_d[j] = static_cast<int32_t>(static_cast<uint32_t>(p.out_hi - p.out_zero_point + d));
+    zp_d[j] = static_cast<int32_t>(static_cast<uint32_t>(p.out_zero_point - d));
   }
   blk.vector = vec;
   for (int h = 0; h < 2; ++h) {
-    blk.bias[h] = _mm256_load_si256(reinterpret_cast<const __m256i*>(bias + 8 * h));
+    auto load = [&](const int32_t* v) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(v + 8 * h)); };
+    blk.bias[h] = load(bias), blk.lo_d[h] = load(lo_d), blk.hi_d[h] = load(hi_d), blk.zp_d[h] = load(zp_d);
     auto pick = [&](const int64_t* v, int odd) {
       const int64_t* q = v + 8 * h + odd;
       return _mm256_set_epi64x(q[6], q[4], q[2], q[0]);
     };
     blk.mult_e[h] = pick(mult, 0), blk.mult_o[h] = pick(mult, 1);
     blk.shift_e[h] = pick(shift, 0), blk.shift_o[h] = pick(shift, 1);
-    blk.half_e[h] = pick(half, 0), blk.half_o[h] = pick(half, 1);
+    blk.add_e[h] = pick(add, 0), blk.add_o[h] = pick(add, 1);
   }
   return blk;
 }
 
-/// round_half_even(acc * mult / 2^shift) of the low dwords of 4 int64 lanes,
-/// known to fit int32: q = floor(v / 2^s) with v = prod + 2^(s-1) - 1 + odd,
-/// odd the parity of floor(prod / 2^s) (qmath's rounding in one step). AVX2
-/// has no arithmetic 64-bit shift: floor(v / 2^s) = ~(~v >>> s) for v < 0.
-inline __m256i round4(__m256i acc, __m256i mult, __m256i shift, __m256i half) {
+/// round_half_even(acc * mult / 2^s) + 2^(62 - s) in the low dwords of 4
+/// int64 lanes (the acc in their low dwords). qmath's rounding in one step:
+/// with q = floor(prod / 2^s) and odd its parity, the result is
+/// floor((prod + 2^(s-1) - 1 + odd) / 2^s). AVX2 has no arithmetic 64-bit
+/// shift, so 2^62 is added first: |prod| < 2^62 makes the sum non-negative
+/// and below 2^64, and a logical shift then floors it. With s in [31, 54] and
+/// |acc| < 2^31 the offset result lies in [0, 2^32).
+inline __m256i round4(__m256i acc, __m256i mult, __m256i shift, __m256i add) {
   const __m256i prod = _mm256_mul_epi32(acc, mult);
   const __m256i odd = _mm256_and_si256(_mm256_srlv_epi64(prod, shift), _mm256_set1_epi64x(1));
-  const __m256i v = _mm256_add_epi64(_mm256_add_epi64(prod, half), odd);
-  const __m256i neg = _mm256_cmpgt_epi64(_mm256_setzero_si256(), v);
-  return _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(v, neg), shift), neg);
+  return _mm256_srlv_epi64(_mm256_add_epi64(_mm256_add_epi64(prod, add), odd), shift);
 }
 
-/// The clamped output codes (int32 lanes) of 8 exact sums of half h.
-inline __m256i requant8(__m256i sum, const Block& b, int h, __m256i lo_zp, __m256i hi_zp, __m256i zp) {
+/// The output codes (int32 lanes) of 8 exact sums of half h.
+inline __m256i requant8(__m256i sum, const Block& b, int h) {
   const __m256i acc = _mm256_add_epi32(sum, b.bias[h]);
-  const __m256i e = round4(acc, b.mult_e[h], b.shift_e[h], b.half_e[h]);
-  const __m256i o = round4(_mm256_srli_epi64(acc, 32), b.mult_o[h], b.shift_o[h], b.half_o[h]);
+  const __m256i e = round4(acc, b.mult_e[h], b.shift_e[h], b.add_e[h]);
+  const __m256i o = round4(_mm256_srli_epi64(acc, 32), b.mult_o[h], b.shift_o[h], b.add_o[h]);
   __m256i q = _mm256_blend_epi32(e, _mm256_slli_epi64(o, 32), 0xAA);
-  q = _mm256_min_epi32(_mm256_max_epi32(q, lo_zp), hi_zp);
-  return _mm256_add_epi32(q, zp);
+  q = _mm256_min_epu32(_mm256_max_epu32(q, b.lo_d[h]), b.hi_d[h]);
+  return _mm256_add_epi32(q, b.zp_d[h]);
 }
 
 /// acc0 += a * b0, acc1 += a * b1 (int16 pairs, a one broadcast dword). One
@@ -191,12 +217,9 @@ void tile(const QGemmParams& p, const int32_t* packed, const Block& blk, const i
       }
       return;
     }
-    const __m256i zp = _mm256_set1_epi32(p.out_zero_point);
-    const __m256i lo_zp = _mm256_set1_epi32(p.out_lo - p.out_zero_point);
-    const __m256i hi_zp = _mm256_set1_epi32(p.out_hi - p.out_zero_point);
     for (int r = 0; r < R; ++r) {
-      const __m256i q0 = requant8(acc[r][0], blk, 0, lo_zp, hi_zp, zp);
-      const __m256i q1 = requant8(acc[r][1], blk, 1, lo_zp, hi_zp, zp);
+      const __m256i q0 = requant8(acc[r][0], blk, 0);
+      const __m256i q1 = requant8(acc[r][1], blk, 1);
       // packs interleaves the 128-bit halves; the permute restores channel order.
       const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);
       const __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));

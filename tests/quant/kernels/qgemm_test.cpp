@@ -123,6 +123,14 @@ TEST(QGemm, EveryKernelEqualsTheReference) {
           const int64_t n = static_cast<int64_t>(rng() % N);
           pr.requant[n] = quantize_multiplier(std::exp2(static_cast<double>(rng() % 250) / 10));
         }
+        if (iter % 5 == 4) {
+          // Every channel at the edges of the multipliers below 1: just
+          // below 1 and 1/2 (shift 31, the largest offset a vectorized
+          // rounding may carry) and 2^-23 to 2^-25 (shifts 54 to 56, where
+          // such an offset becomes smaller than the clamp range).
+          const double edge[] = {0.9999, 0.5, 0.75, std::exp2(-23), std::exp2(-23.5), std::exp2(-24), std::exp2(-25)};
+          for (auto& q : pr.requant) q = quantize_multiplier(edge[rng() % 7]);
+        }
         ASSERT_EQ(run(fn, pr.p), run(&qu8s8_gemm_requant__ref, pr.p)) << name << " M=" << M << " N=" << N << " K=" << K;
       }
       // Long K: kernels may change their tiling there (panels that fit L1).
