@@ -121,11 +121,16 @@ void gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const
   if (!order_fixed_per_element<T>()) {
     // OpenBLAS's sums depend on the panel it is handed (its edge kernels and
     // blocking follow the panel's shape), so the panels must depend on the
-    // shape alone: fixed widths, the same for any thread count and for
-    // nested calls.
+    // shape alone, the same for any thread count and for nested calls: an
+    // even number of them (two threads share them evenly), at least 2 and
+    // about 1024 columns (512 rows) each. Few, wide panels keep OpenBLAS's
+    // per-call cost small.
     if (flops < 4e6) return blas_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     const bool cols = N >= M;
-    const int64_t extent = cols ? N : M, width = cols ? 128 : 64;
+    const int64_t extent = cols ? N : M, target = cols ? 1024 : 512, align = cols ? 32 : 16;
+    int64_t panels = std::max<int64_t>(2, (extent + target - 1) / target);
+    panels += panels % 2;
+    const int64_t width = ((extent + panels - 1) / panels + align - 1) / align * align;
     parallel_chunks((extent + width - 1) / width, [&](int64_t c) {
       const int64_t b = c * width, n = std::min(width, extent - b);
       if (cols)
