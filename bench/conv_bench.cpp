@@ -3,6 +3,7 @@
 // measured in the same run.
 #include <cstdio>
 #include <cxxopts.hpp>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -32,7 +33,7 @@ const std::vector<Shape4> kShapes = {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run_main(int argc, char** argv) {
   cxxopts::Options options("conv_bench", "conv2d forward+backward GFLOP/s against PyTorch");
   options.add_options()("threads", "threads for qforge and PyTorch", cxxopts::value<int>()->default_value("2"))(
       "min-sec", "seconds per shape", cxxopts::value<double>()->default_value("1.0"))(
@@ -127,4 +128,15 @@ int main(int argc, char** argv) {
   }
   std::printf("%-24s %12s %12s %7.2fx\n", "geometric mean", "", "", std::exp(log_sum / std::max(count, 1)));
   return 0;
+}
+
+// Any error past the option parsing (a missing data directory, a bad file)
+// ends the run with its message instead of std::terminate.
+int main(int argc, char** argv) {
+  try {
+    return run_main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "conv_bench: %s\n", e.what());
+    return 1;
+  }
 }

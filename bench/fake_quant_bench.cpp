@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstring>
 #include <cxxopts.hpp>
+#include <exception>
 #include <map>
 #include <string>
 #include <vector>
@@ -26,7 +27,7 @@ struct Case {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run_main(int argc, char** argv) {
   cxxopts::Options options("fake_quant_bench", "Fake-quant forward+backward against PyTorch (same run)");
   options.add_options()("threads", "threads", cxxopts::value<int>()->default_value("2"))(
       "min-sec", "seconds per case", cxxopts::value<double>()->default_value("1.0"))(
@@ -106,4 +107,15 @@ int main(int argc, char** argv) {
     std::printf("%-26s %14.3f %14.3f %7.2fx\n", name.c_str(), ours[name], theirs, ours[name] / theirs);
   }
   return 0;
+}
+
+// Any error past the option parsing (a missing data directory, a bad file)
+// ends the run with its message instead of std::terminate.
+int main(int argc, char** argv) {
+  try {
+    return run_main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fake_quant_bench: %s\n", e.what());
+    return 1;
+  }
 }

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <cxxopts.hpp>
+#include <exception>
 #include <map>
 #include <string>
 #include <vector>
@@ -32,7 +33,7 @@
 using namespace qforge;
 using autograd::Variable;
 
-int main(int argc, char** argv) {
+static int run_main(int argc, char** argv) {
   cxxopts::Options options("infer_bench", "FP32 and int8 inference against PyTorch (same run)");
   options.add_options()("model", "mnist_cnn or resnet20", cxxopts::value<std::string>()->default_value("mnist_cnn"))(
       "threads", "threads", cxxopts::value<int>()->default_value("2"))(
@@ -279,4 +280,15 @@ int main(int argc, char** argv) {
                 name.c_str(), variant, threads, lat_threads, rounds, ours.lat, ref.lat, ours.tp, ref.tp);
   }
   return 0;
+}
+
+// Any error past the option parsing (a missing data directory, a bad file)
+// ends the run with its message instead of std::terminate.
+int main(int argc, char** argv) {
+  try {
+    return run_main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "infer_bench: %s\n", e.what());
+    return 1;
+  }
 }

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cxxopts.hpp>
+#include <exception>
 #include <string>
 
 #include "autograd/ops.h"
@@ -38,7 +39,7 @@ rt::WeightQParams rows_q(const Tensor& w) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run_main(int argc, char** argv) {
   cxxopts::Options options("lstm_bench", "LSTM(128->256) seq 50 batch 1, FP32 and int8, against PyTorch (same run)");
   options.add_options()("threads", "threads", cxxopts::value<int>()->default_value("2"))(
       "min-sec", "seconds per measurement", cxxopts::value<double>()->default_value("1.0"))(
@@ -147,4 +148,15 @@ int main(int argc, char** argv) {
                 variant, threads, ours, ts.median * 1e3, lat);
   }
   return 0;
+}
+
+// Any error past the option parsing (a missing data directory, a bad file)
+// ends the run with its message instead of std::terminate.
+int main(int argc, char** argv) {
+  try {
+    return run_main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lstm_bench: %s\n", e.what());
+    return 1;
+  }
 }

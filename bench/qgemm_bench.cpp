@@ -12,6 +12,7 @@
 // the yardstick the issue sets.
 #include <cstdio>
 #include <cxxopts.hpp>
+#include <exception>
 #include <map>
 #include <string>
 #include <vector>
@@ -80,7 +81,7 @@ void run_gemm(Problem& pr, const qk::KernelTable& t, const int32_t* packed) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run_main(int argc, char** argv) {
   cxxopts::Options options("qgemm_bench", "int8 GEMM GOP/s against oneDNN u8s8s32 (same run)");
   options.add_options()("sizes", "square sizes", cxxopts::value<std::vector<int>>()->default_value("256,1024"))(
       "threads", "thread counts", cxxopts::value<std::vector<int>>()->default_value("1,2"))(
@@ -168,4 +169,15 @@ int main(int argc, char** argv) {
                   d > 0 ? gops / d : 0.0, pk > 0 ? 100 * gops / pk : 0.0);
     }
   return 0;
+}
+
+// Any error past the option parsing (a missing data directory, a bad file)
+// ends the run with its message instead of std::terminate.
+int main(int argc, char** argv) {
+  try {
+    return run_main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "qgemm_bench: %s\n", e.what());
+    return 1;
+  }
 }

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <cxxopts.hpp>
+#include <exception>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -28,7 +29,7 @@
 using namespace qforge;
 using namespace qforge::autograd;
 
-int main(int argc, char** argv) {
+static int run_main(int argc, char** argv) {
   cxxopts::Options options("train_bench", "FP32 and QAT training throughput against PyTorch (same run)");
   options.add_options()("model", "mnist_cnn or resnet20", cxxopts::value<std::string>()->default_value("mnist_cnn"))(
       "batch", "batch size (default 64, resnet20 128)", cxxopts::value<int>())(
@@ -214,4 +215,15 @@ int main(int argc, char** argv) {
                 model_name.c_str(), m, batch, threads, ours, theirs, ours / theirs);
   }
   return 0;
+}
+
+// Any error past the option parsing (a missing data directory, a bad file)
+// ends the run with its message instead of std::terminate.
+int main(int argc, char** argv) {
+  try {
+    return run_main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "train_bench: %s\n", e.what());
+    return 1;
+  }
 }
