@@ -148,8 +148,21 @@ static int run_main(int argc, char** argv) {
   for (int t : thread_counts) th += (th.empty() ? "" : " ") + std::to_string(t);
   std::printf("\n## reference: oneDNN (bash %s/onednn/run.sh)\n", bench::reference_kit().c_str());
   std::fflush(stdout);
-  const auto results = bench::run_reference("bash " + bench::reference_kit() + "/onednn/run.sh --sizes \"" + sz +
-                                            "\" --threads \"" + th + "\" 2>&1");
+  // The kit's peak probe is AVX-512 code, and run.sh stops when it does not
+  // build. Without AVX-512 VNNI there is no VNNI peak anyway ("% peak" reads
+  // n/a): the kit's oneDNN GEMM program is then built and run directly, as
+  // run.sh would run it.
+  const bool vnni = __builtin_cpu_supports("avx512vnni");
+  std::string cmd = "bash " + bench::reference_kit() + "/onednn/run.sh --sizes \"" + sz + "\" --threads \"" + th +
+                    "\" 2>&1";
+  if (!vnni) {
+    std::printf("# this CPU lacks AVX-512 VNNI: no VNNI peak; oneDNN's GEMM program run without run.sh\n");
+    const std::string bin = "${TMPDIR:-/tmp}/qforge-ref-onednn-novnni";
+    cmd = "mkdir -p " + bin + " && g++ -O2 -march=native -fopenmp " + bench::reference_kit() +
+          "/onednn/gemm_dnnl.cpp -ldnnl -o " + bin + "/gemm_dnnl 2>&1 && for T in " + th +
+          "; do OMP_NUM_THREADS=$T BENCH_CLOCK_GHZ=0 " + bin + "/gemm_dnnl $T " + sz + " 2>&1; done";
+  }
+  const auto results = bench::run_reference(cmd);
   std::map<int, double> peak;
   std::map<std::pair<int, int>, double> dnnl;  // best u8s8s32 variant per (threads, n)
   for (const auto& r : results) {
@@ -165,8 +178,10 @@ static int run_main(int argc, char** argv) {
   for (const auto& [k, by_isa] : ours)
     for (const auto& [isa, gops] : by_isa) {
       const double d = dnnl.count(k) ? dnnl[k] : 0, pk = peak.count(k.first) ? peak[k.first] : 0;
-      std::printf("%3d %5d %-12s %10.1f %10.1f %10.2f %10.1f\n", k.first, k.second, isa.c_str(), gops, d,
-                  d > 0 ? gops / d : 0.0, pk > 0 ? 100 * gops / pk : 0.0);
+      char pct[16] = "n/a";
+      if (pk > 0) std::snprintf(pct, sizeof pct, "%.1f", 100 * gops / pk);
+      std::printf("%3d %5d %-12s %10.1f %10.1f %10.2f %10s\n", k.first, k.second, isa.c_str(), gops, d,
+                  d > 0 ? gops / d : 0.0, pct);
     }
   return 0;
 }

@@ -82,7 +82,8 @@ void pack_rows(const QGemmParams& p, int64_t m0, int64_t rows, int64_t K2, int16
   for (int64_t r = 0; r < rows; ++r) {
     int16_t* d = dst + r * 2 * K2;
     const int64_t m = m0 + r;
-    if (!p.a_offsets) widen_run(p.a + m * p.lda, p.K, zp16, d);
+    if (!p.a_offsets)
+      widen_run(p.a + m * p.lda, p.K, zp16, d);
     else
       for (int64_t s = 0; s < p.segments; ++s) widen_run(p.a + segment_offset(p, m, s), len, zp16, d + s * len);
     if (p.K % 2) d[p.K] = 0;
@@ -169,23 +170,24 @@ inline __m256i requant8(__m256i sum, const Block& b, int h) {
 /// asm statement per row, on named locals: GCC 12 otherwise hoists all the
 /// products ahead of the sums, or keeps an accumulator array in memory, and
 /// spills.
-#define QF_AVX2_ROW(r, c0, c1)                                          \
-  if constexpr (R > r) {                                                \
-    __m256i av, t;                                                      \
-    __asm__("vpbroadcastd %[a], %[av]\n\t"                              \
-            "vpmaddwd %[b0], %[av], %[t]\n\t"                           \
-            "vpaddd %[t], %[x0], %[x0]\n\t"                             \
-            "vpmaddwd %[b1], %[av], %[t]\n\t"                           \
-            "vpaddd %[t], %[x1], %[x1]"                                 \
-            : [x0] "+x"(c0), [x1] "+x"(c1), [av] "=&x"(av), [t] "=&x"(t) \
-            : [a] "m"(a32[r * K2 + k2]), [b0] "x"(b0), [b1] "x"(b1));   \
+#define QF_AVX2_ROW(r, c0, c1)                                       \
+  if constexpr (R > r) {                                             \
+    __m256i av, t;                                                   \
+    __asm__(                                                         \
+        "vpbroadcastd %[a], %[av]\n\t"                               \
+        "vpmaddwd %[b0], %[av], %[t]\n\t"                            \
+        "vpaddd %[t], %[x0], %[x0]\n\t"                              \
+        "vpmaddwd %[b1], %[av], %[t]\n\t"                            \
+        "vpaddd %[t], %[x1], %[x1]"                                  \
+        : [x0] "+x"(c0), [x1] "+x"(c1), [av] "=&x"(av), [t] "=&x"(t) \
+        : [a] "m"(a32[r * K2 + k2]), [b0] "x"(b0), [b1] "x"(b1));    \
   }
 
 /// The exact sums of R rows x 16 channels (a - zp already in the rows).
 template <int R>
 __attribute__((noinline)) void dot_tile(const int32_t* packed, const int32_t* a32, int64_t K2, __m256i* out) {
-  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
-          c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+          c40 = c00, c41 = c00, c50 = c00, c51 = c00;
   for (int64_t k2 = 0; k2 < K2; ++k2) {
     const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + k2 * 16));
     const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + k2 * 16 + 8));
@@ -224,7 +226,8 @@ void tile(const QGemmParams& p, const int32_t* packed, const Block& blk, const i
       const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);
       const __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
       uint8_t* out = p.c + (m0 + r) * p.ldc + n0;
-      if (nn == 16) _mm_storeu_si128(reinterpret_cast<__m128i*>(out), bytes);
+      if (nn == 16)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out), bytes);
       else {
         alignas(16) uint8_t tmp[16];
         _mm_store_si128(reinterpret_cast<__m128i*>(tmp), bytes);
@@ -267,17 +270,22 @@ void qu8s8_gemm_requant__avx2_6x16(const QGemmParams& p) {
   for (int64_t nb = 0; nb < NB; ++nb) blocks[nb] = make_block(p, nb * 16);
   thread_local std::vector<int16_t> apack;
   apack.resize(static_cast<size_t>(std::min(p.M, kBlockRows) * 2 * K2));
-  for (int64_t mb = 0; mb < p.M; mb += kBlockRows) {
-    const int64_t rows = std::min(kBlockRows, p.M - mb);
-    pack_rows(p, mb, rows, K2, apack.data());
-    for (int64_t nb = 0; nb < NB; ++nb) {
-      const int32_t* pk = base + nb * K2 * 16;
-      int64_t r = 0;
-      for (; r + kRows <= rows; r += kRows)
-        tile<kRows>(p, pk, blocks[nb], apack.data() + r * 2 * K2, K2, mb + r, nb * 16);
-      if (r < rows) kTail[rows - r](p, pk, blocks[nb], apack.data() + r * 2 * K2, K2, mb + r, nb * 16);
+  // Channel blocks in chunks whose packed B (K2 * 64 bytes a block) stays
+  // within about 256 KB of L2 while every row block passes; A is packed again
+  // for each chunk (a conv's weights are one chunk).
+  const int64_t chunk = std::max<int64_t>(1, (256 << 10) / (K2 * 64));
+  for (int64_t nc = 0; nc < NB; nc += chunk)
+    for (int64_t mb = 0; mb < p.M; mb += kBlockRows) {
+      const int64_t rows = std::min(kBlockRows, p.M - mb);
+      pack_rows(p, mb, rows, K2, apack.data());
+      for (int64_t nb = nc; nb < std::min(NB, nc + chunk); ++nb) {
+        const int32_t* pk = base + nb * K2 * 16;
+        int64_t r = 0;
+        for (; r + kRows <= rows; r += kRows)
+          tile<kRows>(p, pk, blocks[nb], apack.data() + r * 2 * K2, K2, mb + r, nb * 16);
+        if (r < rows) kTail[rows - r](p, pk, blocks[nb], apack.data() + r * 2 * K2, K2, mb + r, nb * 16);
+      }
     }
-  }
 }
 
 }  // namespace qforge::quant::kernels
