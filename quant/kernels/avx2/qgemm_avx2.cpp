@@ -180,34 +180,47 @@ inline __m256i requant8(__m256i sum, const Block& b, int h) {
         "vpmaddwd %[b1], %[av], %[t]\n\t"                            \
         "vpaddd %[t], %[x1], %[x1]"                                  \
         : [x0] "+x"(c0), [x1] "+x"(c1), [av] "=&x"(av), [t] "=&x"(t) \
-        : [a] "m"(a32[r * K2 + k2]), [b0] "x"(b0), [b1] "x"(b1));    \
+        : [a] "m"(a##r[k2]), [b0] "x"(b0), [b1] "x"(b1));            \
   }
 
-/// The exact sums of R rows x 16 channels (a - zp already in the rows).
+/// The exact sums of R rows x 16 channels. Each row is `nseg` runs of `run2`
+/// int16 pairs (a - zp), run s of row r at rows[r * nseg + s]; the packed B
+/// goes through the runs in order.
 template <int R>
-__attribute__((noinline)) void dot_tile(const int32_t* packed, const int32_t* a32, int64_t K2, __m256i* out) {
+__attribute__((noinline)) void dot_tile(const int32_t* packed, const int32_t* const* rows, int64_t nseg, int64_t run2,
+                                        __m256i* out) {
   __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
           c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-  for (int64_t k2 = 0; k2 < K2; ++k2) {
-    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + k2 * 16));
-    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + k2 * 16 + 8));
-    QF_AVX2_ROW(0, c00, c01)
-    QF_AVX2_ROW(1, c10, c11)
-    QF_AVX2_ROW(2, c20, c21)
-    QF_AVX2_ROW(3, c30, c31)
-    QF_AVX2_ROW(4, c40, c41)
-    QF_AVX2_ROW(5, c50, c51)
+  for (int64_t s = 0; s < nseg; ++s, packed += run2 * 16) {
+    const int32_t *a0 = rows[s], *a1 = nullptr, *a2 = nullptr, *a3 = nullptr, *a4 = nullptr, *a5 = nullptr;
+    if constexpr (R > 1) a1 = rows[nseg + s];
+    if constexpr (R > 2) a2 = rows[2 * nseg + s];
+    if constexpr (R > 3) a3 = rows[3 * nseg + s];
+    if constexpr (R > 4) a4 = rows[4 * nseg + s];
+    if constexpr (R > 5) a5 = rows[5 * nseg + s];
+    for (int64_t k2 = 0; k2 < run2; ++k2) {
+      const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + k2 * 16));
+      const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(packed + k2 * 16 + 8));
+      QF_AVX2_ROW(0, c00, c01)
+      QF_AVX2_ROW(1, c10, c11)
+      QF_AVX2_ROW(2, c20, c21)
+      QF_AVX2_ROW(3, c30, c31)
+      QF_AVX2_ROW(4, c40, c41)
+      QF_AVX2_ROW(5, c50, c51)
+    }
   }
   const __m256i all[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
   for (int i = 0; i < 2 * R; ++i) out[i] = all[i];
 }
 #undef QF_AVX2_ROW
 
+/// Rows [m0, m0 + R) x channels [n0, n0 + 16) of C from their run pointers
+/// (dot_tile): the sums, then the block's requantization or int32 outputs.
 template <int R>
-void tile(const QGemmParams& p, const int32_t* packed, const Block& blk, const int16_t* arows, int64_t K2, int64_t m0,
-          int64_t n0) {
+void tile(const QGemmParams& p, const int32_t* packed, const Block& blk, const int32_t* const* rows, int64_t nseg,
+          int64_t run2, int64_t m0, int64_t n0) {
   __m256i acc[R][2];
-  dot_tile<R>(packed, reinterpret_cast<const int32_t*>(arows), K2, &acc[0][0]);
+  dot_tile<R>(packed, rows, nseg, run2, &acc[0][0]);
   const int64_t nn = std::min<int64_t>(16, p.N - n0);
   if (blk.vector) {
     if (p.c32) {
@@ -244,8 +257,24 @@ void tile(const QGemmParams& p, const int32_t* packed, const Block& blk, const i
   }
 }
 
-using TileFn = void (*)(const QGemmParams&, const int32_t*, const Block&, const int16_t*, int64_t, int64_t, int64_t);
-constexpr TileFn kTail[kRows] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>};
+/// Runs rows [m0, m1) against channel blocks [nb0, nb1): tiles of kRows rows
+/// and a shorter last one. rows_of(m, ptrs) fills the nseg run pointers of
+/// row m.
+template <class RowsOf>
+void run_rows(const QGemmParams& p, const int32_t* base, const std::vector<Block>& blocks, int64_t K2, int64_t nseg,
+              int64_t run2, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1, RowsOf rows_of) {
+  using TileFn = void (*)(const QGemmParams&, const int32_t*, const Block&, const int32_t* const*, int64_t, int64_t,
+                          int64_t, int64_t);
+  static constexpr TileFn kTile[kRows + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
+  thread_local std::vector<const int32_t*> ptrs;
+  ptrs.resize(static_cast<size_t>(kRows * nseg));
+  for (int64_t m = m0; m < m1; m += kRows) {
+    const int64_t R = std::min<int64_t>(kRows, m1 - m);
+    for (int64_t r = 0; r < R; ++r) rows_of(m + r, ptrs.data() + r * nseg);
+    for (int64_t nb = nb0; nb < nb1; ++nb)
+      kTile[R](p, base + nb * K2 * 16, blocks[nb], ptrs.data(), nseg, run2, m, nb * 16);
+  }
+}
 
 }  // namespace
 
@@ -268,23 +297,48 @@ void qu8s8_gemm_requant__avx2_6x16(const QGemmParams& p) {
   thread_local std::vector<Block> blocks;
   blocks.resize(static_cast<size_t>(NB));
   for (int64_t nb = 0; nb < NB; ++nb) blocks[nb] = make_block(p, nb * 16);
-  thread_local std::vector<int16_t> apack;
-  apack.resize(static_cast<size_t>(std::min(p.M, kBlockRows) * 2 * K2));
   // Channel blocks in chunks whose packed B (K2 * 64 bytes a block) stays
-  // within about 256 KB of L2 while every row block passes; A is packed again
-  // for each chunk (a conv's weights are one chunk).
+  // within about 256 KB of L2 while every row passes (a conv's weights are
+  // one chunk).
   const int64_t chunk = std::max<int64_t>(1, (256 << 10) / (K2 * 64));
+  thread_local std::vector<int16_t> wide;
+  if (p.a_offsets) {
+    // Segmented rows (a convolution's implicit im2col): the span of A they
+    // read is widened once, and the tiles broadcast straight from it, so an
+    // input byte read by several taps is widened once, not once per tap.
+    // Taken when that span is at most the rows' own size.
+    const int64_t len = p.K / p.segments;
+    int64_t lo = INT64_MAX, hi = 0;
+    for (int64_t m = 0; m < p.M; ++m)
+      for (int64_t s = 0; s < p.segments; ++s) {
+        const int64_t o = segment_offset(p, m, s);
+        lo = std::min(lo, o);
+        hi = std::max(hi, o + len);
+      }
+    if (hi - lo <= p.M * p.K) {
+      wide.resize(static_cast<size_t>(hi - lo));
+      widen_run(p.a + lo, hi - lo, _mm256_set1_epi16(static_cast<int16_t>(p.a_zero_point)), wide.data());
+      const int16_t* w = wide.data() - lo;
+      for (int64_t nc = 0; nc < NB; nc += chunk)
+        run_rows(p, base, blocks, K2, p.segments, len / 2, 0, p.M, nc, std::min(NB, nc + chunk),
+                 [&](int64_t m, const int32_t** out) {
+                   for (int64_t s = 0; s < p.segments; ++s)
+                     out[s] = reinterpret_cast<const int32_t*>(w + segment_offset(p, m, s));
+                 });
+      return;
+    }
+  }
+  // Otherwise blocks of kBlockRows rows are widened into contiguous rows,
+  // again for each chunk.
+  wide.resize(static_cast<size_t>(std::min(p.M, kBlockRows) * 2 * K2));
   for (int64_t nc = 0; nc < NB; nc += chunk)
     for (int64_t mb = 0; mb < p.M; mb += kBlockRows) {
       const int64_t rows = std::min(kBlockRows, p.M - mb);
-      pack_rows(p, mb, rows, K2, apack.data());
-      for (int64_t nb = nc; nb < std::min(NB, nc + chunk); ++nb) {
-        const int32_t* pk = base + nb * K2 * 16;
-        int64_t r = 0;
-        for (; r + kRows <= rows; r += kRows)
-          tile<kRows>(p, pk, blocks[nb], apack.data() + r * 2 * K2, K2, mb + r, nb * 16);
-        if (r < rows) kTail[rows - r](p, pk, blocks[nb], apack.data() + r * 2 * K2, K2, mb + r, nb * 16);
-      }
+      pack_rows(p, mb, rows, K2, wide.data());
+      run_rows(p, base, blocks, K2, 1, K2, mb, mb + rows, nc, std::min(NB, nc + chunk),
+               [&](int64_t m, const int32_t** out) {
+                 out[0] = reinterpret_cast<const int32_t*>(wide.data() + (m - mb) * 2 * K2);
+               });
     }
 }
 
