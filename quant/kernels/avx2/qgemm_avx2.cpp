@@ -11,7 +11,8 @@
 //   exact dot products and a pair is one broadcast dword. Segmented rows (an
 //   implicit im2col) are read run by run while packing.
 // - Tiles of 6 rows x 16 channels: 12 accumulators, two B vectors and one
-//   broadcast.
+//   broadcast. A fused max pool of up to 6 rows takes the max of each
+//   group's sums in the tile (tiles of 4 rows for groups of 4).
 // - The requantization is vectorized when every channel of a block has a
 //   multiplier in [2^-23, 1) (shift in [31, 54]) and its sums plus bias
 //   provably fit int32: then each rounded value fits int32, and the 64-bit
@@ -209,8 +210,14 @@ __attribute__((noinline)) void dot_tile(const int32_t* packed, const int32_t* co
       QF_AVX2_ROW(5, c50, c51)
     }
   }
-  const __m256i all[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
-  for (int i = 0; i < 2 * R; ++i) out[i] = all[i];
+  // Stored row by row: copying through an array of all 12 made GCC keep
+  // the accumulators of the shorter tiles on the stack.
+  out[0] = c00, out[1] = c01;
+  if constexpr (R > 1) out[2] = c10, out[3] = c11;
+  if constexpr (R > 2) out[4] = c20, out[5] = c21;
+  if constexpr (R > 3) out[6] = c30, out[7] = c31;
+  if constexpr (R > 4) out[8] = c40, out[9] = c41;
+  if constexpr (R > 5) out[10] = c50, out[11] = c51;
 }
 #undef QF_AVX2_ROW
 
@@ -221,10 +228,22 @@ void tile(const QGemmParams& p, const int32_t* packed, const Block& blk, const i
           int64_t run2, int64_t m0, int64_t n0) {
   __m256i acc[R][2];
   dot_tile<R>(packed, rows, nseg, run2, &acc[0][0]);
+  // Fused max pool (QGemmParams::pool; R and m0 are multiples of it): the
+  // max of each group's exact sums, before the bias and the requantization,
+  // which never decrease as the sum grows.
+  const int64_t pool = p.pool, outs = R / pool;
+  if (pool > 1)
+    for (int64_t g = 0; g < outs; ++g)
+      for (int h = 0; h < 2; ++h) {
+        __m256i v = acc[g * pool][h];
+        for (int64_t i = 1; i < pool; ++i) v = _mm256_max_epi32(v, acc[g * pool + i][h]);
+        acc[g][h] = v;
+      }
+  m0 /= pool;
   const int64_t nn = std::min<int64_t>(16, p.N - n0);
   if (blk.vector) {
     if (p.c32) {
-      for (int r = 0; r < R; ++r) {
+      for (int64_t r = 0; r < outs; ++r) {
         alignas(32) int32_t out[16];
         _mm256_store_si256(reinterpret_cast<__m256i*>(out), _mm256_add_epi32(acc[r][0], blk.bias[0]));
         _mm256_store_si256(reinterpret_cast<__m256i*>(out + 8), _mm256_add_epi32(acc[r][1], blk.bias[1]));
@@ -232,7 +251,7 @@ void tile(const QGemmParams& p, const int32_t* packed, const Block& blk, const i
       }
       return;
     }
-    for (int r = 0; r < R; ++r) {
+    for (int64_t r = 0; r < outs; ++r) {
       const __m256i q0 = requant8(acc[r][0], blk, 0);
       const __m256i q1 = requant8(acc[r][1], blk, 1);
       // packs interleaves the 128-bit halves; the permute restores channel order.
@@ -250,7 +269,7 @@ void tile(const QGemmParams& p, const int32_t* packed, const Block& blk, const i
     return;
   }
   alignas(32) int32_t dot[16];
-  for (int r = 0; r < R; ++r) {
+  for (int64_t r = 0; r < outs; ++r) {
     _mm256_store_si256(reinterpret_cast<__m256i*>(dot), acc[r][0]);
     _mm256_store_si256(reinterpret_cast<__m256i*>(dot + 8), acc[r][1]);
     for (int64_t j = 0; j < nn; ++j) store_output(p, m0 + r, n0 + j, dot[j]);
@@ -258,8 +277,9 @@ void tile(const QGemmParams& p, const int32_t* packed, const Block& blk, const i
 }
 
 /// Runs rows [m0, m1) against channel blocks [nb0, nb1): tiles of kRows rows
-/// and a shorter last one. rows_of(m, ptrs) fills the nseg run pointers of
-/// row m.
+/// (with pooled rows, the largest multiple of the group size up to kRows; m0
+/// and m1 are then multiples of it) and a shorter last one. rows_of(m, ptrs)
+/// fills the nseg run pointers of row m.
 template <class RowsOf>
 void run_rows(const QGemmParams& p, const int32_t* base, const std::vector<Block>& blocks, int64_t K2, int64_t nseg,
               int64_t run2, int64_t m0, int64_t m1, int64_t nb0, int64_t nb1, RowsOf rows_of) {
@@ -268,8 +288,9 @@ void run_rows(const QGemmParams& p, const int32_t* base, const std::vector<Block
   static constexpr TileFn kTile[kRows + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
   thread_local std::vector<const int32_t*> ptrs;
   ptrs.resize(static_cast<size_t>(kRows * nseg));
-  for (int64_t m = m0; m < m1; m += kRows) {
-    const int64_t R = std::min<int64_t>(kRows, m1 - m);
+  const int64_t step = kRows / p.pool * p.pool;
+  for (int64_t m = m0; m < m1; m += step) {
+    const int64_t R = std::min<int64_t>(step, m1 - m);
     for (int64_t r = 0; r < R; ++r) rows_of(m + r, ptrs.data() + r * nseg);
     for (int64_t nb = nb0; nb < nb1; ++nb)
       kTile[R](p, base + nb * K2 * 16, blocks[nb], ptrs.data(), nseg, run2, m, nb * 16);
@@ -286,7 +307,7 @@ std::vector<int32_t> qgemm_pack__avx2_6x16(const int8_t* b, int64_t ldb, int64_t
 
 void qu8s8_gemm_requant__avx2_6x16(const QGemmParams& p) {
   if (p.M == 0 || p.N == 0) return;
-  if (p.pool > 1) return gemm_pooled_via_c32(&qu8s8_gemm_requant__avx2_6x16, p);
+  if (p.pool > kRows) return gemm_pooled_via_c32(&qu8s8_gemm_requant__avx2_6x16, p);
   const int64_t K2 = (p.K + 1) / 2, NB = (p.N + 15) / 16;
   const int32_t* base = p.b_packed;
   if (!base) {
@@ -330,10 +351,11 @@ void qu8s8_gemm_requant__avx2_6x16(const QGemmParams& p) {
   }
   // Otherwise blocks of kBlockRows rows are widened into contiguous rows,
   // again for each chunk.
-  wide.resize(static_cast<size_t>(std::min(p.M, kBlockRows) * 2 * K2));
+  const int64_t block_rows = kBlockRows / p.pool * p.pool;  // whole pooled groups
+  wide.resize(static_cast<size_t>(std::min(p.M, block_rows) * 2 * K2));
   for (int64_t nc = 0; nc < NB; nc += chunk)
-    for (int64_t mb = 0; mb < p.M; mb += kBlockRows) {
-      const int64_t rows = std::min(kBlockRows, p.M - mb);
+    for (int64_t mb = 0; mb < p.M; mb += block_rows) {
+      const int64_t rows = std::min(block_rows, p.M - mb);
       pack_rows(p, mb, rows, K2, wide.data());
       run_rows(p, base, blocks, K2, 1, K2, mb, mb + rows, nc, std::min(NB, nc + chunk),
                [&](int64_t m, const int32_t** out) {

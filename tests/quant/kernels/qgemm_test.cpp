@@ -438,7 +438,7 @@ TEST(QGemm, PooledRowsAreTheMaxOfEachGroup) {
   // the largest of the unpooled outputs of rows r * pool ... (computed here
   // from the reference's unpooled result), requantized or int32, contiguous
   // or segmented rows, packed or not. Rows past M / pool stay untouched.
-  const std::vector<int64_t> pools = {2, 3, 4, 8, 9, 16}, groups = {1, 2, 3, 4, 5, 8, 13, 17, 33};
+  const std::vector<int64_t> pools = {2, 3, 4, 5, 6, 7, 8, 9, 16}, groups = {1, 2, 3, 4, 5, 8, 13, 17, 33};
   const std::vector<int64_t> sizes = {1, 3, 8, 16, 17, 31, 33, 64, 65};
   int checked = 0;
   for (const auto& [isa, t] : runnable_tables()) {
