@@ -260,10 +260,11 @@ KernelTable kernels_for(Isa isa);
 /// equal bit for bit. Ignores b_packed.
 void qu8s8_gemm_requant__ref(const QGemmParams& p);
 /// AVX2 (x86 builds), 6 rows x 16 channels on int16 pairs (vpmaddwd), A
-/// widened with its zero point subtracted per block of 48 rows, the
-/// requantization vectorized when a block's multipliers are below 1: packs B
-/// per call unless b_packed came from qgemm_pack__avx2_6x16. Needs
-/// cpu_has(Isa::avx2).
+/// widened with its zero point subtracted (segmented rows: the span they
+/// read, once; other rows: per block of 48), pools of up to 6 rows fused in
+/// the tile, the requantization vectorized when a block's multipliers lie in
+/// [2^-23, 1): packs B per call unless b_packed came from
+/// qgemm_pack__avx2_6x16. Needs cpu_has(Isa::avx2).
 void qu8s8_gemm_requant__avx2_6x16(const QGemmParams& p);
 /// Packs B for the AVX2 kernel ([N/16][K/2][16][2 x int16], zero-padded, then
 /// the channel sums). Compiled with AVX2 flags: needs cpu_has(Isa::avx2).
