@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <functional>
 #include <map>
 #include <string>
@@ -91,6 +92,18 @@ inline std::string json_field(const std::string& js, const std::string& key) {
 inline std::string reference_kit() {
   if (const char* e = std::getenv("QFORGE_REF_KIT")) return e;
   return std::string(QFORGE_SOURCE_DIR) + "/../shared/bench";
+}
+
+/// A benchmark's main: runs run(argc, argv), and turns an exception past the
+/// option parsing (a missing data directory, a bad file) into its message
+/// on stderr and exit status 1 instead of std::terminate.
+inline int guarded_main(const char* name, int (*run)(int, char**), int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", name, e.what());
+    return 1;
+  }
 }
 
 }  // namespace qforge::bench

@@ -3,7 +3,6 @@
 // measured in the same run.
 #include <cstdio>
 #include <cxxopts.hpp>
-#include <exception>
 #include <string>
 #include <vector>
 
@@ -130,13 +129,4 @@ static int run_main(int argc, char** argv) {
   return 0;
 }
 
-// Any error past the option parsing (a missing data directory, a bad file)
-// ends the run with its message instead of std::terminate.
-int main(int argc, char** argv) {
-  try {
-    return run_main(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "conv_bench: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return qforge::bench::guarded_main("conv_bench", run_main, argc, argv); }

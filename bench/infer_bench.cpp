@@ -14,7 +14,6 @@
 #include <cstdio>
 #include <cstring>
 #include <cxxopts.hpp>
-#include <exception>
 #include <map>
 #include <string>
 #include <vector>
@@ -86,7 +85,9 @@ static int run_main(int argc, char** argv) {
                                   : std::string(QFORGE_SOURCE_DIR) + "/../shared/data/cifar10";
   const int64_t C = mnist ? 1 : 3, HW = mnist ? 28 : 32, per = C * HW * HW;
   data::Dataset ds;
-  const bool real = mnist || std::filesystem::is_directory(dir);
+  // Random images only when the default CIFAR-10 folder is absent; a
+  // --data-dir that is not there is an error.
+  const bool real = mnist || args.count("data-dir") || std::filesystem::is_directory(dir);
   if (real) ds = mnist ? data::load_mnist(dir, data::Split::train) : data::load_cifar10(dir, data::Split::train);
   std::printf("# %s, input %s\n", name.c_str(), real ? dir.c_str() : "N(0, 1) images (no CIFAR-10 folder)");
   Generator noise(7);
@@ -282,13 +283,4 @@ static int run_main(int argc, char** argv) {
   return 0;
 }
 
-// Any error past the option parsing (a missing data directory, a bad file)
-// ends the run with its message instead of std::terminate.
-int main(int argc, char** argv) {
-  try {
-    return run_main(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "infer_bench: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return qforge::bench::guarded_main("infer_bench", run_main, argc, argv); }

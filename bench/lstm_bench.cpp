@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cxxopts.hpp>
-#include <exception>
 #include <string>
 
 #include "autograd/ops.h"
@@ -150,13 +149,4 @@ static int run_main(int argc, char** argv) {
   return 0;
 }
 
-// Any error past the option parsing (a missing data directory, a bad file)
-// ends the run with its message instead of std::terminate.
-int main(int argc, char** argv) {
-  try {
-    return run_main(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "lstm_bench: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return qforge::bench::guarded_main("lstm_bench", run_main, argc, argv); }

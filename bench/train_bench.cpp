@@ -12,7 +12,6 @@
 #include <cstdio>
 #include <cstring>
 #include <cxxopts.hpp>
-#include <exception>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -217,13 +216,4 @@ static int run_main(int argc, char** argv) {
   return 0;
 }
 
-// Any error past the option parsing (a missing data directory, a bad file)
-// ends the run with its message instead of std::terminate.
-int main(int argc, char** argv) {
-  try {
-    return run_main(argc, argv);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "train_bench: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return qforge::bench::guarded_main("train_bench", run_main, argc, argv); }
