@@ -6,10 +6,11 @@
 //
 // - B is packed once into [N/16][K/2][16 channels][2 x int16] (zero-padded),
 //   then the channel sums (kept for the packed layout's sake; unused here).
-// - A is packed per block of up to 48 rows into int16 pairs with the zero
-//   point already subtracted (a - zp lies in [-255, 255]), so the sums are the
-//   exact dot products and a pair is one broadcast dword. Segmented rows (an
-//   implicit im2col) are read run by run while packing.
+// - A is widened to int16 with the zero point already subtracted (a - zp
+//   lies in [-255, 255]), so the sums are the exact dot products and a pair
+//   is one broadcast dword. Segmented rows (a convolution's implicit im2col)
+//   widen the span of A they read once and the tiles broadcast from it run
+//   by run; other rows are widened per block of up to 48.
 // - Tiles of 6 rows x 16 channels: 12 accumulators, two B vectors and one
 //   broadcast. A fused max pool of up to 6 rows takes the max of each
 //   group's sums in the tile (tiles of 4 rows for groups of 4).
@@ -339,12 +340,12 @@ void qu8s8_gemm_requant__avx2_6x16(const QGemmParams& p) {
     if (hi - lo <= p.M * p.K) {
       wide.resize(static_cast<size_t>(hi - lo));
       widen_run(p.a + lo, hi - lo, _mm256_set1_epi16(static_cast<int16_t>(p.a_zero_point)), wide.data());
-      const int16_t* w = wide.data() - lo;
+      const int16_t* w = wide.data();
       for (int64_t nc = 0; nc < NB; nc += chunk)
         run_rows(p, base, blocks, K2, p.segments, len / 2, 0, p.M, nc, std::min(NB, nc + chunk),
                  [&](int64_t m, const int32_t** out) {
                    for (int64_t s = 0; s < p.segments; ++s)
-                     out[s] = reinterpret_cast<const int32_t*>(w + segment_offset(p, m, s));
+                     out[s] = reinterpret_cast<const int32_t*>(w + (segment_offset(p, m, s) - lo));
                  });
       return;
     }
