@@ -291,7 +291,8 @@ std::vector<int32_t> qgemm_pack__amx(const int8_t* b, int64_t ldb, int64_t N, in
 void qu8s8_gemm_requant__neon_4x8(const QGemmParams& p);
 /// Depthwise reference: plain loops, the oracle of the SIMD depthwise kernels.
 void qu8s8_dwconv_requant__ref(const QDwParams& p);
-/// AVX2 depthwise: 8 channels per vector (int32 products), scalar requantization.
+/// AVX2 depthwise: two vectors of 8 channels per step (int32 products), the
+/// GEMM's vectorized requantization where a block allows it.
 void qu8s8_dwconv_requant__avx2_8c(const QDwParams& p);
 /// AVX-512 depthwise: 16 channels per vector, vectorized requantization.
 void qu8s8_dwconv_requant__avx512_16c(const QDwParams& p);

@@ -114,6 +114,17 @@ TEST(QDwConv, EveryKernelEqualsTheReference) {
       std::mt19937 rng(17);
       for (int iter = 0; iter < 300; ++iter) {
         DwProblem d = make_dw(rng);
+        if (iter % 4 == 1) {
+          // Multipliers at the edges of a vectorized requantization (shift
+          // 31, shifts 54-56, and above 1, which needs the wide path), and a
+          // bias near the int32 limit on one channel (saturation).
+          const double edge[] = {0.9999, 0.5, std::exp2(-23), std::exp2(-24), std::exp2(-25), 3.0, 1000.0};
+          for (auto& q : d.requant) q = quantize_multiplier(edge[rng() % 7]);
+          if (iter % 8 == 1) {
+            d.bias[rng() % d.bias.size()] = iter % 16 == 1 ? INT32_MAX - 100 : INT32_MIN + 100;
+            d.p.bias = d.bias.data();
+          }
+        }
         const QDwParams& p = d.p;
         ASSERT_EQ(run_dw(fn, p), run_dw(&qu8s8_dwconv_requant__ref, p))
             << name << " C=" << p.C << " H=" << p.H << " W=" << p.W << " K=" << p.KH << "x" << p.KW << " stride "
