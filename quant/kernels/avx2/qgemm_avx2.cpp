@@ -251,13 +251,16 @@ void qu8s8_gemm_requant__avx2_6x16(const QGemmParams& p) {
     // input byte read by several taps is widened once, not once per tap.
     // Taken when that span is at most the rows' own size.
     const int64_t len = p.K / p.segments;
-    int64_t lo = INT64_MAX, hi = 0;
-    for (int64_t m = 0; m < p.M; ++m)
-      for (int64_t s = 0; s < p.segments; ++s) {
-        const int64_t o = segment_offset(p, m, s);
-        lo = std::min(lo, o);
-        hi = std::max(hi, o + len);
-      }
+    // The span: over the row offsets (evenly spaced runs: the last run is
+    // (segments - 1) strides on) or over every run's offset.
+    const bool even = p.segment_stride > 0;
+    const int64_t n_off = even ? p.M : p.M * p.segments;
+    int64_t lo = INT64_MAX, hi = INT64_MIN;
+    for (int64_t i = 0; i < n_off; ++i) {
+      lo = std::min(lo, p.a_offsets[i]);
+      hi = std::max(hi, p.a_offsets[i]);
+    }
+    hi += len + (even ? (p.segments - 1) * p.segment_stride : 0);
     if (hi - lo <= p.M * p.K) {
       wide.resize(static_cast<size_t>(hi - lo));
       widen_run(p.a + lo, hi - lo, _mm256_set1_epi16(static_cast<int16_t>(p.a_zero_point)), wide.data());
