@@ -44,6 +44,66 @@ inline int32_t load4(const uint8_t* a, int64_t k, int64_t K) {
 /// copy of the accumulator around every call.
 #define QF_DPBUSD(acc, a, b) asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
 
+/// The requantization of one tile's sums, deferred into the next tile's
+/// dot-product loop: one block of 16 outputs per step of K. Done after its own
+/// loop, a tile's requantization stalls the in-order dispatch for a few dozen
+/// cycles while the vpdpbusd pipes idle; spread over the next loop, it runs on
+/// the vector pipes vpdpbusd leaves free (256^3 on one core: about a fifth of
+/// the tile's time was outside its loop). Only for plain requantized output
+/// (no c32, no pool). The sums are [blocks][16], block b = r * NV + v.
+template <int NV>
+struct Deferred {
+  alignas(64) int32_t sums[16][16];
+  int blocks = 0, done = 0;
+  uint8_t* out = nullptr;  // the tile's first output row, at the panel's first channel
+  int64_t ldc = 0;
+  const Requant16* rq = nullptr;  // every block's r.narrow holds
+  __mmask16 mask[4] = {0, 0, 0, 0};
+  __m512i zp32, lo_zp, hi_zp;
+
+  /// requant16_narrow() of the sums at s into the 16 bytes at o, for block
+  /// v of the panel, as one asm statement: in the middle of the
+  /// dot-product loop, intrinsics made GCC 12 spill an accumulator of the
+  /// loop (a store and reload per step on its chain). This uses two scratch
+  /// vectors and reads every constant from memory.
+  __attribute__((always_inline)) inline void requant_block(const int32_t* s, uint8_t* o, int v) const {
+    static constexpr int64_t kOne = 1;
+    const Requant16& q = rq[v];
+    asm("vmovdqa32 %[sums], %%zmm30\n\t"
+        "vpaddd %[off], %%zmm30, %%zmm30\n\t"  // acc, int32 lanes
+        "vpmuldq %[me], %%zmm30, %%zmm31\n\t"  // even channels: acc * m, int64
+        "vptestmq %[be], %%zmm31, %%k6\n\t"   // the parity bit of floor(prod / 2^s)
+        "vpaddq %[he], %%zmm31, %%zmm31\n\t"
+        "vpaddq %[one]%{1to8%}, %%zmm31, %%zmm31%{%%k6%}\n\t"
+        "vpsravq %[se], %%zmm31, %%zmm31\n\t"
+        "vpsrlq $32, %%zmm30, %%zmm30\n\t"  // odd channels
+        "vpmuldq %[mo], %%zmm30, %%zmm30\n\t"
+        "vptestmq %[bo], %%zmm30, %%k7\n\t"
+        "vpaddq %[ho], %%zmm30, %%zmm30\n\t"
+        "vpaddq %[one]%{1to8%}, %%zmm30, %%zmm30%{%%k7%}\n\t"
+        "vpsravq %[so], %%zmm30, %%zmm30\n\t"
+        "vpsllq $32, %%zmm30, %%zmm30\n\t"
+        "vmovdqa32 %%zmm30, %%zmm31%{%[odd]%}\n\t"  // odd results into the odd dwords
+        "vpmaxsd %[lo], %%zmm31, %%zmm31\n\t"
+        "vpminsd %[hi], %%zmm31, %%zmm31\n\t"
+        "vpaddd %[zp], %%zmm31, %%zmm31\n\t"
+        "vpmovdb %%zmm31, %[out]%{%[mask]%}\n\t"
+        : [out] "+m"(*reinterpret_cast<uint8_t(*)[16]>(o))
+        : [sums] "m"(*reinterpret_cast<const int32_t(*)[16]>(s)), [off] "m"(q.offset32), [me] "m"(q.mult_even),
+          [be] "m"(q.bit_even), [he] "m"(q.half_m1_even), [se] "m"(q.shift_even), [mo] "m"(q.mult_odd),
+          [bo] "m"(q.bit_odd), [ho] "m"(q.half_m1_odd), [so] "m"(q.shift_odd), [one] "m"(kOne), [lo] "m"(lo_zp),
+          [hi] "m"(hi_zp), [zp] "m"(zp32), [odd] "Yk"(static_cast<__mmask16>(0xAAAA)), [mask] "Yk"(mask[v])
+        : "xmm30", "xmm31", "k6", "k7");
+  }
+  void step() {
+    const unsigned b = static_cast<unsigned>(done++), r = b / NV, v = b % NV;
+    requant_block(sums[b], out + r * ldc + 16 * v, static_cast<int>(v));
+  }
+  void finish() {
+    while (done < blocks) step();
+  }
+};
+
 /// The dot products of R rows x NV blocks of 16 channels into
 /// sums[R][NV][16] (R <= 16, NV <= 4, R * NV <= 16 accumulators; rows past 8
 /// only with NV = 1, rows past 4 only with NV <= 2). Each
@@ -53,7 +113,7 @@ inline int32_t load4(const uint8_t* a, int64_t k, int64_t K) {
 /// stores it around every vpdpbusd.
 template <int R, int NV>
 inline void dot_tile(const QGemmParams& p, const int32_t* packed, int64_t block_stride, int64_t K4, int64_t m0,
-                     int32_t (*sums)[NV][16]) {
+                     int32_t (*sums)[NV][16], Deferred<NV>* d) {
   static_assert(R >= 1 && R <= 16 && NV >= 1 && NV <= 4 && R * NV <= 16 && (R <= 4 || NV <= 2) && (R <= 8 || NV == 1),
                 "the named accumulators cover rows 0-3 x 4 blocks, 4-7 x 2 and 8-15 x 1");
   const __m512i z = _mm512_setzero_si512();
@@ -110,13 +170,44 @@ inline void dot_tile(const QGemmParams& p, const int32_t* packed, int64_t block_
   if constexpr (R > 13) QF_ROW1(D, load(a[13], k4));     \
   if constexpr (R > 14) QF_ROW1(E, load(a[14], k4));     \
   if constexpr (R > 15) QF_ROW1(F, load(a[15], k4))
+  // The previous tile's rows still to requantize (d->done is 0 here), one
+  // block per two steps of K (with one per step, the block's 15 loads of
+  // sums and constants on top of the step's 8 made the step about twice as
+  // long: Zen 5 here sustained about 2 loads per cycle next to vpdpbusd);
+  // d->finish() does what K leaves.
+  int64_t d_rows = d ? d->blocks / NV : 0;
+  uint8_t* d_out = d ? d->out : nullptr;
+  const int32_t* d_sums = d ? d->sums[0] : nullptr;
+#define QF_DEFERRED_STEP(V, kb)                                    \
+  if constexpr (NV > V) {                                          \
+    load_b(kb);                                                    \
+    QF_ROWS(bcast);                                                \
+    ++k4;                                                          \
+    load_b(kb);                                                    \
+    QF_ROWS(bcast);                                                \
+    d->requant_block(d_sums + 16 * V, d_out + 16 * V, V);          \
+    ++k4;                                                          \
+  }
+#define QF_DEFERRED_ROW(kb)                                        \
+  do {                                                             \
+    QF_DEFERRED_STEP(0, kb)                                        \
+    QF_DEFERRED_STEP(1, kb)                                        \
+    QF_DEFERRED_STEP(2, kb)                                        \
+    QF_DEFERRED_STEP(3, kb)                                        \
+    d_out += d->ldc;                                               \
+    d_sums += 16 * NV;                                             \
+  } while (0)
   if (p.a_offsets) {
     // Segmented rows: each run starts at its own offset and holds a whole
     // number of groups of 4 (check() ensures it); the weights run on.
     const int64_t S = p.segments, seg4 = p.K / S / 4;
     for (int64_t s = 0; s < S; ++s) {
       for (int r = 0; r < R; ++r) a[r] = p.a + segment_offset(p, m0 + r, s);
-      for (int64_t k4 = 0; k4 < seg4; ++k4) {
+      int64_t k4 = 0;
+      if (d_rows > 0) {
+        for (int64_t e = std::min<int64_t>(d_rows, seg4 / (2 * NV)); e > 0; --e, --d_rows) QF_DEFERRED_ROW(s * seg4 + k4);
+      }
+      for (; k4 < seg4; ++k4) {
         load_b(s * seg4 + k4);
         QF_ROWS(bcast);
       }
@@ -124,7 +215,9 @@ inline void dot_tile(const QGemmParams& p, const int32_t* packed, int64_t block_
   } else {
     // Whole groups of 4 bytes, then (when K % 4 != 0) one zero-padded group.
     const int64_t full = p.K / 4;
-    for (int64_t k4 = 0; k4 < full; ++k4) {
+    int64_t k4 = 0;
+    for (int64_t e = std::min<int64_t>(d_rows, full / (2 * NV)); e > 0; --e, --d_rows) QF_DEFERRED_ROW(k4);
+    for (; k4 < full; ++k4) {
       load_b(k4);
       QF_ROWS(bcast);
     }
@@ -138,6 +231,12 @@ inline void dot_tile(const QGemmParams& p, const int32_t* packed, int64_t block_
 #undef QF_ROW4
 #undef QF_ROW2
 #undef QF_ROW1
+#undef QF_DEFERRED_ROW
+#undef QF_DEFERRED_STEP
+  if (d) {
+    d->done = d->blocks - static_cast<int>(d_rows) * NV;
+    d->finish();  // before the sums are overwritten (they are d->sums)
+  }
   const __m512i all[16][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13}, {c20, c21, c22, c23},
                               {c30, c31, c32, c33}, {c40, c41, z, z},     {c50, c51, z, z},
                               {c60, c61, z, z},     {c70, c71, z, z},     {c80, z, z, z},
@@ -152,9 +251,18 @@ inline void dot_tile(const QGemmParams& p, const int32_t* packed, int64_t block_
 /// requantization of every output.
 template <int R, int NV>
 inline void tile(const QGemmParams& p, const int32_t* packed, int64_t block_stride, const Requant16* rq, int64_t K4,
-                 int64_t m0, int64_t n0) {
+                 int64_t m0, int64_t n0, Deferred<NV>* d) {
+  if (d) {
+    // This tile's sums replace the previous tile's (requantized during this
+    // tile's loop) and wait for the next tile's loop or d->finish().
+    dot_tile<R, NV>(p, packed, block_stride, K4, m0, reinterpret_cast<int32_t(*)[NV][16]>(d->sums), d);
+    d->blocks = R * NV;
+    d->done = 0;
+    d->out = p.c + m0 * p.ldc + n0;
+    return;
+  }
   alignas(64) int32_t sums[R][NV][16];
-  dot_tile<R, NV>(p, packed, block_stride, K4, m0, sums);
+  dot_tile<R, NV>(p, packed, block_stride, K4, m0, sums, static_cast<Deferred<NV>*>(nullptr));
   const __m512i zp32 = _mm512_set1_epi32(p.out_zero_point), lo_zp = _mm512_set1_epi32(p.out_lo - p.out_zero_point),
                 hi_zp = _mm512_set1_epi32(p.out_hi - p.out_zero_point);
   for (int v = 0; v < NV; ++v) {
@@ -199,13 +307,35 @@ inline void tile(const QGemmParams& p, const int32_t* packed, int64_t block_stri
 /// single rows.
 template <int R, int NV>
 void run_blocks(const QGemmParams& p, const int32_t* packed, int64_t block_stride, const Requant16* rq, int64_t K4,
-                int64_t n0, int64_t m = 0) {
-  for (; m + R <= p.M; m += R) tile<R, NV>(p, packed, block_stride, rq, K4, m, n0);
+                int64_t n0, Deferred<NV>* d, int64_t m = 0) {
+  for (; m + R <= p.M; m += R) tile<R, NV>(p, packed, block_stride, rq, K4, m, n0, d);
   if constexpr (R > 2) {
-    run_blocks<R / 2, NV>(p, packed, block_stride, rq, K4, n0, m);
+    run_blocks<R / 2, NV>(p, packed, block_stride, rq, K4, n0, d, m);
   } else {
-    for (; m < p.M; ++m) tile<1, NV>(p, packed, block_stride, rq, K4, m, n0);
+    for (; m < p.M; ++m) tile<1, NV>(p, packed, block_stride, rq, K4, m, n0, d);
   }
+}
+
+/// run_blocks for one panel, with each tile's requantization deferred into
+/// the next tile's loop when the output is plain requantized codes.
+template <int R, int NV>
+void run_panel(const QGemmParams& p, const int32_t* packed, int64_t block_stride, const Requant16* rq, int64_t K4,
+               int64_t n0) {
+  bool narrow = true;
+  for (int v = 0; v < NV; ++v) narrow = narrow && rq[v].narrow;
+  if (p.c32 || p.pool > 1 || !narrow) return run_blocks<R, NV>(p, packed, block_stride, rq, K4, n0, nullptr);
+  Deferred<NV> d;
+  d.ldc = p.ldc;
+  d.rq = rq;
+  for (int v = 0; v < NV; ++v) {
+    const int64_t nn = std::min<int64_t>(16, p.N - (n0 + 16 * v));
+    d.mask[v] = static_cast<__mmask16>((1u << nn) - 1);
+  }
+  d.zp32 = _mm512_set1_epi32(p.out_zero_point);
+  d.lo_zp = _mm512_set1_epi32(p.out_lo - p.out_zero_point);
+  d.hi_zp = _mm512_set1_epi32(p.out_hi - p.out_zero_point);
+  run_blocks<R, NV>(p, packed, block_stride, rq, K4, n0, &d);
+  d.finish();
 }
 
 }  // namespace
@@ -250,12 +380,12 @@ void qu8s8_gemm_requant__avx512vnni_4x64(const QGemmParams& p) {
     const int32_t* pk = packed + nb * K4 * 16;
     const int64_t stride = K4 * 16;
     switch (nv) {
-      case 4: run_blocks<4, 4>(p, pk, stride, rq, K4, nb * 16); break;
-      case 3: run_blocks<4, 3>(p, pk, stride, rq, K4, nb * 16); break;
+      case 4: run_panel<4, 4>(p, pk, stride, rq, K4, nb * 16); break;
+      case 3: run_panel<4, 3>(p, pk, stride, rq, K4, nb * 16); break;
       // 16 accumulators whenever the panel allows: vpdpbusd has a latency
       // of several cycles, and fewer independent chains leave it idle.
-      case 2: run_blocks<8, 2>(p, pk, stride, rq, K4, nb * 16); break;
-      default: run_blocks<16, 1>(p, pk, stride, rq, K4, nb * 16); break;
+      case 2: run_panel<8, 2>(p, pk, stride, rq, K4, nb * 16); break;
+      default: run_panel<16, 1>(p, pk, stride, rq, K4, nb * 16); break;
     }
   }
 }
