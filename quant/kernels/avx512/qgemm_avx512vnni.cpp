@@ -49,8 +49,9 @@ inline int32_t load4(const uint8_t* a, int64_t k, int64_t K) {
 /// loop, a tile's requantization stalls the in-order dispatch for a few dozen
 /// cycles while the vpdpbusd pipes idle; spread over the next loop, it runs on
 /// the vector pipes vpdpbusd leaves free (256^3 on one core: about a fifth of
-/// the tile's time was outside its loop). Only for plain requantized output
-/// (no c32, no pool). The sums are [blocks][16], block b = r * NV + v.
+/// the tile's time was outside its loop). Only for requantized output (not
+/// c32) where every block's r.narrow holds. The sums are [blocks][16], block
+/// b = r * NV + v (with a fused pool, r counts output rows).
 template <int NV>
 struct Deferred {
   alignas(64) int32_t sums[16][16];
@@ -256,8 +257,22 @@ inline void tile(const QGemmParams& p, const int32_t* packed, int64_t block_stri
     // This tile's sums replace the previous tile's (requantized during this
     // tile's loop) and wait for the next tile's loop or d->finish().
     dot_tile<R, NV>(p, packed, block_stride, K4, m0, reinterpret_cast<int32_t(*)[NV][16]>(d->sums), d);
-    d->blocks = R * NV;
     d->done = 0;
+    if (p.pool > 1) {
+      // Groups of pool rows (pool divides R) become one row of maxima in
+      // place (row r reads rows r * pool ... and r * pool >= r).
+      const int P = static_cast<int>(p.pool), rows = R / P;
+      for (int r = 0; r < rows; ++r)
+        for (int v = 0; v < NV; ++v) {
+          __m512i best = _mm512_load_si512(d->sums[r * P * NV + v]);
+          for (int i = 1; i < P; ++i) best = _mm512_max_epi32(best, _mm512_load_si512(d->sums[(r * P + i) * NV + v]));
+          _mm512_store_si512(d->sums[r * NV + v], best);
+        }
+      d->blocks = rows * NV;
+      d->out = p.c + (m0 / P) * p.ldc + n0;
+      return;
+    }
+    d->blocks = R * NV;
     d->out = p.c + m0 * p.ldc + n0;
     return;
   }
@@ -316,6 +331,12 @@ void run_blocks(const QGemmParams& p, const int32_t* packed, int64_t block_strid
   }
 }
 
+/// Panels of fewer blocks keep the requantization after each tile: their
+/// tiles (8 x 2, 16 x 1) broadcast 8 or 16 rows per step of K, so their
+/// loops already load about as much as the core sustains, and deferring
+/// made ResNet-20 int8 about 12% slower (one thread, alternated builds).
+constexpr int kDeferMinNV = 3;
+
 /// run_blocks for one panel, with each tile's requantization deferred into
 /// the next tile's loop when the output is plain requantized codes.
 template <int R, int NV>
@@ -323,7 +344,7 @@ void run_panel(const QGemmParams& p, const int32_t* packed, int64_t block_stride
                int64_t n0) {
   bool narrow = true;
   for (int v = 0; v < NV; ++v) narrow = narrow && rq[v].narrow;
-  if (p.c32 || p.pool > 1 || !narrow) return run_blocks<R, NV>(p, packed, block_stride, rq, K4, n0, nullptr);
+  if (NV < kDeferMinNV || p.c32 || !narrow) return run_blocks<R, NV>(p, packed, block_stride, rq, K4, n0, nullptr);
   Deferred<NV> d;
   d.ldc = p.ldc;
   d.rq = rq;
