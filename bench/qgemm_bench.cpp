@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cxxopts.hpp>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -27,20 +28,20 @@ namespace qk = qforge::quant::kernels;
 namespace {
 
 struct Problem {
-  int64_t n;
+  int64_t m, n, k;
   std::vector<uint8_t> a, c;
   std::vector<int8_t> b;
   std::vector<int32_t> bias;
   std::vector<quant::QuantMultiplier> requant;
 };
 
-Problem make_problem(int64_t n) {
+Problem make_problem(int64_t m, int64_t n, int64_t k) {
   Problem p;
-  p.n = n;
-  Generator g(static_cast<uint64_t>(n));
-  p.a.resize(n * n);
-  p.b.resize(n * n);
-  p.c.resize(n * n);
+  p.m = m, p.n = n, p.k = k;
+  Generator g(static_cast<uint64_t>(m * 1000003 + n * 1009 + k));
+  p.a.resize(m * k);
+  p.b.resize(k * n);
+  p.c.resize(m * n);
   for (auto& v : p.a) v = static_cast<uint8_t>(g.next_u64() & 0xff);
   for (auto& v : p.b) v = static_cast<int8_t>(g.next_u64() & 0xff);
   for (int64_t i = 0; i < n; ++i) {
@@ -53,25 +54,25 @@ Problem make_problem(int64_t n) {
 /// One GEMM of the whole problem: rows split into one block per thread
 /// (rounded to the 4-row tile).
 void run_gemm(Problem& pr, const qk::KernelTable& t, const int32_t* packed) {
-  const int64_t n = pr.n, threads = num_threads();
-  const int64_t rows = ((n + threads - 1) / threads + 3) / 4 * 4;
-  parallel_for(0, (n + rows - 1) / rows, 1, [&](int64_t b0, int64_t b1) {
+  const int64_t M = pr.m, threads = num_threads();
+  const int64_t rows = ((M + threads - 1) / threads + 3) / 4 * 4;
+  parallel_for(0, (M + rows - 1) / rows, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t m0 = b * rows, m1 = std::min(n, m0 + rows);
+      const int64_t m0 = b * rows, m1 = std::min(M, m0 + rows);
       qk::QGemmParams p;
       p.M = m1 - m0;
-      p.N = n;
-      p.K = n;
-      p.a = pr.a.data() + m0 * n;
-      p.lda = n;
+      p.N = pr.n;
+      p.K = pr.k;
+      p.a = pr.a.data() + m0 * pr.k;
+      p.lda = pr.k;
       p.a_zero_point = 3;
       p.b = pr.b.data();
-      p.ldb = n;
+      p.ldb = pr.n;
       p.bias = pr.bias.data();
       p.requant = pr.requant.data();
       p.out_zero_point = 7;
-      p.c = pr.c.data() + m0 * n;
-      p.ldc = n;
+      p.c = pr.c.data() + m0 * pr.n;
+      p.ldc = pr.n;
       p.b_packed = packed;
       t.qgemm(p);
     }
@@ -85,6 +86,10 @@ static int run_main(int argc, char** argv) {
   options.add_options()("sizes", "square sizes", cxxopts::value<std::vector<int>>()->default_value("256,1024"))(
       "threads", "thread counts", cxxopts::value<std::vector<int>>()->default_value("1,2"))(
       "min-sec", "seconds per measurement", cxxopts::value<double>()->default_value("1.0"))(
+      "shapes",
+      "instead of the square sizes: MxNxK problems (e.g. the convs of ResNet-20, 1024x16x144), qforge only, "
+      "at each thread count",
+      cxxopts::value<std::vector<std::string>>())(
       "no-reference", "skip oneDNN")("h,help", "show help");
   cxxopts::ParseResult args;
   try {
@@ -116,13 +121,39 @@ static int run_main(int argc, char** argv) {
   for (qk::Isa isa : qk::kAllIsas)
     if (qk::cpu_has(isa)) tables.push_back(qk::kernels_for(isa));
 
+  if (args.count("shapes")) {
+    std::printf("%-12s %3s %18s %10s %10s\n", "qforge", "thr", "MxNxK", "GOP/s med", "GOP/s best");
+    for (const std::string& shape : args["shapes"].as<std::vector<std::string>>()) {
+      long long m = 0, n = 0, k = 0;
+      char tail = 0;
+      if (std::sscanf(shape.c_str(), "%lldx%lldx%lld%c", &m, &n, &k, &tail) != 3 || m < 1 || n < 1 || k < 1 ||
+          m > 65536 || n > 65536 || k > 65536)
+        throw std::runtime_error("--shapes: '" + shape + "' is not MxNxK with each in [1, 65536]");
+      Problem pr = make_problem(m, n, k);
+      for (int threads : thread_counts) {
+        set_num_threads(threads);
+        for (const auto& t : tables) {
+          if (t.isa == qk::Isa::ref) continue;
+          std::vector<int32_t> packed;
+          if (t.qgemm_pack) packed = t.qgemm_pack(pr.b.data(), n, n, k);
+          const bench::Timing tm =
+              bench::time_calls([&] { run_gemm(pr, t, packed.empty() ? nullptr : packed.data()); }, 10, min_sec, 3);
+          const double ops = 2.0 * m * n * k;
+          std::printf("%-12s %3d %18s %10.1f %10.1f\n", qk::isa_name(t.isa), threads, shape.c_str(),
+                      ops / tm.median / 1e9, ops / tm.best / 1e9);
+        }
+      }
+    }
+    return 0;
+  }
+
   // ours[(threads, n)][isa] = GOP/s
   std::map<std::pair<int, int>, std::map<std::string, double>> ours;
   std::printf("%-12s %3s %5s %10s %10s\n", "qforge", "thr", "n", "GOP/s med", "GOP/s best");
   for (int threads : thread_counts) {
     set_num_threads(threads);
     for (int n : sizes) {
-      Problem pr = make_problem(n);
+      Problem pr = make_problem(n, n, n);
       for (const auto& t : tables) {
         if (t.isa == qk::Isa::ref && n > 256) continue;  // minutes per call at 1024
         std::vector<int32_t> packed;
